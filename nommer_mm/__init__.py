@@ -1,0 +1,13 @@
+"""nommer-mm: NomMer as an OpenMMLab 2.x plugin.
+
+Importing the package registers ``type='NomMer'`` in MMEngine's root MODELS
+registry (found from the mmpretrain, mmdet and mmseg scopes) and allow-lists
+the types in mmengine checkpoints for ``torch.load(weights_only=True)``.
+"""
+from .checkpoint_safety import allow_mmengine_checkpoint_types
+from .models import *  # noqa: F401,F403
+from .version import __version__
+
+allow_mmengine_checkpoint_types()
+
+__all__ = ['NomMer', 'allow_mmengine_checkpoint_types', '__version__']

@@ -1,0 +1,234 @@
+"""Convert reference NomMer checkpoints (TencentYoutuResearch/
+VisualRecognition-NomMer, ``models/nommer.py``) to this plugin's layout.
+
+The result is an mmpretrain ``ImageClassifier`` state dict (``backbone.*``,
+``head.fc.*``) or, with ``backbone_only``, the bare backbone state dict.
+The reference's fixed DCT/IDCT bases are not copied: they are checked
+against the analytic bases and dropped (ours are derived buffers).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+
+import torch
+
+from ..models.backbones.nommer import NomMer
+from ..models.layers.dct import dct_basis
+from ..models.layers.attention import relative_position_index
+
+# Exact renames, applied to the part of a key after its block prefix.
+_SNOMMER_RENAMES = {
+    '0.norm': 'norm1',
+    '0.fn.attention.relative_position_bias_table':
+        'mixer.window_context.relative_position_bias_table',
+    '0.fn.attention.qkv': 'mixer.window_context.qkv',
+    '0.fn.attention.proj': 'mixer.window_context.proj',
+    '0.fn.attentionG.dw': 'mixer.global_context.compress',
+    '0.fn.attentionG.bn1': 'mixer.global_context.norm',
+    '0.fn.attentionG.attn.to_qkv': 'mixer.global_context.attn.qkv',
+    '0.fn.attentionG.attn.to_out.0': 'mixer.global_context.attn.proj',
+    '0.fn.attentionG.up': 'mixer.global_context.expand',
+    '0.fn.fc': 'mixer.nominator.fc',
+    '1.norm': 'norm2',
+    '1.fn.net.0': 'mlp.fc1',
+    '1.fn.net.3': 'mlp.fc2',
+}
+for _k in (1, 2, 3):
+    _SNOMMER_RENAMES[f'0.fn.cnn.conv{_k}'] = f'mixer.conv_context.conv{_k}'
+    _SNOMMER_RENAMES[f'0.fn.cnn.bn{_k}'] = f'mixer.conv_context.norm{_k}'
+
+_GNOMMER_RENAMES = {
+    '0.norm': 'norm1',
+    '0.fn.to_qkv': 'attn.qkv',
+    '0.fn.to_out.0': 'attn.proj',
+    '1.norm': 'norm2',
+    '1.fn.net.0': 'mlp.fc1',
+    '1.fn.net.3': 'mlp.fc2',
+}
+_TOP_RENAMES = {
+    'cnn1': 'backbone.stem.conv',
+    'bn1': 'backbone.stem.norm',
+    'pos_embedding': 'backbone.pos_embed',
+    'cls_token': 'backbone.cls_token',
+    'mlp_head.0': 'backbone.final_norm',
+    'mlp_head.1': 'head.fc',
+    'merge1': 'backbone.merges.0',
+    'merge2': 'backbone.merges.1',
+    'merge3': 'backbone.merges.2',
+}
+# Fixed tensors of the reference, verified and dropped.
+_FIXED = ('fn.attentionG.dct_conv_8x8.weight', 'fn.attentionG.idct_conv.0.weight',
+          'fn.attention.relative_position_index')
+_BLOCK_RE = re.compile(r'^transformer([1-4])\.layers\.(\d+)\.(.+)$')
+_PARAM_SUFFIXES = ('.weight', '.bias', '.running_mean', '.running_var',
+                   '.num_batches_tracked')
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message says why."""
+
+
+def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
+    """The model weights inside a reference checkpoint: ``model``,
+    ``state_dict_ema`` (with ``use_ema``) or the plain state dict."""
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f'expected a dict, got {type(checkpoint)}')
+    if use_ema:
+        if 'state_dict_ema' not in checkpoint:
+            raise ConversionError('no `state_dict_ema` in this checkpoint; '
+                                  f'its keys: {sorted(checkpoint)[:10]}')
+        sd = checkpoint['state_dict_ema']
+    elif 'model' in checkpoint:
+        sd = checkpoint['model']
+    elif 'state_dict' in checkpoint:
+        sd = checkpoint['state_dict']
+    else:
+        sd = checkpoint
+    # DataParallel / EMA wrappers prefix their keys.
+    return OrderedDict((re.sub(r'^(module\.)+', '', k), v)
+                       for k, v in sd.items())
+
+
+def _rename(key: str) -> str | None:
+    """Reference key -> ours, None for a fixed tensor; raises if unknown."""
+    m = _BLOCK_RE.match(key)
+    if m:
+        stage, block, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
+        if any(rest.endswith(f) for f in _FIXED):
+            return None
+        table = _SNOMMER_RENAMES if stage < 2 else _GNOMMER_RENAMES
+        for old, new in table.items():
+            for suffix in ('', *_PARAM_SUFFIXES):
+                if rest == old + suffix:
+                    return f'backbone.stages.{stage}.blocks.{block}.{new}{suffix}'
+        raise ConversionError(f'unknown reference key {key!r}')
+    for old, new in _TOP_RENAMES.items():
+        if key == old:
+            return new
+        for suffix in _PARAM_SUFFIXES:
+            if key == old + suffix:
+                return new + suffix
+        if key.startswith(old + '.') and old.startswith('merge'):
+            return new + key[len(old):]
+    raise ConversionError(f'unknown reference key {key!r}')
+
+
+def infer_arch(sd: dict) -> dict:
+    """Embed dims, depths, stage 0-1 heads, bottleneck ratios and DCT block
+    sizes from the tensor shapes. Stage 2-3 heads leave no trace in the
+    weights; they are taken from the zoo arch with the same shape."""
+    try:
+        C = sd['cnn1.weight'].shape[0]
+    except KeyError as err:
+        raise ConversionError('no `cnn1.weight`: not a reference NomMer '
+                              'checkpoint') from err
+    depths = []
+    for s in range(1, 5):
+        ids = {int(m.group(2)) for k in sd
+               if (m := _BLOCK_RE.match(k)) and m.group(1) == str(s)}
+        if not ids or ids != set(range(len(ids))):
+            raise ConversionError(f'transformer{s} blocks are missing or not '
+                                  f'numbered 0..n-1: {sorted(ids)}')
+        depths.append(len(ids))
+    heads, ratios, blocks = [], [], []
+    for s in range(2):
+        p = f'transformer{s + 1}.layers.0.0.fn.'
+        heads.append(sd[p + 'attention.relative_position_bias_table'].shape[1])
+        ratios.append((C * 2**s) // sd[p + 'cnn.conv1.weight'].shape[0])
+        blocks.append(sd[p + 'attentionG.dct_conv_8x8.weight'].shape[-1])
+    window = int(round(
+        (math.sqrt(sd['transformer1.layers.0.0.fn.attention.'
+                      'relative_position_bias_table'].shape[0]) + 1) / 2))
+    arch = dict(embed_dims=C, depths=depths, num_heads=heads + [None, None],
+                bottleneck_ratios=ratios)
+    for name in ('tiny', 'small', 'base'):
+        zoo = NomMer.arch_zoo[name]
+        if (zoo['embed_dims'], zoo['depths'], zoo['num_heads'][:2],
+                zoo['bottleneck_ratios']) == (C, depths, heads, ratios):
+            arch['num_heads'] = list(zoo['num_heads'])
+            arch['name'] = name
+    return dict(arch=arch, window_size=window, dct_blocks=blocks,
+                img_size=sd['pos_embedding'].shape[1] * 16)
+
+
+def analytic_fixed_tensor(key: str, shape: torch.Size,
+                          dct_block: int) -> torch.Tensor:
+    """What a reference fixed tensor must hold, from the formulas alone."""
+    if key.endswith('relative_position_index'):
+        return relative_position_index(int(round(math.sqrt(shape[0]))))
+    n = dct_block
+    l = (n + 1) // 2
+    D = dct_basis(n, l).double()
+    if key.endswith('dct_conv_8x8.weight'):
+        # (C*l*l, 1, N, N): weight[c*l*l + u + v*l, 0, y, x] = D[v,y] D[u,x]
+        one = torch.einsum('vy,ux->vuyx', D, D).reshape(l * l, 1, n, n)
+        return one.repeat(shape[0] // (l * l), 1, 1, 1)
+    # idct_conv.0.weight (C*N*N, l*l, 1, 1):
+    # weight[c*N*N + x + y*N, u + v*l] = D[v,y] D[u,x]; PixelShuffle(N)
+    # then places output channel x + y*N at row y, column x of the block.
+    one = torch.einsum('vy,ux->yxvu', D, D).reshape(n * n, l * l, 1, 1)
+    return one.repeat(shape[0] // (n * n), 1, 1, 1)
+
+
+def _check_fixed(key: str, tensor: torch.Tensor, dct_block: int) -> None:
+    expect = analytic_fixed_tensor(key, tensor.shape, dct_block)
+    if expect.shape != tensor.shape:
+        raise ConversionError(f'{key} has shape {tuple(tensor.shape)}, the '
+                              f'analytic one {tuple(expect.shape)}')
+    err = (expect.double() - tensor.double()).abs().max().item()
+    if err > 1e-5:
+        raise ConversionError(f'{key} differs from the analytic tensor by '
+                              f'{err:.2e}; this checkpoint uses another '
+                              'transform and cannot be converted exactly')
+
+
+def _plain(value):
+    """Tuples and lists compare equal after this."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def convert_reference(checkpoint: dict, arch: str | dict | None = None,
+                      backbone_only: bool = False,
+                      use_ema: bool = False) -> tuple[OrderedDict, dict]:
+    """Return (state_dict, backbone_kwargs).
+
+    ``backbone_kwargs`` (arch, window_size, dct_blocks, img_size) build the
+    matching :class:`NomMer`; ``arch`` overrides the inferred one (needed
+    for a non-zoo arch, whose stage 2-3 heads are not in the weights).
+    """
+    sd = extract_state_dict(checkpoint, use_ema)
+    info = infer_arch(sd)
+    if arch is not None:
+        given = NomMer.parse_arch(arch)
+        found = info['arch']
+        for key in ('embed_dims', 'depths', 'bottleneck_ratios'):
+            if _plain(given[key]) != _plain(found[key]):
+                raise ConversionError(f'--arch says {key}={given[key]}, the '
+                                      f'checkpoint has {found[key]}')
+        if list(given['num_heads'][:2]) != found['num_heads'][:2]:
+            raise ConversionError(f'--arch says num_heads[:2]='
+                                  f'{given["num_heads"][:2]}, the checkpoint '
+                                  f'has {found["num_heads"][:2]}')
+        info['arch'] = given
+    elif 'name' not in info['arch']:
+        raise ConversionError(
+            f'the checkpoint (embed_dims={info["arch"]["embed_dims"]}, depths='
+            f'{info["arch"]["depths"]}) is no zoo arch; give --arch as a dict '
+            'with the stage 2-3 num_heads, which the weights do not record')
+    info['arch'] = {k: info['arch'][k] for k in NomMer.ARCH_KEYS}
+
+    out = OrderedDict()
+    for key, value in sd.items():
+        new = _rename(key)
+        if new is None:
+            stage = int(_BLOCK_RE.match(key).group(1)) - 1
+            _check_fixed(key, value, info['dct_blocks'][stage])
+            continue
+        if backbone_only:
+            if not new.startswith('backbone.'):
+                continue
+            new = new[len('backbone.'):]
+        out[new] = value
+    return out, info

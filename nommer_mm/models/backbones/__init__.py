@@ -1,0 +1,3 @@
+from .nommer import NomMer
+
+__all__ = ['NomMer']

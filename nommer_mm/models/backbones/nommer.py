@@ -1,0 +1,454 @@
+"""NomMer backbone (Liu et al., "NomMer: Nominate Synergistic Context in
+Vision Transformer for Visual Recognition", CVPR 2022), dense-ready.
+
+Layout (C = embed_dims), every stage working on channels-last tokens:
+
+    stem     conv 4x4/4 -> BN -> ReLU                       (B, H/4,  W/4,  C)
+    stage 0  S-NomMer blocks                                 (B, H/4,  W/4,  C)
+    merge 0  conv 3x3 -> max-pool 2 -> LN                    (B, H/8,  W/8, 2C)
+    stage 1  S-NomMer blocks                                 (B, H/8,  W/8, 2C)
+    merge 1                                                  (B, H/16, W/16, 4C)
+             + absolute position embedding (interpolated)
+    stage 2  G-NomMer blocks (global MHSA)                   (B, H/16, W/16, 4C)
+    merge 2                                                  (B, H/32, W/32, 8C)
+    stage 3  [class token] + G-NomMer blocks                 (B, 1 + H/32*W/32, 8C)
+
+Sizes round up (``ceil``) at every stride, for any input size.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..layers.attention import MultiheadSelfAttention
+from ..layers.context import CONTEXT_NAMES, NomMerMixer
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear. (B, ..., C) -> (B, ..., C)."""
+
+    def __init__(self, embed_dims: int, hidden_dims: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dims, hidden_dims)
+        self.fc2 = nn.Linear(hidden_dims, embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class _PreNormBlock(nn.Module):
+    """x = x + DropPath(token_mixer(LN(x))); x = x + DropPath(MLP(LN(x)))."""
+
+    token_mixer: nn.Module
+
+    def __init__(self, embed_dims: int, mlp_hidden: int, drop_path: float,
+                 with_cp: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.mlp = Mlp(embed_dims, mlp_hidden)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.with_cp = with_cp
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            # RNG state is preserved, so the Gumbel noise and drop-path masks
+            # of the recomputation equal the first pass.
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class SNomMerBlock(_PreNormBlock):
+    """Synergistic block of stages 0-1: the mixer nominates, per position,
+    one of the conv / window / compressed-global contexts.
+
+    Shapes: (B, H, W, C) -> (B, H, W, C)
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, mlp_hidden: int,
+                 drop_path: float = 0., with_cp: bool = False,
+                 **mixer_kwargs) -> None:
+        super().__init__(embed_dims, mlp_hidden, drop_path, with_cp)
+        self.mixer = NomMerMixer(embed_dims, num_heads, **mixer_kwargs)
+
+    @property
+    def token_mixer(self) -> nn.Module:
+        return self.mixer
+
+
+class GNomMerBlock(_PreNormBlock):
+    """Global block of stages 2-3: plain multi-head self-attention.
+
+    Shapes: (B, N, C) -> (B, N, C)
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, mlp_hidden: int,
+                 drop_path: float = 0., with_cp: bool = False) -> None:
+        super().__init__(embed_dims, mlp_hidden, drop_path, with_cp)
+        self.attn = MultiheadSelfAttention(embed_dims, num_heads)
+
+    @property
+    def token_mixer(self) -> nn.Module:
+        return self.attn
+
+
+class ConvStem(nn.Module):
+    """conv 4x4 stride 4 (no bias) -> BN -> ReLU, input zero-padded to a
+    multiple of 4. (B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C)."""
+
+    def __init__(self, in_channels: int, embed_dims: int,
+                 norm_cfg: dict) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, embed_dims, 4, stride=4, bias=False)
+        self.norm = build_norm_layer(norm_cfg, embed_dims)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        if H % 4 or W % 4:
+            x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
+        return F.relu(self.norm(self.conv(x))).permute(0, 2, 3, 1)
+
+
+class TokenMerge(nn.Module):
+    """Stage transition: conv 3x3 (bias) -> max-pool 2x2 (ceil) -> LN.
+    (B, H, W, Cin) -> (B, ceil(H/2), ceil(W/2), Cout)."""
+
+    def __init__(self, in_dims: int, out_dims: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_dims, out_dims, 3, padding=1)
+        self.norm = nn.LayerNorm(out_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x.permute(0, 3, 1, 2))
+        # ceil_mode keeps the last row/column of odd maps (no-op when even).
+        x = F.max_pool2d(x, 2, ceil_mode=True)
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class NomMerStage(nn.Module):
+    """A run of blocks of one kind (keys ``stages.i.blocks.j``)."""
+
+    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+@MODELS.register_module()
+class NomMer(BaseModule):
+    """NomMer backbone for classification, detection and segmentation.
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` (also ``'t'``,
+            ``'s'``, ``'b'``) or a dict with keys ``embed_dims``, ``depths``,
+            ``num_heads``, ``bottleneck_ratios``.
+        in_channels (int): Input channels. Defaults to 3.
+        img_size (int | tuple): Size the position embedding is laid out for
+            (its grid is ``img_size // 16``); other input sizes interpolate
+            it. Defaults to 224.
+        window_size (int): Window of the local context. Defaults to 7.
+        dct_blocks (tuple[int]): DCT block size N of stages 0 and 1.
+            Defaults to (8, 4).
+        contexts (tuple[str]): Candidate contexts of the S-NomMer blocks,
+            a subset of ``('conv', 'window', 'global')`` (Table 4 ablation).
+        global_type (str): ``'dct'`` (compressed global context) or
+            ``'pooled'`` (ablation).
+        fusion (str): ``'nominator'`` (Gumbel nominator) or ``'sum'``.
+        drop_path_rate (float): Stochastic depth, rising linearly over all
+            blocks from 0. Defaults to 0.1.
+        out_indices (Sequence[int]): Stages to output, any of 0..3.
+        out_type (str): ``'featmap'``: every output is an NCHW map through its
+            own LayerNorm ``norm{i}``. ``'cls_token'``: stage 3 gives the
+            class token through ``final_norm`` (the reference head's
+            LayerNorm), (B, 8C). ``'avg_featmap'``: stage 3 gives the mean of
+            its patch tokens through ``final_norm``, (B, 8C). Stages 0-2
+            always give normed NCHW maps.
+        frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and
+            stages 0..k (with the merges into them, the position embedding
+            from stage 2 and the class token at stage 3) in eval mode.
+        norm_eval (bool): Keep BatchNorm layers in eval mode while training.
+        with_cp (bool): Activation checkpointing per block.
+        norm_cfg (dict): Config of the BatchNorm layers (stem, conv context,
+            global context); ``dict(type='SyncBN')`` for multi-GPU dense
+            training.
+        init_cfg (dict | list[dict], optional): e.g.
+            ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+
+    Shapes:
+        input (B, in_channels, H, W); output a tuple with one entry per
+        ``out_indices``: (B, C * 2**i, ceil(H / 2**(i+2)), ceil(W / 2**(i+2)))
+        for feature maps.
+    """
+
+    arch_zoo = {
+        **dict.fromkeys(['t', 'tiny'], {
+            'embed_dims': 96,
+            'depths': [2, 2, 8, 2],
+            'num_heads': [2, 2, 4, 8],
+            'bottleneck_ratios': [2, 2],
+        }),
+        **dict.fromkeys(['s', 'small'], {
+            'embed_dims': 96,
+            'depths': [6, 6, 16, 4],
+            'num_heads': [2, 2, 4, 8],
+            'bottleneck_ratios': [4, 4],
+        }),
+        **dict.fromkeys(['b', 'base'], {
+            'embed_dims': 128,
+            'depths': [6, 6, 16, 4],
+            'num_heads': [2, 2, 4, 8],
+            'bottleneck_ratios': [4, 4],
+        }),
+    }
+    ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'bottleneck_ratios')
+    OUT_TYPES = ('featmap', 'cls_token', 'avg_featmap')
+    num_extra_tokens = 1
+
+    def __init__(self,
+                 arch: str | dict = 'tiny',
+                 in_channels: int = 3,
+                 img_size: int | Sequence[int] = 224,
+                 window_size: int = 7,
+                 dct_blocks: Sequence[int] = (8, 4),
+                 contexts: Sequence[str] = CONTEXT_NAMES,
+                 global_type: str = 'dct',
+                 fusion: str = 'nominator',
+                 drop_path_rate: float = 0.1,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 out_type: str = 'featmap',
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self.parse_arch(arch)
+        C = self.arch_settings['embed_dims']
+        depths = self.arch_settings['depths']
+        heads = self.arch_settings['num_heads']
+        ratios = self.arch_settings['bottleneck_ratios']
+        self.embed_dims = C
+        self.dims = [C, 2 * C, 4 * C, 8 * C]
+
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, '
+                             f'got {out_type!r}')
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not out_indices or any(not -4 <= i < 4 for i in out_indices):
+            raise ValueError(f'out_indices must be a non-empty subset of '
+                             f'0..3 (or -4..-1), got {out_indices}')
+        out_indices = sorted({i % 4 for i in out_indices})
+        self.out_indices = tuple(out_indices)
+        self.out_type = out_type
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        img_size = (img_size, img_size) if isinstance(img_size, int) else img_size
+        self.pos_grid = (img_size[0] // 16, img_size[1] // 16)
+
+        self.stem = ConvStem(in_channels, C, norm_cfg)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(4)]
+        stages = []
+        for i in range(2):
+            stages.append(NomMerStage([
+                SNomMerBlock(
+                    self.dims[i], heads[i], 2 * self.dims[i],
+                    drop_path=dpr[starts[i] + j], with_cp=with_cp,
+                    window_size=window_size, dct_block=dct_blocks[i],
+                    reduction=ratios[i], contexts=tuple(contexts),
+                    global_type=global_type, fusion=fusion, norm_cfg=norm_cfg)
+                for j in range(depths[i])
+            ]))
+        for i in range(2, 4):
+            # The MLP is 2x wide in stage 2 and 1x in stage 3.
+            hidden = 2 * self.dims[i] if i == 2 else self.dims[i]
+            stages.append(NomMerStage([
+                GNomMerBlock(self.dims[i], heads[i], hidden,
+                             drop_path=dpr[starts[i] + j], with_cp=with_cp)
+                for j in range(depths[i])
+            ]))
+        self.stages = nn.ModuleList(stages)
+        self.merges = nn.ModuleList(
+            TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3))
+
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, *self.pos_grid, self.dims[2]))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dims[3]))
+
+        for i in self.out_indices:
+            if i < 3 or out_type == 'featmap':
+                self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i]))
+        if out_type != 'featmap':
+            self.final_norm = nn.LayerNorm(self.dims[3])
+
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
+        self._init_default_weights()
+        self._freeze_stages()
+
+    # ------------------------------------------------------------ settings
+    @classmethod
+    def parse_arch(cls, arch: str | dict) -> dict:
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise ValueError(
+                    f'Unknown NomMer arch {arch!r}. Choose one of '
+                    f'{sorted(set(cls.arch_zoo))} or give a dict with keys '
+                    f'{list(cls.ARCH_KEYS)}.')
+            return {k: list(v) if isinstance(v, list) else v
+                    for k, v in cls.arch_zoo[key].items()}
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a str or dict, got {type(arch)}')
+        missing = [k for k in cls.ARCH_KEYS if k not in arch]
+        if missing:
+            raise ValueError(f'NomMer arch dict lacks keys {missing}; it needs '
+                             f'{list(cls.ARCH_KEYS)}.')
+        settings = {k: arch[k] for k in cls.ARCH_KEYS}
+        for key, n in (('depths', 4), ('num_heads', 4),
+                       ('bottleneck_ratios', 2)):
+            if len(settings[key]) != n:
+                raise ValueError(f'arch[{key!r}] needs {n} entries, got '
+                                 f'{settings[key]}')
+        return settings
+
+    # -------------------------------------------------------------- weights
+    def _init_default_weights(self) -> None:
+        # The reference: truncated normal on Linear, unit norms; convs keep
+        # PyTorch's default; position embedding and class token ~ N(0, 1).
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.pos_embed)
+        nn.init.normal_(self.cls_token)
+
+    def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
+                               *args, **kwargs) -> None:
+        """Interpolate a checkpoint's position embedding to this model's grid
+        (e.g. a 224 checkpoint into a 384 model)."""
+        key = prefix + 'pos_embed'
+        if key not in state_dict:
+            return
+        src = state_dict[key]
+        if src.shape == self.pos_embed.shape:
+            return
+        if src.ndim != 4 or src.shape[-1] != self.pos_embed.shape[-1]:
+            return  # leave it to the size check to report
+        from mmengine.logging import print_log
+        print_log(f'Resize pos_embed from {tuple(src.shape[1:3])} to '
+                  f'{self.pos_grid}.', logger='current')
+        state_dict[key] = self.interpolate_pos_embed(src, self.pos_grid)
+
+    @staticmethod
+    def interpolate_pos_embed(pos: torch.Tensor,
+                              size: Sequence[int]) -> torch.Tensor:
+        """(1, h, w, C) -> (1, *size, C), bicubic."""
+        if tuple(pos.shape[1:3]) == tuple(size):
+            return pos
+        out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=tuple(size),
+                            mode='bicubic', align_corners=False)
+        return out.permute(0, 2, 3, 1).to(pos.dtype)
+
+    # ---------------------------------------------------------- train mode
+    def _freeze_stages(self) -> None:
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.stem)
+        for i in range(min(self.frozen_stages, 3) + 1):
+            frozen.append(self.stages[i])
+            if i > 0:
+                frozen.append(self.merges[i - 1])
+            if hasattr(self, f'norm{i}'):
+                frozen.append(getattr(self, f'norm{i}'))
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+        if self.frozen_stages >= 2:
+            self.pos_embed.requires_grad = False
+        if self.frozen_stages >= 3:
+            self.cls_token.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'NomMer':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------- forward
+    def _dense(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> normed (B, C, H, W)."""
+        return getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        outs = []
+        last = max(self.out_indices)
+        x = self.stem(x)
+        for i in range(2):
+            x = self.stages[i](x)
+            if i in self.out_indices:
+                outs.append(self._dense(i, x))
+            if last == i:
+                return tuple(outs)
+            x = self.merges[i](x)
+
+        B, H, W, C = x.shape
+        x = x + self.interpolate_pos_embed(self.pos_embed, (H, W))
+        x = self.stages[2](x.reshape(B, H * W, C)).view(B, H, W, C)
+        if 2 in self.out_indices:
+            outs.append(self._dense(2, x))
+        if last == 2:
+            return tuple(outs)
+
+        x = self.merges[2](x)
+        B, H, W, C = x.shape
+        x = torch.cat([self.cls_token.expand(B, -1, -1),
+                       x.reshape(B, H * W, C)], dim=1)
+        x = self.stages[3](x)
+        if self.out_type == 'featmap':
+            outs.append(self._dense(3, x[:, 1:].reshape(B, H, W, C)))
+        elif self.out_type == 'cls_token':
+            outs.append(self.final_norm(x[:, 0]))
+        else:
+            outs.append(self.final_norm(x[:, 1:].mean(dim=1)))
+        return tuple(outs)
+
+    # ---------------------------------------------------------- inspection
+    def nomination_maps(self) -> 'OrderedDict[str, torch.Tensor]':
+        """Candidate chosen per position by every S-NomMer block in the last
+        forward: ``{'stages.0.blocks.0': (B, H, W) int64}``, values index
+        ``mixer.contexts`` (by default 0 = conv, 1 = window, 2 = global).
+        Empty when the blocks sum their contexts instead of nominating."""
+        maps = OrderedDict()
+        for i in range(2):
+            for j, block in enumerate(self.stages[i].blocks):
+                if block.mixer.nomination is not None:
+                    maps[f'stages.{i}.blocks.{j}'] = block.mixer.nomination
+        return maps

@@ -1,0 +1,14 @@
+from .attention import (MultiheadSelfAttention, WindowMSA,
+                        relative_position_index, window_partition,
+                        window_reverse)
+from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
+                      LocalWindowContext, NomMerMixer, PooledGlobalContext,
+                      hard_gumbel_softmax)
+from .dct import BlockDCT, dct_basis
+
+__all__ = [
+    'MultiheadSelfAttention', 'WindowMSA', 'relative_position_index',
+    'window_partition', 'window_reverse', 'CompressedGlobalContext',
+    'ContextNominator', 'ConvContext', 'LocalWindowContext', 'NomMerMixer',
+    'PooledGlobalContext', 'hard_gumbel_softmax', 'BlockDCT', 'dct_basis'
+]

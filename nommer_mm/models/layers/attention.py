@@ -1,0 +1,146 @@
+"""Attention layers shared by the plugin's backbones.
+
+Both layers run through ``F.scaled_dot_product_attention`` so that the fused
+kernels (flash / memory-efficient on GPU, the fused CPU kernel) are used; the
+relative position bias of window attention enters as an additive mask.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model.weight_init import trunc_normal_
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Plain global multi-head self-attention over a token sequence.
+
+    Args:
+        embed_dims (int): Token channels ``C``.
+        num_heads (int): Heads; ``C`` must divide by it.
+        qkv_bias (bool): Bias on the fused qkv projection. NomMer's global
+            attention has none.
+
+    Shapes:
+        x: (B, N, C) -> (B, N, C)
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int,
+                 qkv_bias: bool = False) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                             f'num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """Index into a ((2w-1)^2, heads) bias table for every query/key pair of
+    a w x w window, row-major tokens (Swin's layout). Shape (w*w, w*w)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window),
+                                        torch.arange(window), indexing='ij'))
+    coords = coords.flatten(1)  # (2, w*w)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    rel = rel + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C), H and W multiples of ``window`` -> (B*nW, w*w, C)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window, window, W // window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, C)
+
+
+def window_reverse(windows: torch.Tensor, window: int, H: int,
+                   W: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B*nW, w*w, C) -> (B, H, W, C)."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // window, W // window, window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+
+
+class WindowMSA(nn.Module):
+    """Window multi-head self-attention with a relative position bias
+    (non-shifted W-MSA).
+
+    Inputs of any size are zero-padded to whole windows; padded tokens are
+    masked out as keys, so the result on real tokens does not depend on the
+    padding, and cropped away afterwards.
+
+    Args:
+        embed_dims (int): Channels ``C``.
+        num_heads (int): Heads.
+        window_size (int): Window side ``w``.
+        qkv_bias (bool): Bias on the qkv projection.
+
+    Shapes:
+        x: (B, H, W, C) -> (B, H, W, C)
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, window_size: int = 7,
+                 qkv_bias: bool = True) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                             f'num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1)**2, num_heads))
+        # Derived from window_size alone, so not saved in checkpoints.
+        self.register_buffer('relative_position_index',
+                             relative_position_index(window_size),
+                             persistent=False)
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """(heads, w*w, w*w) additive attention bias."""
+        n = self.window_size**2
+        bias = self.relative_position_bias_table[
+            self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        w = self.window_size
+        pad_h, pad_w = (-H) % w, (-W) % w
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = H + pad_h, W + pad_w
+
+        windows = window_partition(x, w)  # (B*nW, w*w, C)
+        n = windows.shape[1]
+        qkv = self.qkv(windows).reshape(-1, n, 3, self.num_heads,
+                                        C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, h, n, d)
+        mask = self.relative_position_bias().to(q.dtype).unsqueeze(0)
+        if pad_h or pad_w:
+            mask = mask + self._padding_mask(B, H, W, Hp, Wp, q)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self.proj(out.transpose(1, 2).reshape(-1, n, C))
+        out = window_reverse(out, w, Hp, Wp)
+        if pad_h or pad_w:
+            out = out[:, :H, :W].contiguous()
+        return out
+
+    def _padding_mask(self, B: int, H: int, W: int, Hp: int, Wp: int,
+                      ref: torch.Tensor) -> torch.Tensor:
+        """(B*nW, 1, 1, w*w): -inf on padded keys, 0 elsewhere."""
+        real = torch.zeros(1, Hp, Wp, 1, dtype=torch.bool, device=ref.device)
+        real[:, :H, :W] = True
+        real = window_partition(real, self.window_size)[..., 0]  # (nW, n)
+        mask = torch.zeros(real.shape, dtype=ref.dtype, device=ref.device)
+        mask.masked_fill_(~real, float('-inf'))
+        return mask.repeat(B, 1)[:, None, None, :]

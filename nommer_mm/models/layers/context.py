@@ -1,0 +1,245 @@
+"""The candidate contexts of an S-NomMer block and the nominator choosing
+between them (NomMer, CVPR 2022, Sec. 3).
+
+Every candidate maps the normalized tokens (B, H, W, C) to (B, H, W, C) for
+any H, W: padding to whole windows / DCT blocks happens inside and is cropped.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+
+from .attention import MultiheadSelfAttention, WindowMSA
+from .dct import BlockDCT
+
+
+class ConvContext(nn.Module):
+    """CNN context F_C: a ResNet bottleneck (1x1 -> 3x3 -> 1x1, BN, ReLU)
+    with identity shortcut, width ``C / reduction``."""
+
+    def __init__(self, embed_dims: int, reduction: int = 4,
+                 norm_cfg: dict = dict(type='BN')) -> None:
+        super().__init__()
+        width = embed_dims // reduction
+        self.conv1 = nn.Conv2d(embed_dims, width, 1, bias=False)
+        self.norm1 = build_norm_layer(norm_cfg, width)[1]
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.norm2 = build_norm_layer(norm_cfg, width)[1]
+        self.conv3 = nn.Conv2d(width, embed_dims, 1, bias=False)
+        self.norm3 = build_norm_layer(norm_cfg, embed_dims)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = F.relu(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        return F.relu(out + x).permute(0, 2, 3, 1)
+
+
+class LocalWindowContext(WindowMSA):
+    """Local context F_L: window self-attention over non-overlapping
+    windows with relative position bias (see :class:`WindowMSA`)."""
+
+
+class _BlockGlobalContext(nn.Module):
+    """Shared skeleton of the global candidates: summarise every N x N block
+    into one token, run global MHSA over the block tokens, spread back."""
+
+    def __init__(self, embed_dims: int, num_heads: int, block_size: int,
+                 norm_cfg: dict) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.embed_dims = embed_dims
+        self.norm = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = MultiheadSelfAttention(embed_dims, num_heads)
+
+    def summarize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Hp, Wp, C) -> (B, Hp/N, Wp/N, C) block tokens."""
+        raise NotImplementedError
+
+    def spread(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, C) attended tokens -> (B, h*N, w*N, C)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        N = self.block_size
+        pad_h, pad_w = (-H) % N, (-W) % N
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        tokens = self.summarize(x)
+        _, h, w, _ = tokens.shape
+        # BatchNorm wants channels first; the attention wants a sequence.
+        tokens = self.norm(tokens.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        tokens = self.attn(tokens).view(B, h, w, C)
+        out = self.spread(tokens)
+        if pad_h or pad_w:
+            out = out[:, :H, :W].contiguous()
+        return out
+
+
+def _grouped_1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Apply a (grouped) 1x1 conv to a channels-last map (B, h, w, Cin)."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class CompressedGlobalContext(_BlockGlobalContext):
+    """Compressed global context F_G (the paper's CGCA): per-block DCT keeping
+    the l x l lowest frequencies, grouped 1x1 ``compress`` to C channels, BN,
+    global MHSA over the H/N x W/N block tokens, grouped 1x1 ``expand`` back
+    to C*l*l coefficients, inverse DCT."""
+
+    def __init__(self, embed_dims: int, num_heads: int, block_size: int = 8,
+                 groups: int = 8, norm_cfg: dict = dict(type='BN')) -> None:
+        super().__init__(embed_dims, num_heads, block_size, norm_cfg)
+        self.dct = BlockDCT(block_size)
+        coeffs = embed_dims * self.dct.keep**2
+        self.compress = nn.Conv2d(coeffs, embed_dims, 1, groups=groups,
+                                  bias=False)
+        self.expand = nn.Conv2d(embed_dims, coeffs, 1, groups=groups,
+                                bias=False)
+
+    def summarize(self, x: torch.Tensor) -> torch.Tensor:
+        return _grouped_1x1(self.dct(x), self.compress)
+
+    def spread(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dct.inverse(_grouped_1x1(tokens, self.expand))
+
+
+class PooledGlobalContext(_BlockGlobalContext):
+    """Ablation baseline for F_G (paper Table 4, "pooled global"): average
+    pooling of N x N blocks instead of the DCT, nearest upsampling back."""
+
+    def summarize(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.block_size)
+        return x.permute(0, 2, 3, 1)
+
+    def spread(self, tokens: torch.Tensor) -> torch.Tensor:
+        N = self.block_size
+        return tokens.repeat_interleave(N, dim=1).repeat_interleave(N, dim=2)
+
+
+def hard_gumbel_softmax(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """One-hot sample of softmax((logits + Gumbel noise) / tau) along the last
+    dim, with straight-through gradients of the soft sample.
+
+    The noise is drawn with ``exponential_`` on the logits' own device, so it
+    works on CPU and GPU alike.
+    """
+    gumbels = -torch.empty_like(logits).exponential_().log()
+    soft = ((logits + gumbels) / tau).softmax(dim=-1)
+    index = soft.argmax(dim=-1, keepdim=True)
+    hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
+    return hard - soft.detach() + soft
+
+
+class ContextNominator(nn.Module):
+    """Synergistic context nominator: per position, logits over the
+    candidates from their sum; one-hot by hard Gumbel-softmax (training) or
+    argmax (eval). Logits are computed in fp32 even under autocast, since
+    the Gumbel sample is sensitive to half-precision rounding.
+
+    After every forward, :attr:`nomination` holds the chosen candidate index
+    per position, (B, H, W) int64, detached (the paper's Fig. 4 maps).
+    """
+
+    def __init__(self, embed_dims: int, num_candidates: int = 3,
+                 tau: float = 1.0) -> None:
+        super().__init__()
+        self.fc = nn.Linear(embed_dims, num_candidates)
+        self.tau = tau
+        self.nomination: torch.Tensor | None = None
+
+    def forward(self, summed: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) sum of candidates -> (B, H, W, P) fp32 one-hot."""
+        with torch.autocast(summed.device.type, enabled=False):
+            logits = F.linear(summed.float(), self.fc.weight.float(),
+                              self.fc.bias.float())
+            if self.training:
+                weights = hard_gumbel_softmax(logits, self.tau)
+            else:
+                weights = F.one_hot(logits.argmax(-1),
+                                    logits.shape[-1]).to(logits.dtype)
+        self.nomination = weights.detach().argmax(-1)
+        return weights
+
+
+CONTEXT_NAMES = ('conv', 'window', 'global')  # the reference's order
+GLOBAL_TYPES = ('dct', 'pooled')
+FUSIONS = ('nominator', 'sum')
+
+
+class NomMerMixer(nn.Module):
+    """Token mixer of an S-NomMer block: the chosen candidate contexts,
+    combined by the nominator (or summed, for the ablation).
+
+    Args:
+        embed_dims (int): Channels ``C``.
+        num_heads (int): Heads of the window and global attention.
+        window_size (int): Local window side.
+        dct_block (int): N of the compressed global context.
+        reduction (int): Bottleneck reduction of the conv context.
+        contexts (tuple[str]): Subset of ``('conv', 'window', 'global')``.
+        global_type (str): ``'dct'`` (CGCA) or ``'pooled'``.
+        fusion (str): ``'nominator'`` or ``'sum'``.
+        norm_cfg (dict): Norm of the BatchNorm layers.
+
+    Shapes:
+        x: (B, H, W, C) -> (B, H, W, C)
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, window_size: int = 7,
+                 dct_block: int = 8, reduction: int = 4,
+                 contexts: tuple = CONTEXT_NAMES, global_type: str = 'dct',
+                 fusion: str = 'nominator',
+                 norm_cfg: dict = dict(type='BN')) -> None:
+        super().__init__()
+        contexts = tuple(contexts)
+        unknown = [c for c in contexts if c not in CONTEXT_NAMES]
+        if unknown or not contexts:
+            raise ValueError(f'contexts must be a non-empty subset of '
+                             f'{CONTEXT_NAMES}, got {contexts}')
+        if global_type not in GLOBAL_TYPES:
+            raise ValueError(f'global_type must be one of {GLOBAL_TYPES}, '
+                             f'got {global_type!r}')
+        if fusion not in FUSIONS:
+            raise ValueError(f'fusion must be one of {FUSIONS}, got {fusion!r}')
+        # Keep the reference order whatever order the user gave.
+        self.contexts = tuple(c for c in CONTEXT_NAMES if c in contexts)
+        self.fusion = fusion
+        if 'conv' in self.contexts:
+            self.conv_context = ConvContext(embed_dims, reduction, norm_cfg)
+        if 'window' in self.contexts:
+            self.window_context = LocalWindowContext(embed_dims, num_heads,
+                                                     window_size)
+        if 'global' in self.contexts:
+            cls = (CompressedGlobalContext
+                   if global_type == 'dct' else PooledGlobalContext)
+            self.global_context = cls(embed_dims, num_heads, dct_block,
+                                      norm_cfg=norm_cfg)
+        if fusion == 'nominator' and len(self.contexts) > 1:
+            self.nominator = ContextNominator(embed_dims, len(self.contexts))
+        else:
+            self.nominator = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [getattr(self, f'{name}_context')(x) for name in self.contexts]
+        summed = feats[0]
+        for f in feats[1:]:
+            summed = summed + f
+        if self.nominator is None:
+            return summed
+        weights = self.nominator(summed).to(summed.dtype)
+        # Weighted sum without stacking the candidates into (B, H, W, P, C).
+        out = feats[0] * weights[..., 0:1]
+        for i, f in enumerate(feats[1:], start=1):
+            out = out + f * weights[..., i:i + 1]
+        return out
+
+    @property
+    def nomination(self) -> torch.Tensor | None:
+        return None if self.nominator is None else self.nominator.nomination

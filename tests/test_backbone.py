@@ -1,0 +1,302 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nommer_mm import NomMer
+from nommer_mm.analysis import count_flops, count_params
+from nommer_mm.models.layers import WindowMSA
+
+# A small arch keeps CPU tests fast; groups=8 needs C divisible by 8.
+SMALL = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 4],
+             bottleneck_ratios=[2, 2])
+
+
+def small_nommer(**kwargs) -> NomMer:
+    kwargs.setdefault('arch', SMALL)
+    return NomMer(**kwargs)
+
+
+@pytest.mark.parametrize('size', [(224, 224), (32, 32), (65, 97), (97, 65),
+                                  (100, 150), (47, 33), (256, 320)])
+def test_featmap_shapes_any_size(size):
+    model = small_nommer().eval()
+    H, W = size
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, H, W))
+    assert len(outs) == 4
+    for i, out in enumerate(outs):
+        stride = 2**(i + 2)
+        assert out.shape == (1, 32 * 2**i, math.ceil(H / stride),
+                             math.ceil(W / stride)), (i, out.shape)
+        assert torch.isfinite(out).all()
+
+
+def test_out_indices_subset_and_negative():
+    model = small_nommer(out_indices=(1, -1)).eval()
+    outs = model(torch.randn(2, 3, 64, 64))
+    assert [o.shape for o in outs] == [(2, 64, 8, 8), (2, 256, 2, 2)]
+    # stage 3 is not needed: the forward stops early and builds no norm3
+    model = small_nommer(out_indices=(0, )).eval()
+    assert not hasattr(model, 'norm3')
+    assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 32, 16, 16)
+    with pytest.raises(ValueError, match='out_indices'):
+        small_nommer(out_indices=(4, ))
+
+
+@pytest.mark.parametrize('out_type', ['cls_token', 'avg_featmap'])
+def test_classification_out_types(out_type):
+    model = small_nommer(out_indices=(2, 3), out_type=out_type).eval()
+    outs = model(torch.randn(2, 3, 96, 64))
+    assert outs[0].shape == (2, 128, 6, 4)
+    assert outs[1].shape == (2, 256)
+    assert hasattr(model, 'final_norm') and not hasattr(model, 'norm3')
+
+
+def test_cls_token_stays_out_of_dense_output():
+    """Changing the class token must not change any dense feature map."""
+    model = small_nommer().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        model.cls_token.add_(5.0)
+        after = model(x)
+    # the class token is attended to in stage 3, so maps may change there,
+    # but the dense output must be exactly the H/32 x W/32 patch grid
+    assert after[3].shape == before[3].shape == (1, 256, 2, 2)
+    for a, b in zip(before[:3], after[:3]):
+        assert torch.equal(a, b)
+
+
+def test_unknown_arch_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        NomMer(arch='huge')
+    for name in ('tiny', 'small', 'base'):
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match='bottleneck_ratios'):
+        NomMer(arch=dict(embed_dims=32, depths=[1] * 4, num_heads=[1] * 4))
+
+
+def test_gradients_reach_all_branches_and_nominator():
+    torch.manual_seed(0)
+    model = small_nommer().train()
+    out = model(torch.randn(2, 3, 64, 64))
+    sum(o.square().mean() for o in out).backward()
+    mixer = model.stages[0].blocks[0].mixer
+    for name in ('conv_context.conv1.weight', 'window_context.qkv.weight',
+                 'window_context.relative_position_bias_table',
+                 'global_context.compress.weight',
+                 'global_context.attn.qkv.weight',
+                 'global_context.expand.weight', 'nominator.fc.weight'):
+        grad = dict(mixer.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+def test_training_nomination_is_one_hot_and_stochastic():
+    torch.manual_seed(0)
+    model = small_nommer(out_indices=(0, )).train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x)
+    first = model.nomination_maps()['stages.0.blocks.0'].clone()
+    model(x)
+    second = model.nomination_maps()['stages.0.blocks.0']
+    assert first.shape == (2, 16, 16)
+    assert set(first.unique().tolist()) <= {0, 1, 2}
+    assert not torch.equal(first, second)  # Gumbel noise differs per call
+
+
+def test_eval_is_deterministic_and_maps_exposed():
+    model = small_nommer().eval()
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    maps = model.nomination_maps()
+    assert list(maps) == ['stages.0.blocks.0', 'stages.1.blocks.0']
+    assert maps['stages.0.blocks.0'].shape == (1, 18, 23)
+    assert maps['stages.1.blocks.0'].shape == (1, 9, 12)
+
+
+def test_dct_bases_are_buffers_not_parameters():
+    model = small_nommer()
+    names = [n for n, _ in model.named_parameters()]
+    assert not any('dct' in n or 'relative_position_index' in n for n in names)
+    state = model.state_dict()
+    assert not any(k.endswith('.basis') or k.endswith('position_index')
+                   for k in state)
+
+
+@pytest.mark.parametrize('arch,expected', [('tiny', 22.46e6),
+                                           ('small', 41.53e6),
+                                           ('base', 73.40e6)])
+def test_classifier_params_match_reference(arch, expected):
+    from mmpretrain.models import ImageClassifier
+    C = NomMer.arch_zoo[arch]['embed_dims']
+    model = ImageClassifier(
+        backbone=dict(type='NomMer', arch=arch, out_indices=(3, ),
+                      out_type='cls_token'),
+        head=dict(type='LinearClsHead', num_classes=1000, in_channels=8 * C))
+    n = count_params(model)
+    assert abs(n - expected) / expected < 0.005, n
+
+
+class _Classifier(nn.Module):
+
+    def __init__(self, arch):
+        super().__init__()
+        C = NomMer.arch_zoo[arch]['embed_dims']
+        self.backbone = NomMer(arch, out_indices=(3, ), out_type='cls_token')
+        self.fc = nn.Linear(8 * C, 1000)
+
+    def forward(self, x):
+        return self.fc(self.backbone(x)[-1])
+
+
+@pytest.mark.parametrize('arch,expected', [('tiny', 5.49e9),
+                                           ('small', 10.09e9),
+                                           ('base', 17.53e9)])
+def test_classifier_flops_match_reference(arch, expected):
+    flops = count_flops(_Classifier(arch), torch.randn(1, 3, 224, 224))
+    assert abs(flops - expected) / expected < 0.02, flops
+
+
+TABLE4 = {
+    'window_only': dict(contexts=('window', )),
+    'window_conv_sum': dict(contexts=('conv', 'window'), fusion='sum'),
+    'pooled_global_sum': dict(global_type='pooled', fusion='sum'),
+    'dct_global_sum': dict(fusion='sum'),
+    'full': dict(),
+    'window_conv_nominator': dict(contexts=('window', 'conv')),
+}
+
+
+@pytest.mark.parametrize('name', list(TABLE4))
+def test_ablation_variants_build_and_run(name):
+    model = small_nommer(**TABLE4[name]).train()
+    out = model(torch.randn(1, 3, 50, 70))
+    sum(o.mean() for o in out).backward()
+    mixer = model.stages[0].blocks[0].mixer
+    wanted = TABLE4[name].get('contexts', ('conv', 'window', 'global'))
+    assert set(mixer.contexts) == set(wanted)
+    has_nominator = (TABLE4[name].get('fusion', 'nominator') == 'nominator'
+                     and len(wanted) > 1)
+    assert (mixer.nominator is not None) == has_nominator
+    assert bool(model.nomination_maps()) == has_nominator
+
+
+def test_ablation_sum_is_sum_of_candidates():
+    torch.manual_seed(0)
+    mixer = small_nommer(fusion='sum').stages[0].blocks[0].mixer.eval()
+    x = torch.randn(1, 16, 16, 32)
+    with torch.no_grad():
+        expected = (mixer.conv_context(x) + mixer.window_context(x)
+                    + mixer.global_context(x))
+        assert torch.allclose(mixer(x), expected, atol=1e-6)
+
+
+def test_bad_ablation_switches_are_named():
+    with pytest.raises(ValueError, match='contexts'):
+        small_nommer(contexts=('conv', 'fourier'))
+    with pytest.raises(ValueError, match='global_type'):
+        small_nommer(global_type='fft')
+    with pytest.raises(ValueError, match='fusion'):
+        small_nommer(fusion='max')
+
+
+def test_window_attention_ignores_padding():
+    """On a 5x5 map (padded to 7x7), each token attends to the 25 real
+    tokens only, with the relative position bias of their offsets."""
+    torch.manual_seed(0)
+    attn = WindowMSA(8, 2, window_size=7).eval()
+    nn.init.normal_(attn.relative_position_bias_table)
+    x = torch.randn(1, 5, 5, 8)
+    with torch.no_grad():
+        out = attn(x)
+        # direct computation over the real tokens
+        qkv = attn.qkv(x.view(1, 25, 8)).view(1, 25, 3, 2, 4)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        idx = torch.tensor([r * 7 + c for r in range(5) for c in range(5)])
+        bias = attn.relative_position_bias()[:, idx][:, :, idx]
+        a = (q @ k.transpose(-1, -2)) * 4**-0.5 + bias
+        ref = attn.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(1, 25, 8))
+    assert torch.allclose(out.view(1, 25, 8), ref, atol=1e-5)
+
+
+def test_frozen_stages_and_norm_eval():
+    model = small_nommer(frozen_stages=1, norm_eval=True)
+    model.train()
+    frozen = [model.stem, model.stages[0], model.stages[1], model.merges[0]]
+    for m in frozen:
+        assert not m.training
+        assert all(not p.requires_grad for p in m.parameters())
+    assert all(p.requires_grad for p in model.stages[2].parameters())
+    assert all(p.requires_grad for p in model.merges[1].parameters())
+    assert model.pos_embed.requires_grad
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert model.stages[2].training
+    model = small_nommer(frozen_stages=3)
+    model.train()
+    assert not model.pos_embed.requires_grad
+    assert not model.cls_token.requires_grad
+
+
+def test_with_cp_matches_plain_gradients():
+    torch.manual_seed(0)
+    plain = small_nommer(drop_path_rate=0.2).train()
+    ckpt = small_nommer(drop_path_rate=0.2, with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(1)
+        out = model(x)
+        sum(o.square().mean() for o in out).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for g1, g2 in zip(*grads):
+        assert torch.allclose(g1, g2, atol=1e-5)
+
+
+def test_syncbn_norm_cfg_is_used():
+    model = small_nommer(norm_cfg=dict(type='SyncBN'))
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert 'SyncBatchNorm' in kinds and 'BatchNorm2d' not in kinds
+
+
+def test_nominator_runs_in_fp32_under_autocast():
+    model = small_nommer(out_indices=(0, )).train()
+    seen = []
+    nominator = model.stages[0].blocks[0].mixer.nominator
+    nominator.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 64, 64))
+    assert seen == [torch.float32]
+    assert out[0].dtype == torch.bfloat16  # the rest ran in bf16
+
+
+def test_pos_embed_resized_on_load_and_interpolated_at_run_time():
+    src = small_nommer(img_size=224)
+    dst = small_nommer(img_size=384)
+    assert dst.pos_embed.shape == (1, 24, 24, 128)
+    dst.load_state_dict(src.state_dict())
+    expected = NomMer.interpolate_pos_embed(src.pos_embed.data, (24, 24))
+    assert torch.allclose(dst.pos_embed, expected)
+
+
+def test_pretrained_init_cfg_with_prefix(tmp_path):
+    src = small_nommer(out_indices=(3, ), out_type='cls_token')
+    state = {f'backbone.{k}': v for k, v in src.state_dict().items()}
+    state['head.fc.weight'] = torch.zeros(10, 256)
+    path = tmp_path / 'cls.pth'
+    torch.save(dict(state_dict=state), path)
+    dense = small_nommer(init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                       prefix='backbone.'))
+    dense.init_weights()
+    for key in ('stem.conv.weight', 'pos_embed',
+                'stages.1.blocks.0.mixer.nominator.fc.weight'):
+        assert torch.equal(dense.state_dict()[key], src.state_dict()[key])

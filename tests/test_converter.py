@@ -1,0 +1,128 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nommer_mm.converters import ConversionError, convert_reference
+from reference_layout import ReferenceLayoutNomMer, randomize_
+
+ROOT = Path(__file__).resolve().parents[1]
+CONVERTER = ROOT / 'tools' / 'model_converters' / 'nommer2mm.py'
+
+CUSTOM = dict(embed_dims=48, depths=[1, 2, 2, 1], num_heads=[3, 2, 6, 4],
+              bottleneck_ratios=[3, 2])
+
+
+@pytest.fixture
+def float64():
+    """Compare in float64: the nominator's argmax is discontinuous, so in
+    float32 rounding alone can flip near-tied positions of random weights."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def build_classifier(info: dict, num_classes: int):
+    from mmpretrain.models import ImageClassifier
+    C = info['arch']['embed_dims']
+    return ImageClassifier(
+        backbone=dict(type='NomMer', out_type='cls_token', out_indices=(3, ),
+                      **info),
+        head=dict(type='LinearClsHead', num_classes=num_classes,
+                  in_channels=8 * C)).eval()
+
+
+@pytest.mark.parametrize('arch,num_classes', [('tiny', 1000), ('custom', 7)])
+def test_converted_logits_equal_reference(float64, arch, num_classes):
+    torch.manual_seed(0)
+    kwargs = {} if arch == 'tiny' else dict(CUSTOM)
+    ref = randomize_(ReferenceLayoutNomMer(num_classes=num_classes, **kwargs))
+    ref.eval()
+    state, info = convert_reference(
+        {'model': ref.state_dict()}, arch=None if arch == 'tiny' else CUSTOM)
+    model = build_classifier(info, num_classes)
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = ref(x)
+        got = model(x, mode='tensor')
+    assert expected.abs().max() > 1  # not a trivially small output
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_checkpoint_wrappers_are_accepted():
+    ref = ReferenceLayoutNomMer(embed_dims=32, depths=(1, 1, 1, 1),
+                                num_heads=(2, 2, 2, 2),
+                                bottleneck_ratios=(2, 2), num_classes=5)
+    sd = ref.state_dict()
+    arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 2],
+                bottleneck_ratios=[2, 2])
+    plain, _ = convert_reference(sd, arch=arch)
+    ema = {'model': {}, 'state_dict_ema': {f'module.{k}': v
+                                           for k, v in sd.items()}}
+    from_ema, _ = convert_reference(ema, arch=arch, use_ema=True)
+    assert plain.keys() == from_ema.keys()
+    with pytest.raises(ConversionError, match='state_dict_ema'):
+        convert_reference({'model': sd}, arch=arch, use_ema=True)
+
+
+def test_errors_name_the_problem():
+    ref = ReferenceLayoutNomMer(embed_dims=32, depths=(1, 1, 1, 1),
+                                num_heads=(2, 2, 2, 2),
+                                bottleneck_ratios=(2, 2), num_classes=5)
+    sd = ref.state_dict()
+    # a non-zoo arch needs its stage 2-3 heads spelled out
+    with pytest.raises(ConversionError, match='no zoo arch'):
+        convert_reference(sd)
+    arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 2],
+                bottleneck_ratios=[2, 2])
+    with pytest.raises(ConversionError, match='depths'):
+        convert_reference(sd, arch=dict(arch, depths=[1, 1, 2, 1]))
+    bad = dict(sd)
+    bad['transformer1.layers.0.0.fn.mystery.weight'] = torch.zeros(1)
+    with pytest.raises(ConversionError, match='mystery'):
+        convert_reference(bad, arch=arch)
+    bad = dict(sd)
+    key = 'transformer2.layers.0.0.fn.attentionG.dct_conv_8x8.weight'
+    bad[key] = bad[key].flip(-1)
+    with pytest.raises(ConversionError, match='analytic'):
+        convert_reference(bad, arch=arch)
+
+
+def test_cli_round_trip(tmp_path):
+    torch.manual_seed(0)
+    ref = randomize_(ReferenceLayoutNomMer(num_classes=10)).eval()
+    src = tmp_path / 'ref.pth'
+    torch.save({'model': ref.state_dict(), 'epoch': 299}, src)
+    dst = tmp_path / 'cls.pth'
+    subprocess.run([sys.executable, str(CONVERTER), str(src), str(dst)],
+                   check=True, cwd=tmp_path)
+    ckpt = torch.load(dst, weights_only=True)
+    info = {k: v for k, v in ckpt['meta']['backbone'].items()
+            if k not in ('type', 'out_type', 'out_indices')}
+    model = build_classifier(info, ckpt['meta']['num_classes'])
+    model.load_state_dict(ckpt['state_dict'], strict=True)
+
+    bb = tmp_path / 'backbone.pth'
+    subprocess.run([sys.executable, str(CONVERTER), str(src), str(bb),
+                    '--backbone-only'], check=True, cwd=tmp_path)
+    from nommer_mm import NomMer
+    dense = NomMer(**info, init_cfg=dict(type='Pretrained',
+                                         checkpoint=str(bb)))
+    dense.init_weights()
+    state = torch.load(bb, weights_only=True)['state_dict']
+    assert not any(k.startswith(('backbone.', 'head.')) for k in state)
+    assert torch.equal(dense.stem.conv.weight, state['stem.conv.weight'])
+
+
+def test_cli_reports_conversion_errors(tmp_path):
+    src = tmp_path / 'broken.pth'
+    torch.save({'model': {'something.else': torch.zeros(1)}}, src)
+    proc = subprocess.run([sys.executable, str(CONVERTER), str(src),
+                           str(tmp_path / 'out.pth')], capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
+    assert 'cnn1.weight' in proc.stderr

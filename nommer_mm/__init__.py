@@ -5,9 +5,10 @@ registry (found from the mmpretrain, mmdet and mmseg scopes) and allow-lists
 the types in mmengine checkpoints for ``torch.load(weights_only=True)``.
 """
 from .checkpoint_safety import allow_mmengine_checkpoint_types
+from .engine import RNGStateHook
 from .models import *  # noqa: F401,F403
 from .version import __version__
 
 allow_mmengine_checkpoint_types()
 
-__all__ = ['NomMer', 'allow_mmengine_checkpoint_types', '__version__']
+__all__ = ['NomMer', 'RNGStateHook', 'allow_mmengine_checkpoint_types', '__version__']

@@ -41,8 +41,8 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence,
     """FLOPs (multiply-adds) of ``model(*inputs)`` in fvcore's convention.
 
     Returns the total, or with ``by_module`` the per-module counter.
-    Raises if any op that does arithmetic was left uncounted... except the
-    elementwise ones fvcore also skips (add, mul, softmax, gelu ...).
+    Like fvcore, elementwise ops (add, mul, softmax, GELU ...) are not
+    counted.
     """
     from mmengine.analysis import FlopAnalyzer
     if isinstance(inputs, torch.Tensor):
@@ -60,3 +60,83 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence,
     finally:
         model.train(was_training)
     return result
+
+
+# ------------------------------------------------ module-hook convention
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _conv_flops(m: nn.Conv2d, inp, out) -> int:
+    k = _numel(m.kernel_size) * (m.in_channels // m.groups)
+    return out.numel() * k + (out.numel() if m.bias is not None else 0)
+
+
+def _linear_flops(m: nn.Linear, inp, out) -> int:
+    return inp[0].numel() * m.out_features + (
+        out.numel() if m.bias is not None else 0)
+
+
+def _norm_flops(m: nn.Module, inp, out) -> int:
+    affine = getattr(m, 'affine', None) or getattr(
+        m, 'elementwise_affine', False)
+    return inp[0].numel() * (2 if affine else 1)
+
+
+def _elementwise_flops(m: nn.Module, inp, out) -> int:
+    return out.numel()
+
+
+def _pool_flops(m: nn.Module, inp, out) -> int:
+    return inp[0].numel()
+
+
+_HOOK_RULES = (
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d), _conv_flops),
+    ((nn.Linear, ), _linear_flops),
+    ((nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+      nn.modules.instancenorm._InstanceNorm), _norm_flops),
+    ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU),
+     _elementwise_flops),
+    ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+      nn.AdaptiveMaxPool2d), _pool_flops),
+    ((nn.Upsample, ), _elementwise_flops),
+)
+
+
+def count_flops_module_hooks(model: nn.Module,
+                             inputs: torch.Tensor | Sequence) -> int:
+    """FLOPs counted the way mmcv 1.x's ``get_model_complexity_info`` did:
+    forward hooks on conv / linear / norm / activation / pooling modules
+    (multiply-adds, plus bias adds and norm affine terms). Anything done by
+    functional calls is invisible to it: attention matrix products, the
+    DCT, functional activations and pooling."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs, )
+    total = [0]
+    handles = []
+
+    def make_hook(rule):
+        def hook(m, inp, out):
+            if isinstance(out, torch.Tensor):
+                total[0] += rule(m, inp, out)
+        return hook
+
+    for m in model.modules():
+        for types, rule in _HOOK_RULES:
+            if isinstance(m, types):
+                handles.append(m.register_forward_hook(make_hook(rule)))
+                break
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total[0]

@@ -47,10 +47,11 @@ OPENMMLAB_PINS = {
     'mmsegmentation': '1.2.2',
     'mmpretrain': '1.2.0',
 }
-# Needed at import or run time but not declared (mmseg: ftfy, regex) or used
-# by our tests and tools.
-EXTRA_REQUIREMENTS = ['ftfy', 'regex', 'pycocotools', 'scipy', 'shapely',
-                      'terminaltables', 'matplotlib', 'pytest']
+# Needed at import or run time but not declared (mmseg: ftfy, regex;
+# mmengine resolves `mmdet::` config bases through pkg_resources, which
+# setuptools >= 81 no longer ships) or used by our tests and tools.
+EXTRA_REQUIREMENTS = ['setuptools<81', 'ftfy', 'regex', 'pycocotools', 'scipy',
+                      'shapely', 'terminaltables', 'matplotlib', 'pytest']
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,8 +274,19 @@ def hold_constraints() -> Path:
 def pins_satisfied() -> list[str]:
     missing = [f'{d}=={v}' for d, v in OPENMMLAB_PINS.items()
                if version_of(d) != v]
-    missing += [r for r in EXTRA_REQUIREMENTS if version_of(r) is None]
+    missing += [r for r in EXTRA_REQUIREMENTS if not requirement_met(r)]
     return missing
+
+
+def requirement_met(requirement: str) -> bool:
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
+    req = Requirement(requirement)
+    installed = version_of(req.name)
+    return installed is not None and req.specifier.contains(
+        installed, prereleases=True)
 
 
 def ensure_rest(install_self: bool) -> None:
@@ -297,11 +309,17 @@ def ensure_rest(install_self: bool) -> None:
 def final_check() -> None:
     ok, out = probe('import mmdet, mmseg, mmpretrain, mmengine, mmcv\n'
                     'from mmcv.ops import RoIAlign, nms\n'
+                    'from mmengine.config import Config\n'
+                    'import tempfile, os\n'
+                    'f = os.path.join(tempfile.mkdtemp(), "c.py")\n'
+                    'open(f, "w").write("_base_ = [\'mmdet::_base_/'
+                    'default_runtime.py\']")\n'
+                    'assert Config.fromfile(f).default_scope == "mmdet"\n'
                     'print("stack:", mmengine.__version__, mmcv.__version__, '
                     'mmdet.__version__, mmseg.__version__, mmpretrain.__version__)')
     if not ok:
         sys.exit(f'the stack does not import:\n{out}')
-    log(out.splitlines()[-1])
+    log(next(ln for ln in out.splitlines() if ln.startswith('stack:')))
 
 
 def main() -> None:

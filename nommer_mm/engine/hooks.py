@@ -1,0 +1,53 @@
+"""Hooks the plugin's configs add to the runners."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class RNGStateHook(Hook):
+    """Save the RNG states in checkpoints and restore them on resume.
+
+    mmengine re-seeds a resumed run from the config seed, so the Gumbel
+    noise of the nominator, drop-path masks and random augmentations in the
+    main process would differ from an uninterrupted run. With this hook a
+    run killed and resumed (``--resume``) follows the same random stream.
+    """
+
+    priority = 'VERY_LOW'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = dict(python=random.getstate(), numpy=_numpy_state(),
+                     torch=torch.get_rng_state())
+        if torch.cuda.is_available():
+            state['cuda'] = torch.cuda.get_rng_state_all()
+        checkpoint['rng_state'] = state
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('rng_state')
+        if not state or not runner._resume:
+            return  # a weight-only load (load_from) starts fresh streams
+        random.setstate(_as_python_state(state['python']))
+        name, keys, pos, has_gauss, gauss = state['numpy']
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos,
+                             has_gauss, gauss))
+        torch.set_rng_state(state['torch'])
+        if 'cuda' in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _numpy_state() -> tuple:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    # plain Python types and a tensor: loadable with weights_only=True
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+            int(has_gauss), float(gauss))
+
+
+def _as_python_state(state) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

@@ -1,0 +1,54 @@
+"""Small classification runs through the real tools."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py'
+
+
+def write_config(path: Path, data_root: Path, iters: int, extra: str = '',
+                 ckpt_interval: int | None = None, batch: int = 4) -> Path:
+    """A config inheriting the demo config, shrunk to 32x32 images."""
+    path.write_text(f"""
+_base_ = {str(DEMO)!r}
+data_root = {str(data_root)!r}
+model = dict(backbone=dict(img_size=32, drop_path_rate=0.2))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.6, 1.0),
+         backend='pillow', interpolation='bicubic'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(batch_size={batch}, dataset=dict(
+    data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size={batch}, dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, end=2),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=2,
+         end={iters}),
+]
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval={ckpt_interval or iters}))
+{extra}
+""")
+    return path
+
+
+def run_tool(args, cwd: Path, port: int | None = None,
+             timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(ROOT / 'tests'), str(ROOT), env.get('PYTHONPATH', '')])
+    if port:
+        env['PORT'] = str(port)
+    if args[0].endswith('.py'):
+        args = [sys.executable] + list(args)
+    else:
+        args = ['bash'] + list(args)
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

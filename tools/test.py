@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Evaluate a checkpoint with any config of this repository.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta]
+        [--out FILE] [--cfg-options k=v ...] [--launcher ...]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from mmengine.config import DictAction
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nommer_mm.launch import (build_runner, load_config,  # noqa: E402
+                              prepare_launcher, set_work_dir, setup_codebase)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Test a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where to save the metrics')
+    parser.add_argument('--out', help='dump the metrics (json) to this file')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation from the config '
+                        '(tta_model / tta_pipeline), e.g. multi-scale + flip')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    setup_codebase(cfg)
+    set_work_dir(cfg, args.config, args.work_dir)
+    prepare_launcher(cfg, args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise SystemExit(f'{args.config} defines no tta_model / '
+                             'tta_pipeline; --tta needs both')
+        cfg.model = dict(type=cfg.tta_model.pop('type'), module=cfg.model,
+                         **cfg.tta_model)
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    runner = build_runner(cfg)
+    metrics = runner.test()
+    if args.out and runner.rank == 0:
+        import json
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(
+            {k: float(v) if hasattr(v, '__float__') else v
+             for k, v in metrics.items()}, indent=2))
+
+
+if __name__ == '__main__':
+    main()

@@ -71,7 +71,8 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
     cfg.model_wrapper_cfg = wrapper
     cfg.env_cfg = cfg.get('env_cfg', {})
     cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    _replace_syncbn(cfg)
+    for key in list(cfg.keys()):
+        _replace_syncbn(cfg[key])
 
 
 def _replace_syncbn(node) -> None:

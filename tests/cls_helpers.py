@@ -46,7 +46,7 @@ def run_tool(args, cwd: Path, port: int | None = None,
         [str(ROOT / 'tests'), str(ROOT), env.get('PYTHONPATH', '')])
     if port:
         env['PORT'] = str(port)
-    if args[0].endswith('.py'):
+    if str(args[0]).endswith('.py'):
         args = [sys.executable] + list(args)
     else:
         args = ['bash'] + list(args)

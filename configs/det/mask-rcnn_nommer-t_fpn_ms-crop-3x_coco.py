@@ -1,0 +1,20 @@
+# Mask R-CNN 3x (multi-scale + crop) + NomMer-T: Swin-T's config, backbone
+# swapped.
+_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
+custom_imports = dict(imports=['nommer_mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='NomMer',
+        arch='tiny',
+        drop_path_rate=0.1,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='checkpoints/nommer-tiny_in1k-224.pth',
+                      prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
+    'pos_embed': dict(decay_mult=0.),
+    'cls_token': dict(decay_mult=0.),
+}))

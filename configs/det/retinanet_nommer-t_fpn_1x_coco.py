@@ -1,0 +1,23 @@
+# RetinaNet 1x + NomMer-T: Swin-T's config, backbone swapped (stages 1-3).
+_base_ = 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py'
+custom_imports = dict(imports=['nommer_mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='NomMer',
+        arch='tiny',
+        drop_path_rate=0.1,
+        out_indices=(1, 2, 3),
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='checkpoints/nommer-tiny_in1k-224.pth',
+                      prefix='backbone.')),
+    neck=dict(in_channels=[192, 384, 768]))
+optim_wrapper = dict(
+    optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999),
+                   weight_decay=0.05),
+    paramwise_cfg=dict(norm_decay_mult=0., custom_keys={
+        'pos_embed': dict(decay_mult=0.),
+        'cls_token': dict(decay_mult=0.),
+        'relative_position_bias_table': dict(decay_mult=0.),
+    }))

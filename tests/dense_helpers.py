@@ -1,0 +1,148 @@
+"""Small CPU variants of the detection and segmentation configs: the real
+model, heads, losses, runners and metrics, on generated data with tiny
+images and 4 shape classes."""
+from pathlib import Path
+
+from mmengine.config import Config
+
+from nommer_mm.testing import SHAPES
+
+ROOT = Path(__file__).resolve().parents[1]
+CASCADE_T = ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
+UPERNET_T = ROOT / 'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
+
+
+def _iter_schedule(cfg: Config, iters: int) -> None:
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
+                         val_interval=iters)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5,
+                                by_epoch=False, begin=0, end=iters)]
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
+                                        interval=iters)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.log_processor = dict(by_epoch=False)
+    cfg.randomness = dict(seed=0)
+
+
+def _set_num_classes(node, n: int) -> None:
+    if isinstance(node, dict):
+        if 'num_classes' in node:
+            node['num_classes'] = n
+        for v in node.values():
+            _set_num_classes(v, n)
+    elif isinstance(node, list):
+        for v in node:
+            _set_num_classes(v, n)
+
+
+def small_det_config(data_root: Path, out: Path, iters: int = 2,
+                     base: Path = CASCADE_T, scale=(128, 96)) -> Path:
+    cfg = Config.fromfile(str(base))
+    cfg.model.backbone.init_cfg = None
+    _set_num_classes(cfg.model, len(SHAPES))
+    # fewer RoIs keep the CPU run short; the heads are unchanged
+    if 'rpn_proposal' in cfg.model.get('train_cfg', {}):
+        cfg.model.train_cfg.rpn_proposal.max_per_img = 64
+        cfg.model.test_cfg.rpn.max_per_img = 64
+    # an untrained model scores below 0.05: keep every box so that the COCO
+    # metric has detections to evaluate
+    if 'rcnn' in cfg.model.get('test_cfg', {}):
+        cfg.model.test_cfg.rcnn.score_thr = 0.0
+    elif 'score_thr' in cfg.model.get('test_cfg', {}):
+        cfg.model.test_cfg.score_thr = 0.0
+    metainfo = dict(classes=SHAPES)
+    train_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+        dict(type='Resize', scale=scale, keep_ratio=True),
+        dict(type='RandomFlip', prob=0.5),
+        dict(type='PackDetInputs'),
+    ]
+    test_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=scale, keep_ratio=True),
+        dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+        dict(type='PackDetInputs', meta_keys=(
+            'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+    ]
+    for name, split, pipe, shuffle in (
+            ('train_dataloader', 'train', train_pipeline, True),
+            ('val_dataloader', 'val', test_pipeline, False)):
+        cfg[name] = dict(
+            batch_size=2, num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=shuffle),
+            dataset=dict(
+                type='CocoDataset', data_root=str(data_root),
+                metainfo=metainfo,
+                ann_file=f'annotations/instances_{split}.json',
+                data_prefix=dict(img=f'{split}/'), pipeline=pipe,
+                filter_cfg=dict(filter_empty_gt=True, min_size=1)
+                if split == 'train' else None,
+                test_mode=split != 'train'))
+    if 'batch_sampler' in cfg.train_dataloader:
+        cfg.train_dataloader.pop('batch_sampler')
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.val_evaluator = dict(
+        type='CocoMetric', metric=['bbox', 'segm'],
+        ann_file=str(data_root / 'annotations/instances_val.json'))
+    cfg.test_evaluator = cfg.val_evaluator
+    _iter_schedule(cfg, iters)
+    cfg.dump(str(out))
+    return out
+
+
+def small_seg_config(data_root: Path, out: Path, iters: int = 2,
+                     base: Path = UPERNET_T, crop=(64, 64)) -> Path:
+    cfg = Config.fromfile(str(base))
+    cfg.model.backbone.init_cfg = None
+    _set_num_classes(cfg.model, len(SHAPES))
+    cfg.model.data_preprocessor.size = crop
+    cfg.crop_size = crop
+    scale = (128, 96)
+    metainfo = dict(classes=SHAPES, palette=[[220, 20, 60], [0, 128, 0],
+                                             [0, 0, 230], [250, 170, 30]])
+    train_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', reduce_zero_label=True),
+        dict(type='RandomResize', scale=scale, ratio_range=(0.75, 1.25),
+             keep_ratio=True),
+        dict(type='RandomCrop', crop_size=crop, cat_max_ratio=0.9),
+        dict(type='RandomFlip', prob=0.5),
+        dict(type='PackSegInputs'),
+    ]
+    test_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=scale, keep_ratio=True),
+        dict(type='LoadAnnotations', reduce_zero_label=True),
+        dict(type='PackSegInputs'),
+    ]
+    for name, split, pipe, shuffle in (
+            ('train_dataloader', 'training', train_pipeline, True),
+            ('val_dataloader', 'validation', test_pipeline, False)):
+        cfg[name] = dict(
+            batch_size=2, num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=shuffle),
+            # ADE20K's layout and label convention (0 = other, ignored),
+            # read by the base class because ADE20KDataset fixes 150 classes
+            dataset=dict(
+                type='BaseSegDataset', data_root=str(data_root),
+                metainfo=metainfo, img_suffix='.jpg', seg_map_suffix='.png',
+                reduce_zero_label=True,
+                data_prefix=dict(img_path=f'images/{split}',
+                                 seg_map_path=f'annotations/{split}'),
+                pipeline=pipe))
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+    cfg.test_evaluator = cfg.val_evaluator
+    cfg.tta_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='TestTimeAug', transforms=[
+            [dict(type='Resize', scale_factor=r, keep_ratio=True)
+             for r in (0.75, 1.0, 1.25)],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='LoadAnnotations', reduce_zero_label=True)],
+            [dict(type='PackSegInputs')]])]
+    _iter_schedule(cfg, iters)
+    cfg.dump(str(out))
+    return out

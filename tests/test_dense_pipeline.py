@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cls_helpers import ROOT, run_tool
-from dense_helpers import CASCADE_T, small_det_config, small_seg_config
+from nommer_mm.testing.configs import (CASCADE_T, small_det_config,
+                                      small_seg_config)
 from nommer_mm.testing import make_ade_layout, make_coco_layout
 
 

@@ -2,9 +2,13 @@
 """The main job on embedded default data: generate a small texture dataset
 (ImageNet folder layout), train NomMer-T on it with 2 processes through
 tools/dist_train.sh, evaluate top-1 with tools/dist_test.sh, and draw the
-nomination maps of a held-out image.
+nomination maps of a held-out image. With ``--tasks cls det seg`` it also
+trains Cascade Mask R-CNN and UperNet with NomMer-T on generated COCO and
+ADE20K-layout shape data, evaluates them (CocoMetric, IoUMetric) and draws
+their predictions.
 
-    python tools/demo.py [--out work_dirs/demo] [--gpus 2] [--iters N]
+    python tools/demo.py [--tasks cls det seg] [--out work_dirs/demo]
+        [--gpus 2] [--iters N]
 """
 from __future__ import annotations
 
@@ -32,18 +36,8 @@ def run(cmd: list[str], log: Path) -> None:
                  f'full log: {log}')
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default='work_dirs/demo',
-                        help='where data, checkpoints and pictures go')
-    parser.add_argument('--gpus', type=int, default=2,
-                        help='processes (GPUs, or CPU processes on gloo)')
-    parser.add_argument('--iters', type=int, default=None,
-                        help='training iterations (default: the config)')
-    args = parser.parse_args()
-
+def classification(args, out: Path) -> None:
     from nommer_mm.testing import make_imagenet_layout
-    out = (ROOT / args.out).resolve()
     data = out / 'textures'
     if not (data / 'val').is_dir():
         make_imagenet_layout(data, {'train': 200, 'val': 50}, size=64)
@@ -59,8 +53,6 @@ def main() -> None:
                     f'train_cfg.val_interval={args.iters}',
                     f'default_hooks.checkpoint.interval={args.iters}',
                     f'param_scheduler.1.end={args.iters}']
-    env_port = os.environ.get('PORT', '29512')
-    os.environ['PORT'] = env_port
     run(['bash', ROOT / 'tools/dist_train.sh', CLS_CONFIG, args.gpus,
          '--work-dir', work, '--cfg-options', *options], work / 'train.log')
     ckpt = (work / 'last_checkpoint').read_text().strip()
@@ -85,6 +77,71 @@ def main() -> None:
     if top1 < 2 * chance:
         sys.exit(f'top-1 {top1:.1f}% is not well above chance: the demo did '
                  'not learn')
+
+
+def dense(task: str, args, out: Path) -> None:
+    """Detection (Cascade Mask R-CNN) or segmentation (UperNet) with
+    NomMer-T on generated shapes: train, evaluate, draw predictions."""
+    from nommer_mm.testing import make_ade_layout, make_coco_layout
+    from nommer_mm.testing.configs import small_det_config, small_seg_config
+    work = out / task
+    work.mkdir(parents=True, exist_ok=True)
+    iters = args.iters or 300
+    if task == 'det':
+        data = out / 'coco_shapes'
+        if not (data / 'annotations').is_dir():
+            make_coco_layout(data, {'train': 300, 'val': 30}, size=(192, 256))
+        config = small_det_config(data, work / 'config.py', iters=iters,
+                                  scale=(256, 192), lr=2e-4, batch=4)
+        image = data / 'val' / '00000.png'
+        metric_keys = ('coco/bbox_mAP', 'coco/segm_mAP')
+    else:
+        data = out / 'ade_shapes'
+        if not (data / 'images').is_dir():
+            make_ade_layout(data, {'training': 300, 'validation': 30},
+                            size=(192, 256))
+        config = small_seg_config(data, work / 'config.py', iters=iters,
+                                  crop=(128, 128), lr=2e-4, batch=4)
+        image = data / 'images' / 'validation' / '00000.jpg'
+        metric_keys = ('mIoU', 'aAcc')
+    run(['bash', ROOT / 'tools/dist_train.sh', config, args.gpus,
+         '--work-dir', work], work / 'train.log')
+    ckpt = (work / 'last_checkpoint').read_text().strip()
+    metrics = work / 'metrics.json'
+    run(['bash', ROOT / 'tools/dist_test.sh', config, ckpt, args.gpus,
+         '--work-dir', work, '--out', metrics], work / 'test.log')
+    picture = work / 'predictions.png'
+    run([sys.executable, ROOT / 'tools/visualize_predictions.py', config,
+         ckpt, image, '--out', picture], work / 'visualize.log')
+    values = json.loads(metrics.read_text())
+    name = 'detection' if task == 'det' else 'segmentation'
+    print(f'\n{name}: ' + ', '.join(f'{k} {values[k]:.3f}'
+                                    for k in metric_keys)
+          + f' on {30} generated images')
+    print(f'  config:      {config}')
+    print(f'  checkpoint:  {ckpt}')
+    print(f'  predictions: {picture}')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--tasks', nargs='+', default=['cls'],
+                        choices=['cls', 'det', 'seg'],
+                        help='which demos to run (default: cls)')
+    parser.add_argument('--out', default='work_dirs/demo',
+                        help='where data, checkpoints and pictures go')
+    parser.add_argument('--gpus', type=int, default=2,
+                        help='processes (GPUs, or CPU processes on gloo)')
+    parser.add_argument('--iters', type=int, default=None,
+                        help='training iterations (default: 300)')
+    args = parser.parse_args()
+    os.environ.setdefault('PORT', '29512')
+    out = (ROOT / args.out).resolve()
+    for task in args.tasks:
+        if task == 'cls':
+            classification(args, out)
+        else:
+            dense(task, args, out)
 
 
 if __name__ == '__main__':

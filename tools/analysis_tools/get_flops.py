@@ -10,8 +10,12 @@ conventions (one FLOP = one multiply-add in both):
 
     python tools/analysis_tools/get_flops.py CONFIG [--shape H W] [--json F]
 
-Detectors are measured on one image with its proposals (as mmdet's tool
-does), segmentors on the backbone + decode head (as mmseg's does).
+Detectors with RoI heads are measured as mmdet 2.x's ``forward_dummy``
+did, the protocol behind the published detection FLOPs (Swin, and the
+paper's Table 2): backbone, neck and RPN head on the image, every box head
+stage on 1000 proposals, every mask head stage on the first 100. Other
+detectors run their tensor forward; segmentors run backbone + decode head
+(as mmseg's tool does).
 """
 import argparse
 import json
@@ -38,6 +42,8 @@ class TensorForward(nn.Module):
         self.shape = tuple(shape)
 
     def forward(self, inputs: torch.Tensor):
+        if self.scope == 'mmdet' and hasattr(self.model, 'roi_head'):
+            return self._roi_detector_dummy(inputs)
         if self.scope == 'mmdet':
             from mmdet.structures import DetDataSample
             H, W = self.shape
@@ -46,6 +52,28 @@ class TensorForward(nn.Module):
                 batch_input_shape=(H, W), scale_factor=(1.0, 1.0)))
             return self.model(inputs, [sample], mode='tensor')
         return self.model(inputs, None, mode='tensor')
+
+    def _roi_detector_dummy(self, inputs: torch.Tensor):
+        from mmdet.structures.bbox import bbox2roi
+        model = self.model
+        x = model.extract_feat(inputs)
+        outs = [model.rpn_head(x)]
+        H, W = self.shape
+        g = torch.Generator().manual_seed(0)
+        xy = torch.rand(1000, 2, generator=g) * torch.tensor([W, H]) * 0.8
+        wh = torch.rand(1000, 2, generator=g) * torch.tensor([W, H]) * 0.2 + 1
+        rois = bbox2roi([torch.cat([xy, xy + wh], 1).to(inputs)])
+        head = model.roi_head
+        cascade = hasattr(head, 'num_stages')
+        stages = range(head.num_stages) if cascade else [None]
+        for stage in stages:
+            args = (stage, x, rois) if cascade else (x, rois)
+            outs.append(head._bbox_forward(*args)['cls_score'])
+        if getattr(head, 'with_mask', False):
+            for stage in stages:
+                args = (stage, x, rois[:100]) if cascade else (x, rois[:100])
+                outs.append(head._mask_forward(*args)['mask_preds'])
+        return outs
 
 
 def measure(config: str, shape, cfg_options=None) -> dict:

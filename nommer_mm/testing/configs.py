@@ -1,22 +1,30 @@
 """Small CPU variants of the detection and segmentation configs: the real
-model, heads, losses, runners and metrics, on generated data with tiny
-images and 4 shape classes."""
+model, heads, losses, runners and metrics, on generated data with small
+images and 4 shape classes. Used by the tests and by tools/demo.py."""
+from __future__ import annotations
+
 from pathlib import Path
 
 from mmengine.config import Config
 
-from nommer_mm.testing import SHAPES
+from .shapes import SHAPES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASCADE_T = ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
 UPERNET_T = ROOT / 'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
 
 
-def _iter_schedule(cfg: Config, iters: int) -> None:
+def _iter_schedule(cfg: Config, iters: int, lr: float | None) -> None:
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
                          val_interval=iters)
-    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5,
-                                by_epoch=False, begin=0, end=iters)]
+    warmup = max(iters // 10, 1)
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
+             end=warmup),
+        dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup,
+             end=max(iters, warmup + 1), eta_min=0.0)]
+    if lr is not None:
+        cfg.optim_wrapper.optimizer.lr = lr
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
                                         interval=iters)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
@@ -36,7 +44,8 @@ def _set_num_classes(node, n: int) -> None:
 
 
 def small_det_config(data_root: Path, out: Path, iters: int = 2,
-                     base: Path = CASCADE_T, scale=(128, 96)) -> Path:
+                     base: Path = CASCADE_T, scale=(128, 96),
+                     lr: float | None = None, batch: int = 2) -> Path:
     cfg = Config.fromfile(str(base))
     cfg.model.backbone.init_cfg = None
     _set_num_classes(cfg.model, len(SHAPES))
@@ -69,7 +78,8 @@ def small_det_config(data_root: Path, out: Path, iters: int = 2,
             ('train_dataloader', 'train', train_pipeline, True),
             ('val_dataloader', 'val', test_pipeline, False)):
         cfg[name] = dict(
-            batch_size=2, num_workers=0,
+            batch_size=batch if split in ('train', 'training') else 2,
+            num_workers=0,
             sampler=dict(type='DefaultSampler', shuffle=shuffle),
             dataset=dict(
                 type='CocoDataset', data_root=str(data_root),
@@ -86,13 +96,14 @@ def small_det_config(data_root: Path, out: Path, iters: int = 2,
         type='CocoMetric', metric=['bbox', 'segm'],
         ann_file=str(data_root / 'annotations/instances_val.json'))
     cfg.test_evaluator = cfg.val_evaluator
-    _iter_schedule(cfg, iters)
+    _iter_schedule(cfg, iters, lr)
     cfg.dump(str(out))
     return out
 
 
 def small_seg_config(data_root: Path, out: Path, iters: int = 2,
-                     base: Path = UPERNET_T, crop=(64, 64)) -> Path:
+                     base: Path = UPERNET_T, crop=(64, 64),
+                     lr: float | None = None, batch: int = 2) -> Path:
     cfg = Config.fromfile(str(base))
     cfg.model.backbone.init_cfg = None
     _set_num_classes(cfg.model, len(SHAPES))
@@ -120,7 +131,8 @@ def small_seg_config(data_root: Path, out: Path, iters: int = 2,
             ('train_dataloader', 'training', train_pipeline, True),
             ('val_dataloader', 'validation', test_pipeline, False)):
         cfg[name] = dict(
-            batch_size=2, num_workers=0,
+            batch_size=batch if split in ('train', 'training') else 2,
+            num_workers=0,
             sampler=dict(type='DefaultSampler', shuffle=shuffle),
             # ADE20K's layout and label convention (0 = other, ignored),
             # read by the base class because ADE20KDataset fixes 150 classes
@@ -143,6 +155,6 @@ def small_seg_config(data_root: Path, out: Path, iters: int = 2,
              dict(type='RandomFlip', prob=1., direction='horizontal')],
             [dict(type='LoadAnnotations', reduce_zero_label=True)],
             [dict(type='PackSegInputs')]])]
-    _iter_schedule(cfg, iters)
+    _iter_schedule(cfg, iters, lr)
     cfg.dump(str(out))
     return out

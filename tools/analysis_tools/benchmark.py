@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Throughput and peak memory of backbones or whole models, side by side.
+
+Models are timed in one process, alternately (A, B, A, B ...), so that a
+noisy machine slows both alike; the report gives the median and spread
+(min-max) of every model and the ratio of the first model's images/s to
+each other's. Peak memory is measured per model in a fresh process
+(CUDA: max allocated; CPU: growth of the resident set over the built model).
+
+    python tools/analysis_tools/benchmark.py                      # NomMer-T vs Swin-T, 224
+    python tools/analysis_tools/benchmark.py --batch 32 --mode train
+    python tools/analysis_tools/benchmark.py --backbone-only --shape 800 1333 --batch 2
+    python tools/analysis_tools/benchmark.py --models configs/cls/nommer-small_8xb128_in1k.py \\
+        "dict(type='NomMer', arch='tiny', contexts=('window',))" --device cuda --dtype bf16
+
+A model is a config path (its ``model``), a ``dict(...)`` backbone, or
+``mmpretrain::path.py`` for an upstream config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_MODELS = ['configs/cls/nommer-tiny_8xb128_in1k.py',
+                  'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py']
+DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+class Backbone(nn.Module):
+    """Forward the backbone alone; the loss is the mean of its outputs."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+class Classifier(nn.Module):
+    """A model's tensor forward, so heads are included."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x, mode='tensor')
+
+
+def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
+    import nommer_mm  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    if spec.startswith('dict('):
+        init_default_scope('mmpretrain')
+        # a dict(...) expression of literals, evaluated with nothing else
+        cfg = eval(spec, {'__builtins__': {}, 'dict': dict})
+        return Backbone(MODELS.build(cfg)), spec
+    path = spec if '::' in spec else str(ROOT / spec)
+    cfg = Config.fromfile(path)
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    if cfg.model.get('backbone', {}).get('init_cfg'):
+        cfg.model.backbone.init_cfg = None
+    name = Path(spec.split('::')[-1]).stem
+    if backbone_only:
+        return Backbone(MODELS.build(cfg.model.backbone)), name + ' (backbone)'
+    return Classifier(MODELS.build(cfg.model)), name
+
+
+def _loss(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.float().mean()
+    return sum(_loss(o) for o in out)
+
+
+class Runner:
+    """One model prepared for timed steps."""
+
+    def __init__(self, spec: str, args) -> None:
+        self.module, self.name = build(spec, args.backbone_only)
+        self.device = torch.device(args.device)
+        self.module.to(self.device)
+        self.dtype = DTYPES[args.dtype]
+        self.mode = args.mode
+        fmt = torch.channels_last if args.channels_last else \
+            torch.contiguous_format
+        self.x = torch.randn(args.batch, 3, *args.shape,
+                             device=self.device).to(memory_format=fmt)
+        if args.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.fn = torch.compile(self.module) if args.compile else self.module
+        self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4)
+
+    def step(self) -> None:
+        ctx = torch.autocast(self.device.type, dtype=self.dtype,
+                             enabled=self.dtype is not None)
+        if self.mode == 'infer':
+            self.module.eval()
+            with torch.no_grad(), ctx:
+                self.fn(self.x)
+        else:
+            self.module.train()
+            with ctx:
+                loss = _loss(self.fn(self.x))
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+
+def time_alternately(runners, warmup: int, reps: int) -> list[list[float]]:
+    for r in runners:
+        for _ in range(warmup):
+            r.step()
+    times = [[] for _ in runners]
+    for _ in range(reps):
+        for i, r in enumerate(runners):
+            t = time.perf_counter()
+            r.step()
+            times[i].append(time.perf_counter() - t)
+    return times
+
+
+def peak_memory(spec: str, args) -> float:
+    """MiB of peak memory of one step, measured in a fresh process."""
+    cmd = [sys.executable, __file__, '--_memory-of', spec,
+           '--mode', args.mode, '--batch', str(args.batch), '--shape',
+           *map(str, args.shape), '--dtype', args.dtype,
+           '--device', args.device]
+    if args.backbone_only:
+        cmd.append('--backbone-only')
+    if args.channels_last:
+        cmd.append('--channels-last')
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith('PEAK ')]
+    if not lines:
+        raise RuntimeError(f'memory probe failed:\n{out.stderr[-2000:]}')
+    return float(lines[-1].split()[1])
+
+
+def _rss_now() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _memory_probe(args) -> None:
+    """Peak memory of the first step over the built model: activations,
+    gradients and (training) the optimizer state."""
+    runner = Runner(args._memory_of, args)
+    if runner.device.type == 'cuda':
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        runner.step()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        import threading
+        base = _rss_now()
+        samples = [base]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                samples.append(_rss_now())
+                time.sleep(0.0005)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        runner.step()
+        done.set()
+        thread.join()
+        samples.append(_rss_now())
+        peak = max(samples) - base
+    print(f'PEAK {peak / 2**20:.1f}')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS)
+    parser.add_argument('--mode', choices=['infer', 'train', 'both'],
+                        default='both')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224])
+    parser.add_argument('--dtype', choices=list(DTYPES), default='fp32')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                        else 'cpu')
+    parser.add_argument('--backbone-only', action='store_true')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--reps', type=int, default=10)
+    parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--json', help='write the results here too')
+    parser.add_argument('--_memory-of', dest='_memory_of',
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._memory_of:
+        return _memory_probe(args)
+
+    modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
+    device_name = (torch.cuda.get_device_name() if args.device == 'cuda'
+                   else f'CPU, {torch.get_num_threads()} threads')
+    print(f'device: {device_name}; batch {args.batch}, input '
+          f'{args.shape[0]}x{args.shape[1]}, {args.dtype}'
+          f'{", channels_last" if args.channels_last else ""}'
+          f'{", torch.compile" if args.compile else ""}; '
+          f'{args.reps} alternating repetitions after {args.warmup} warm-up')
+    results = []
+    for mode in modes:
+        args.mode = mode
+        runners = [Runner(spec, args) for spec in args.models]
+        times = time_alternately(runners, args.warmup, args.reps)
+        ips = [args.batch / statistics.median(t) for t in times]
+        mems = [None if args.no_memory else peak_memory(spec, args)
+                for spec in args.models]
+        label = 'inference' if mode == 'infer' else \
+            'training step (fwd + bwd + AdamW)'
+        print(f'\n{label}')
+        print(f'  {"model":55s} {"img/s":>8s} {"median ms":>10s} '
+              f'{"min-max ms":>15s} {"vs 1st":>7s} {"peak MiB":>9s}')
+        for r, t, v, mem in zip(runners, times, ips, mems):
+            med = statistics.median(t)
+            results.append(dict(
+                mode=mode, model=r.name, images_per_s=v, median_ms=med * 1e3,
+                min_ms=min(t) * 1e3, max_ms=max(t) * 1e3,
+                throughput_vs_first=v / ips[0], peak_mib=mem))
+            print(f'  {r.name[-55:]:55s} {v:8.1f} {med * 1e3:10.1f} '
+                  f'{min(t) * 1e3:7.1f}-{max(t) * 1e3:<7.1f} '
+                  f'{v / ips[0]:7.2f} {"" if mem is None else f"{mem:9.0f}"}')
+        for r, v, mem in zip(runners[1:], ips[1:], mems[1:]):
+            line = (f'  => {runners[0].name}: {ips[0] / v:.2f}x the '
+                    f'throughput of {r.name}')
+            if mem is not None and mems[0] is not None:
+                line += f', {mems[0] / mem:.2f}x its peak memory'
+            print(line)
+        del runners
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == '__main__':
+    main()

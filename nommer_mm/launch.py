@@ -15,6 +15,26 @@ CODEBASES = {
 }
 
 
+def add_launch_args(parser) -> None:
+    """The arguments train.py and test.py share."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def prepare(args) -> Config:
+    """Config of ``args.config`` with ``--cfg-options`` merged, its codebase
+    registered, work dir set and the launcher prepared."""
+    cfg = load_config(args.config, args.cfg_options)
+    setup_codebase(cfg)
+    set_work_dir(cfg, args.config, args.work_dir)
+    prepare_launcher(cfg, args.launcher)
+    return cfg
+
+
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
     cfg = Config.fromfile(path)
     if cfg_options:
@@ -84,6 +104,16 @@ def _replace_syncbn(node) -> None:
     elif isinstance(node, (list, tuple)):
         for value in node:
             _replace_syncbn(value)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly. Left to interpreter exit, gloo's
+    background threads can abort the process (SIGABRT) after a run that
+    itself succeeded."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def build_runner(cfg: Config):

@@ -39,6 +39,16 @@ default_hooks = dict(logger=dict(interval=1),
     return path
 
 
+def failure_report(proc: subprocess.CompletedProcess) -> str:
+    """The lines that explain a failed run (tracebacks, aborts), then the
+    tail of the log."""
+    log = proc.stdout + proc.stderr
+    keys = ('Error', 'error', 'Traceback', 'terminate', 'abort', 'Abort',
+            'exitcode', 'Signal')
+    hits = [ln for ln in log.splitlines() if any(k in ln for k in keys)]
+    return '\n'.join(hits[:40]) + '\n----- tail -----\n' + log[-3000:]
+
+
 def run_tool(args, cwd: Path, port: int | None = None,
              timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ)

@@ -135,7 +135,9 @@ def test_dct_bases_are_buffers_not_parameters():
                                            ('small', 41.53e6),
                                            ('base', 73.40e6)])
 def test_classifier_params_match_reference(arch, expected):
+    from mmengine.registry import init_default_scope
     from mmpretrain.models import ImageClassifier
+    init_default_scope('mmpretrain')  # earlier tests may leave another
     C = NomMer.arch_zoo[arch]['embed_dims']
     model = ImageClassifier(
         backbone=dict(type='NomMer', arch=arch, out_indices=(3, ),

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cls_helpers import ROOT, run_tool, write_config
+from cls_helpers import ROOT, failure_report, run_tool, write_config
 from nommer_mm.testing import make_imagenet_layout
 
 
@@ -21,7 +21,7 @@ def test_distributed_train_then_test(shapes, tmp_path):
     train = run_tool([ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir',
                       work], cwd=tmp_path, port=29611)
     log = train.stdout + train.stderr
-    assert train.returncode == 0, log[-3000:]
+    assert train.returncode == 0, failure_report(train)
     assert "'world_size': 2" in log or 'world_size: 2' in log \
         or 'Distributed launcher: pytorch' in log
     assert 'Iter(train) [4/4]' in log
@@ -31,7 +31,7 @@ def test_distributed_train_then_test(shapes, tmp_path):
     out = tmp_path / 'metrics.json'
     test = run_tool([ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir',
                      work, '--out', out], cwd=tmp_path, port=29612)
-    assert test.returncode == 0, (test.stdout + test.stderr)[-3000:]
+    assert test.returncode == 0, failure_report(test)
     metrics = json.loads(out.read_text())
     # mmpretrain's Accuracy over the 12 held-out images of both ranks
     assert 0.0 <= metrics['accuracy/top1'] <= 100.0

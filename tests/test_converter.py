@@ -26,7 +26,9 @@ def float64():
 
 
 def build_classifier(info: dict, num_classes: int):
+    from mmengine.registry import init_default_scope
     from mmpretrain.models import ImageClassifier
+    init_default_scope('mmpretrain')  # earlier tests may leave another
     C = info['arch']['embed_dims']
     return ImageClassifier(
         backbone=dict(type='NomMer', out_type='cls_token', out_indices=(3, ),

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cls_helpers import ROOT, run_tool
+from cls_helpers import ROOT, failure_report, run_tool
 from nommer_mm.testing.configs import (CASCADE_T, small_det_config,
                                       small_seg_config)
 from nommer_mm.testing import make_ade_layout, make_coco_layout
@@ -29,13 +29,13 @@ def _train_and_test(cfg, tmp_path, port, test_args=()):
     train = run_tool([ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir',
                       work], cwd=tmp_path, port=port)
     log = train.stdout + train.stderr
-    assert train.returncode == 0, log[-4000:]
+    assert train.returncode == 0, failure_report(train)
     assert 'Iter(train) [2/2]' in log
     out = tmp_path / 'metrics.json'
     test = run_tool([ROOT / 'tools/dist_test.sh', cfg, work / 'iter_2.pth', 2,
                      '--work-dir', work, '--out', out, *test_args],
                     cwd=tmp_path, port=port + 1)
-    assert test.returncode == 0, (test.stdout + test.stderr)[-4000:]
+    assert test.returncode == 0, failure_report(test)
     return json.loads(out.read_text()), test.stdout + test.stderr
 
 
@@ -45,6 +45,7 @@ def test_cascade_mask_rcnn_distributed(coco, tmp_path):
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
         assert key in metrics and -1 <= metrics[key] <= 1
     assert 'Average Precision' in log  # pycocotools' summary was printed
+    _draws_predictions(cfg, tmp_path, coco / 'val' / '00000.png')
 
 
 def test_upernet_distributed_single_and_multiscale(ade, tmp_path):
@@ -57,8 +58,22 @@ def test_upernet_distributed_single_and_multiscale(ade, tmp_path):
     test = run_tool([ROOT / 'tools/test.py', cfg,
                      tmp_path / 'work' / 'iter_2.pth', '--tta', '--out', out,
                      '--work-dir', tmp_path / 'work'], cwd=tmp_path)
-    assert test.returncode == 0, (test.stdout + test.stderr)[-4000:]
+    assert test.returncode == 0, failure_report(test)
     assert 0 <= json.loads(out.read_text())['mIoU'] <= 100
+    _draws_predictions(cfg, tmp_path,
+                       ade / 'images' / 'validation' / '00000.jpg')
+
+
+def _draws_predictions(cfg, tmp_path, image):
+    import cv2
+    png = tmp_path / 'pred.png'
+    proc = run_tool([ROOT / 'tools/visualize_predictions.py', cfg,
+                     tmp_path / 'work' / 'iter_2.pth', image, '--out', png,
+                     '--score-thr', '0.0'], cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    picture, source = cv2.imread(str(png)), cv2.imread(str(image))
+    assert picture is not None and picture.shape[:2] == source.shape[:2]
+    assert not (picture == source).all()  # something was drawn on it
 
 
 def test_backbone_at_odd_size_inside_cascade_mask_rcnn():

@@ -8,11 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.launch import (build_runner, load_config,  # noqa: E402
-                              prepare_launcher, set_work_dir, setup_codebase)
+from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
+                              prepare, shutdown_distributed)
 
 
 def parse_args():
@@ -24,20 +22,13 @@ def parse_args():
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation from the config '
                         '(tta_model / tta_pipeline), e.g. multi-scale + flip')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_launch_args(parser)
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    setup_codebase(cfg)
-    set_work_dir(cfg, args.config, args.work_dir)
-    prepare_launcher(cfg, args.launcher)
+    cfg = prepare(args)
     cfg.load_from = args.checkpoint
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
@@ -54,6 +45,7 @@ def main():
         Path(args.out).write_text(json.dumps(
             {k: float(v) if hasattr(v, '__float__') else v
              for k, v in metrics.items()}, indent=2))
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

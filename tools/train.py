@@ -9,11 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.launch import (build_runner, load_config,  # noqa: E402
-                              prepare_launcher, set_work_dir, setup_codebase)
+from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
+                              prepare, shutdown_distributed)
 
 
 def parse_args():
@@ -28,20 +26,13 @@ def parse_args():
                         help='automatic mixed precision training')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real total batch size')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_launch_args(parser)
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    setup_codebase(cfg)
-    set_work_dir(cfg, args.config, args.work_dir)
-    prepare_launcher(cfg, args.launcher)
+    cfg = prepare(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -54,6 +45,7 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
     build_runner(cfg).train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -69,7 +69,12 @@ def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
         # a dict(...) expression of literals, evaluated with nothing else
         cfg = eval(spec, {'__builtins__': {}, 'dict': dict})
         return Backbone(MODELS.build(cfg)), spec
-    path = spec if '::' in spec else str(ROOT / spec)
+    if '::' in spec:  # an upstream config: pkg::path inside its .mim/configs
+        from mmengine.utils import get_installed_path
+        package, rel = spec.split('::')
+        path = str(Path(get_installed_path(package)) / '.mim/configs' / rel)
+    else:
+        path = str(ROOT / spec)
     cfg = Config.fromfile(path)
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     if cfg.model.get('backbone', {}).get('init_cfg'):

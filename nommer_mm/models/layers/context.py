@@ -74,7 +74,9 @@ class _BlockGlobalContext(nn.Module):
         tokens = self.summarize(x)
         _, h, w, _ = tokens.shape
         # BatchNorm wants channels first; the attention wants a sequence.
-        tokens = self.norm(tokens.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        # (the permutes are views: BN runs on the channels-last layout)
+        tokens = self.norm(tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        tokens = tokens.reshape(B, h * w, C)
         tokens = self.attn(tokens).view(B, h, w, C)
         out = self.spread(tokens)
         if pad_h or pad_w:
@@ -233,8 +235,17 @@ class NomMerMixer(nn.Module):
             summed = summed + f
         if self.nominator is None:
             return summed
-        weights = self.nominator(summed).to(summed.dtype)
-        # Weighted sum without stacking the candidates into (B, H, W, P, C).
+        weights = self.nominator(summed)
+        if not torch.is_grad_enabled():
+            # The weights are exactly one-hot: select instead of multiplying
+            # (same values, no (B, H, W, P, C) stack, fewer passes).
+            index = self.nominator.nomination.unsqueeze(-1)
+            out = feats[-1]
+            for i in range(len(feats) - 2, -1, -1):
+                out = torch.where(index == i, feats[i], out)
+            return out
+        # Training: the straight-through weights carry the gradients.
+        weights = weights.to(summed.dtype)
         out = feats[0] * weights[..., 0:1]
         for i, f in enumerate(feats[1:], start=1):
             out = out + f * weights[..., i:i + 1]

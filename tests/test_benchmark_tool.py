@@ -1,0 +1,30 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_compares_two_models(tmp_path):
+    """Two backbones, alternating, both modes, with the memory probe: the
+    report has a row per model and mode and the ratio line."""
+    out = tmp_path / 'bench.json'
+    small = ("dict(type='NomMer', arch=dict(embed_dims=32, depths=[1, 1, 1, 1],"
+             " num_heads=[2, 2, 2, 4], bottleneck_ratios=[2, 2]){})")
+    models = [small.format(''), small.format(", contexts=('window',)")]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/analysis_tools/benchmark.py'),
+         '--models', *models, '--batch', '2', '--shape', '64', '64',
+         '--warmup', '1', '--reps', '2', '--json', str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'inference' in proc.stdout and 'training step' in proc.stdout
+    assert proc.stdout.count('the throughput of') == 2
+    rows = json.loads(out.read_text())
+    assert [r['mode'] for r in rows] == ['infer', 'infer', 'train', 'train']
+    for r in rows:
+        assert r['images_per_s'] > 0 and r['min_ms'] <= r['median_ms']
+        assert r['median_ms'] <= r['max_ms'] and r['peak_mib'] >= 0
+    # the full mixer does more work than the window-only ablation
+    assert rows[0]['peak_mib'] > 0

@@ -42,29 +42,31 @@ class BlockDCT(nn.Module):
         super().__init__()
         self.block_size = block_size
         self.keep = keep if keep is not None else (block_size + 1) // 2
-        basis = dct_basis(block_size, self.keep).to(torch.get_default_dtype())
-        self.register_buffer('basis', basis,
+        D = dct_basis(block_size, self.keep)
+        # Kronecker basis (N*N pixels y*N + x) -> (l*l coefficients u + v*l):
+        # kron[y*N + x, v*l + u] = D[v, y] * D[u, x]
+        kron = torch.einsum('vy,ux->yxvu', D, D).reshape(
+            block_size**2, self.keep**2)
+        self.register_buffer('basis', kron.to(torch.get_default_dtype()),
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        N, l = self.block_size, self.keep
-        D = self.basis.to(x.dtype)
-        x = x.view(B, H // N, N, W // N, N, C)
-        # Rows then columns, as two small matmuls: (.., y, x) -> (.., v, u).
-        x = torch.einsum('vy,bhywxc->bhwcvx', D, x)
-        x = torch.einsum('bhwcvx,ux->bhwcvu', x, D)
-        return x.reshape(B, H // N, W // N, C * l * l)
+        N = self.block_size
+        # one copy gathers each block's pixels, one GEMM transforms them
+        blocks = x.view(B, H // N, N, W // N, N, C).permute(0, 1, 3, 5, 2, 4)
+        blocks = blocks.reshape(B, H // N, W // N, C, N * N)
+        coeffs = blocks @ self.basis.to(x.dtype)  # (B, h, w, C, l*l)
+        return coeffs.reshape(B, H // N, W // N, C * self.keep**2)
 
     def inverse(self, coeffs: torch.Tensor) -> torch.Tensor:
         B, h, w, Cll = coeffs.shape
-        N, l = self.block_size, self.keep
-        C = Cll // (l * l)
-        D = self.basis.to(coeffs.dtype)
-        x = coeffs.view(B, h, w, C, l, l)
-        x = torch.einsum('bhwcvu,ux->bhwcvx', x, D)
-        x = torch.einsum('bhwcvx,vy->bhywxc', x, D)
-        return x.reshape(B, h * N, w * N, C)
+        N, ll = self.block_size, self.keep**2
+        C = Cll // ll
+        # orthonormal basis: the inverse is the transpose
+        pixels = coeffs.view(B, h, w, C, ll) @ self.basis.to(coeffs.dtype).t()
+        pixels = pixels.view(B, h, w, C, N, N).permute(0, 1, 4, 2, 5, 3)
+        return pixels.reshape(B, h * N, w * N, C)
 
     def extra_repr(self) -> str:
         return f'block_size={self.block_size}, keep={self.keep}'

@@ -73,8 +73,10 @@ def pip(*args: str, env: dict | None = None) -> None:
 def probe(code: str) -> tuple[bool, str]:
     """Run ``code`` in a fresh interpreter: a broken import must not poison
     this process (and a freshly installed package must be seen)."""
-    proc = subprocess.run([sys.executable, '-c', code],
-                          capture_output=True, text=True)
+    # Run outside the checkout, or `import nommer_mm` would succeed from the
+    # working directory without the package being installed.
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, cwd=tempfile.gettempdir())
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 

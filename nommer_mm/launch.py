@@ -2,7 +2,6 @@
 config, and make distributed runs work on CPU as well as GPU."""
 from __future__ import annotations
 
-import os
 import os.path as osp
 
 import torch
@@ -122,7 +121,3 @@ def build_runner(cfg: Config):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
-
-
-def local_rank() -> int:
-    return int(os.environ.get('LOCAL_RANK', 0))

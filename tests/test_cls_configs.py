@@ -9,7 +9,6 @@ from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / 'configs/cls').rglob('*.py'))
-IN1K = [p for p in CONFIGS if 'in1k' in p.name]
 ABLATIONS = sorted((ROOT / 'configs').rglob('ablation/*.py'))
 
 

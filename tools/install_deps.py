@@ -25,7 +25,6 @@ Usage: ``python tools/install_deps.py [--wheels DIR] [--no-self]``.
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import importlib.metadata as md
 import os

@@ -1,2 +1,3 @@
-from .backbones import *  # noqa: F401,F403  (registers the backbones)
-from .backbones import __all__  # noqa: F401
+from .backbones import NomMer  # registers the backbone
+
+__all__ = ['NomMer']

@@ -89,8 +89,6 @@ def small_det_config(data_root: Path, out: Path, iters: int = 2,
                 filter_cfg=dict(filter_empty_gt=True, min_size=1)
                 if split == 'train' else None,
                 test_mode=split != 'train'))
-    if 'batch_sampler' in cfg.train_dataloader:
-        cfg.train_dataloader.pop('batch_sampler')
     cfg.test_dataloader = cfg.val_dataloader
     cfg.val_evaluator = dict(
         type='CocoMetric', metric=['bbox', 'segm'],

@@ -17,7 +17,6 @@ Sizes round up (``ceil``) at every stride, for any input size.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Sequence
 

@@ -6,8 +6,6 @@ any H, W: padding to whole windows / DCT blocks happens inside and is cropped.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 
 from ..models.backbones.nommer import NomMer
-from ..models.layers.dct import dct_basis
+from ..models.layers.dct import dct_kronecker_basis
 from ..models.layers.attention import relative_position_index
 
 # Exact renames, applied to the part of a key after its block prefix.
@@ -160,15 +160,15 @@ def analytic_fixed_tensor(key: str, shape: torch.Size,
         return relative_position_index(int(round(math.sqrt(shape[0]))))
     n = dct_block
     l = (n + 1) // 2
-    D = dct_basis(n, l).double()
+    kron = dct_kronecker_basis(n, l)  # (N*N, l*l)
     if key.endswith('dct_conv_8x8.weight'):
-        # (C*l*l, 1, N, N): weight[c*l*l + u + v*l, 0, y, x] = D[v,y] D[u,x]
-        one = torch.einsum('vy,ux->vuyx', D, D).reshape(l * l, 1, n, n)
+        # (C*l*l, 1, N, N): weight[c*l*l + u + v*l, 0, y, x] = K[y*N + x, .]
+        one = kron.t().reshape(l * l, 1, n, n)
         return one.repeat(shape[0] // (l * l), 1, 1, 1)
-    # idct_conv.0.weight (C*N*N, l*l, 1, 1):
-    # weight[c*N*N + x + y*N, u + v*l] = D[v,y] D[u,x]; PixelShuffle(N)
-    # then places output channel x + y*N at row y, column x of the block.
-    one = torch.einsum('vy,ux->yxvu', D, D).reshape(n * n, l * l, 1, 1)
+    # idct_conv.0.weight (C*N*N, l*l, 1, 1): weight[c*N*N + x + y*N, .] =
+    # K[y*N + x, .]; PixelShuffle(N) then places output channel x + y*N at
+    # row y, column x of the block.
+    one = kron.reshape(n * n, l * l, 1, 1)
     return one.repeat(shape[0] // (n * n), 1, 1, 1)
 
 

@@ -4,11 +4,12 @@ from .attention import (MultiheadSelfAttention, WindowMSA,
 from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
                       LocalWindowContext, NomMerMixer, PooledGlobalContext,
                       hard_gumbel_softmax)
-from .dct import BlockDCT, dct_basis
+from .dct import BlockDCT, dct_basis, dct_kronecker_basis
 
 __all__ = [
     'MultiheadSelfAttention', 'WindowMSA', 'relative_position_index',
     'window_partition', 'window_reverse', 'CompressedGlobalContext',
     'ContextNominator', 'ConvContext', 'LocalWindowContext', 'NomMerMixer',
-    'PooledGlobalContext', 'hard_gumbel_softmax', 'BlockDCT', 'dct_basis'
+    'PooledGlobalContext', 'hard_gumbel_softmax', 'BlockDCT', 'dct_basis',
+    'dct_kronecker_basis'
 ]

@@ -29,6 +29,15 @@ def dct_basis(block: int, keep: int) -> torch.Tensor:
     return scale * basis
 
 
+def dct_kronecker_basis(block: int, keep: int) -> torch.Tensor:
+    """2-D DCT-II of an N x N block as one matrix, (N*N, l*l), float64:
+    ``K[y*N + x, v*l + u] = D[v, y] * D[u, x]`` with ``D = dct_basis``.
+    Pixels (row-major) @ K gives the coefficients; K is orthonormal in its
+    columns, so coefficients @ K.T is the inverse."""
+    D = dct_basis(block, keep)
+    return torch.einsum('vy,ux->yxvu', D, D).reshape(block**2, keep**2)
+
+
 class BlockDCT(nn.Module):
     """Per-channel block DCT of an (B, H, W, C) map, keeping l x l lowest
     frequencies of every N x N block (l = ceil(N / 2) by default).
@@ -42,11 +51,7 @@ class BlockDCT(nn.Module):
         super().__init__()
         self.block_size = block_size
         self.keep = keep if keep is not None else (block_size + 1) // 2
-        D = dct_basis(block_size, self.keep)
-        # Kronecker basis (N*N pixels y*N + x) -> (l*l coefficients u + v*l):
-        # kron[y*N + x, v*l + u] = D[v, y] * D[u, x]
-        kron = torch.einsum('vy,ux->yxvu', D, D).reshape(
-            block_size**2, self.keep**2)
+        kron = dct_kronecker_basis(block_size, self.keep)
         self.register_buffer('basis', kron.to(torch.get_default_dtype()),
                              persistent=False)
 

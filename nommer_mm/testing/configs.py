@@ -32,6 +32,20 @@ def _iter_schedule(cfg: Config, iters: int, lr: float | None) -> None:
     cfg.randomness = dict(seed=0)
 
 
+def _set_data(cfg: Config, train_dataset: dict, val_dataset: dict,
+              batch: int, evaluator: dict) -> None:
+    """Replace the loaders (main-process loading) and evaluators."""
+    cfg.train_dataloader = dict(
+        batch_size=batch, num_workers=0, dataset=train_dataset,
+        sampler=dict(type='DefaultSampler', shuffle=True))
+    cfg.val_dataloader = dict(
+        batch_size=2, num_workers=0, dataset=val_dataset,
+        sampler=dict(type='DefaultSampler', shuffle=False))
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.val_evaluator = evaluator
+    cfg.test_evaluator = evaluator
+
+
 def _set_num_classes(node, n: int) -> None:
     if isinstance(node, dict):
         if 'num_classes' in node:
@@ -74,26 +88,19 @@ def small_det_config(data_root: Path, out: Path, iters: int = 2,
         dict(type='PackDetInputs', meta_keys=(
             'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
     ]
-    for name, split, pipe, shuffle in (
-            ('train_dataloader', 'train', train_pipeline, True),
-            ('val_dataloader', 'val', test_pipeline, False)):
-        cfg[name] = dict(
-            batch_size=batch if split in ('train', 'training') else 2,
-            num_workers=0,
-            sampler=dict(type='DefaultSampler', shuffle=shuffle),
-            dataset=dict(
-                type='CocoDataset', data_root=str(data_root),
-                metainfo=metainfo,
-                ann_file=f'annotations/instances_{split}.json',
-                data_prefix=dict(img=f'{split}/'), pipeline=pipe,
-                filter_cfg=dict(filter_empty_gt=True, min_size=1)
-                if split == 'train' else None,
-                test_mode=split != 'train'))
-    cfg.test_dataloader = cfg.val_dataloader
-    cfg.val_evaluator = dict(
-        type='CocoMetric', metric=['bbox', 'segm'],
-        ann_file=str(data_root / 'annotations/instances_val.json'))
-    cfg.test_evaluator = cfg.val_evaluator
+    def coco(split, pipeline):
+        return dict(type='CocoDataset', data_root=str(data_root),
+                    metainfo=metainfo,
+                    ann_file=f'annotations/instances_{split}.json',
+                    data_prefix=dict(img=f'{split}/'), pipeline=pipeline,
+                    filter_cfg=dict(filter_empty_gt=True, min_size=1)
+                    if split == 'train' else None,
+                    test_mode=split != 'train')
+
+    _set_data(cfg, coco('train', train_pipeline), coco('val', test_pipeline),
+              batch, dict(type='CocoMetric', metric=['bbox', 'segm'],
+                          ann_file=str(data_root /
+                                       'annotations/instances_val.json')))
     _iter_schedule(cfg, iters, lr)
     cfg.dump(str(out))
     return out
@@ -125,25 +132,19 @@ def small_seg_config(data_root: Path, out: Path, iters: int = 2,
         dict(type='LoadAnnotations', reduce_zero_label=True),
         dict(type='PackSegInputs'),
     ]
-    for name, split, pipe, shuffle in (
-            ('train_dataloader', 'training', train_pipeline, True),
-            ('val_dataloader', 'validation', test_pipeline, False)):
-        cfg[name] = dict(
-            batch_size=batch if split in ('train', 'training') else 2,
-            num_workers=0,
-            sampler=dict(type='DefaultSampler', shuffle=shuffle),
-            # ADE20K's layout and label convention (0 = other, ignored),
-            # read by the base class because ADE20KDataset fixes 150 classes
-            dataset=dict(
-                type='BaseSegDataset', data_root=str(data_root),
-                metainfo=metainfo, img_suffix='.jpg', seg_map_suffix='.png',
-                reduce_zero_label=True,
-                data_prefix=dict(img_path=f'images/{split}',
-                                 seg_map_path=f'annotations/{split}'),
-                pipeline=pipe))
-    cfg.test_dataloader = cfg.val_dataloader
-    cfg.val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-    cfg.test_evaluator = cfg.val_evaluator
+    def ade(split, pipeline):
+        # ADE20K's layout and label convention (0 = other, ignored), read by
+        # the base class because ADE20KDataset fixes its 150 classes
+        return dict(type='BaseSegDataset', data_root=str(data_root),
+                    metainfo=metainfo, img_suffix='.jpg',
+                    seg_map_suffix='.png', reduce_zero_label=True,
+                    data_prefix=dict(img_path=f'images/{split}',
+                                     seg_map_path=f'annotations/{split}'),
+                    pipeline=pipeline)
+
+    _set_data(cfg, ade('training', train_pipeline),
+              ade('validation', test_pipeline), batch,
+              dict(type='IoUMetric', iou_metrics=['mIoU']))
     cfg.tta_pipeline = [
         dict(type='LoadImageFromFile'),
         dict(type='TestTimeAug', transforms=[

@@ -161,10 +161,11 @@ class ContextNominator(nn.Module):
                               self.fc.bias.float())
             if self.training:
                 weights = hard_gumbel_softmax(logits, self.tau)
+                index = weights.detach().argmax(-1)
             else:
-                weights = F.one_hot(logits.argmax(-1),
-                                    logits.shape[-1]).to(logits.dtype)
-        self.nomination = weights.detach().argmax(-1)
+                index = logits.argmax(-1)
+                weights = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+        self.nomination = index
         return weights
 
 

@@ -11,4 +11,4 @@ from .version import __version__
 
 allow_mmengine_checkpoint_types()
 
-__all__ = ['NomMer', 'RNGStateHook', 'allow_mmengine_checkpoint_types', '__version__']
+__all__ = ['CoTNet', 'GCViT', 'NomMer', 'Visformer', 'RNGStateHook', 'allow_mmengine_checkpoint_types', '__version__']

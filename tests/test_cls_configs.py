@@ -20,7 +20,8 @@ def test_config_builds_model_and_pipelines(path):
     cfg = Config.fromfile(str(path))
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
-    assert type(model.backbone).__name__ == 'NomMer'
+    assert type(model.backbone).__name__ == cfg.model.backbone.type
+    assert type(model.backbone).__module__.startswith('nommer_mm.')
     for loader in ('train_dataloader', 'val_dataloader'):
         for t in cfg[loader].dataset.pipeline:
             TRANSFORMS.build(t)

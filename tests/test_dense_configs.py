@@ -29,7 +29,9 @@ def build(path: Path):
 @pytest.mark.parametrize('path', DET + SEG, ids=lambda p: p.name)
 def test_config_builds(path):
     cfg, model = build(path)
-    assert type(model.backbone).__name__ == 'NomMer'
+    # the backbone named in the config, found through the task's registry
+    assert type(model.backbone).__name__ == cfg.model.backbone.type
+    assert type(model.backbone).__module__.startswith('nommer_mm.')
     init = Config.fromfile(str(path)).model.backbone.init_cfg
     # initialised from a converted ImageNet classifier
     assert init.type == 'Pretrained' and init.prefix == 'backbone.'
@@ -42,6 +44,8 @@ PAPER_PARAMS = {
     'upernet_nommer-t_8xb2-160k_ade20k-512x512.py': 54e6,
     'upernet_nommer-s_8xb2-160k_ade20k-512x512.py': 73e6,
     'upernet_nommer-b_8xb2-160k_ade20k-512x512.py': 107e6,
+    # GC ViT's own Cascade Mask R-CNN 3x (its reference): 85M
+    'cascade-mask-rcnn_gcvit-t_fpn_ms-3x_coco.py': 85e6,
 }
 
 

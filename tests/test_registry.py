@@ -35,3 +35,17 @@ def test_custom_imports_in_a_config(tmp_path):
     init_default_scope('mmdet')
     model = MODELS.build(cfg.model)
     assert model.arch_settings['depths'] == [6, 6, 16, 4]
+
+
+@pytest.mark.parametrize('scope', ['mmpretrain', 'mmdet', 'mmseg'])
+@pytest.mark.parametrize('backbone', [
+    dict(type='GCViT', arch='xxtiny'), dict(type='Visformer', arch='tiny'),
+    dict(type='CoTNet', arch='cotnet50')], ids=lambda b: b['type'])
+def test_peer_backbones_build_from_each_scope(scope, backbone):
+    from mmengine.registry import init_default_scope
+    import importlib
+    init_default_scope(scope)
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    model = registry.build(dict(backbone, out_indices=(0, 3))).eval()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(16, 16), (2, 2)]

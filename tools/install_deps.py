@@ -48,9 +48,12 @@ OPENMMLAB_PINS = {
 }
 # Needed at import or run time but not declared (mmseg: ftfy, regex;
 # mmengine resolves `mmdet::` config bases through pkg_resources, which
-# setuptools >= 81 no longer ships) or used by our tests and tools.
+# setuptools >= 81 no longer ships) or used by our tests and tools (timm:
+# the independent GC ViT / Visformer the converter tests compare against;
+# pinned, and installed with torch held, so it cannot swap torch).
 EXTRA_REQUIREMENTS = ['setuptools<81', 'ftfy', 'regex', 'pycocotools', 'scipy',
-                      'shapely', 'terminaltables', 'matplotlib', 'pytest']
+                      'shapely', 'terminaltables', 'matplotlib', 'pytest',
+                      'timm==1.0.22']
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

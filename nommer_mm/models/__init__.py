@@ -1,3 +1,3 @@
-from .backbones import NomMer  # registers the backbone
+from .backbones import CoTNet, GCViT, NomMer, Visformer  # registers them
 
-__all__ = ['NomMer']
+__all__ = ['CoTNet', 'GCViT', 'NomMer', 'Visformer']

@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
+from .zoo import parse_arch, parse_out_indices
 
 
 class Mlp(nn.Module):
@@ -250,13 +251,7 @@ class NomMer(BaseModule):
         if out_type not in self.OUT_TYPES:
             raise ValueError(f'out_type must be one of {self.OUT_TYPES}, '
                              f'got {out_type!r}')
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not out_indices or any(not -4 <= i < 4 for i in out_indices):
-            raise ValueError(f'out_indices must be a non-empty subset of '
-                             f'0..3 (or -4..-1), got {out_indices}')
-        out_indices = sorted({i % 4 for i in out_indices})
-        self.out_indices = tuple(out_indices)
+        self.out_indices = parse_out_indices(out_indices, 4)
         self.out_type = out_type
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -307,28 +302,9 @@ class NomMer(BaseModule):
     # ------------------------------------------------------------ settings
     @classmethod
     def parse_arch(cls, arch: str | dict) -> dict:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(
-                    f'Unknown NomMer arch {arch!r}. Choose one of '
-                    f'{sorted(set(cls.arch_zoo))} or give a dict with keys '
-                    f'{list(cls.ARCH_KEYS)}.')
-            return {k: list(v) if isinstance(v, list) else v
-                    for k, v in cls.arch_zoo[key].items()}
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or dict, got {type(arch)}')
-        missing = [k for k in cls.ARCH_KEYS if k not in arch]
-        if missing:
-            raise ValueError(f'NomMer arch dict lacks keys {missing}; it needs '
-                             f'{list(cls.ARCH_KEYS)}.')
-        settings = {k: arch[k] for k in cls.ARCH_KEYS}
-        for key, n in (('depths', 4), ('num_heads', 4),
-                       ('bottleneck_ratios', 2)):
-            if len(settings[key]) != n:
-                raise ValueError(f'arch[{key!r}] needs {n} entries, got '
-                                 f'{settings[key]}')
-        return settings
+        return parse_arch('NomMer', cls.arch_zoo, cls.ARCH_KEYS, arch,
+                          lengths=dict(depths=4, num_heads=4,
+                                       bottleneck_ratios=2))
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:

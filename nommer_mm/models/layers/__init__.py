@@ -1,15 +1,16 @@
-from .attention import (MultiheadSelfAttention, WindowMSA,
+from .attention import (GlobalQueryWindowMSA, MultiheadSelfAttention, WindowMSA,
                         relative_position_index, window_partition,
                         window_reverse)
 from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
                       LocalWindowContext, NomMerMixer, PooledGlobalContext,
                       hard_gumbel_softmax)
+from .cot import CoTLayer, SEConv, local_aggregation
 from .dct import BlockDCT, dct_basis, dct_kronecker_basis
 
 __all__ = [
-    'MultiheadSelfAttention', 'WindowMSA', 'relative_position_index',
+    'GlobalQueryWindowMSA', 'MultiheadSelfAttention', 'WindowMSA', 'relative_position_index',
     'window_partition', 'window_reverse', 'CompressedGlobalContext',
     'ContextNominator', 'ConvContext', 'LocalWindowContext', 'NomMerMixer',
     'PooledGlobalContext', 'hard_gumbel_softmax', 'BlockDCT', 'dct_basis',
-    'dct_kronecker_basis'
+    'dct_kronecker_basis', 'CoTLayer', 'SEConv', 'local_aggregation'
 ]

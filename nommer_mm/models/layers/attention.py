@@ -87,6 +87,8 @@ class WindowMSA(nn.Module):
         x: (B, H, W, C) -> (B, H, W, C)
     """
 
+    num_projections = 3  # q, k and v from the window's tokens
+
     def __init__(self, embed_dims: int, num_heads: int, window_size: int = 7,
                  qkv_bias: bool = True) -> None:
         super().__init__()
@@ -101,9 +103,29 @@ class WindowMSA(nn.Module):
         self.register_buffer('relative_position_index',
                              relative_position_index(window_size),
                              persistent=False)
-        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.qkv = nn.Linear(embed_dims, embed_dims * self.num_projections,
+                             bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
         trunc_normal_(self.relative_position_bias_table, std=.02)
+        self._register_load_state_dict_pre_hook(self._resize_bias_table_hook)
+
+    def _resize_bias_table_hook(self, state_dict: dict, prefix: str,
+                                *args, **kwargs) -> None:
+        """Bicubic-resize a checkpoint's bias table trained for another
+        window (e.g. a 7x7 ImageNet table into a 24x24 detection window)."""
+        key = prefix + 'relative_position_bias_table'
+        src = state_dict.get(key)
+        dst = self.relative_position_bias_table
+        if src is None or src.shape == dst.shape or src.ndim != 2 \
+                or src.shape[1] != dst.shape[1]:
+            return  # equal, or left to the size check to report
+        side_src, side_dst = round(src.shape[0]**0.5), 2 * self.window_size - 1
+        if side_src**2 != src.shape[0]:
+            return
+        grid = src.T.reshape(1, -1, side_src, side_src).float()
+        grid = F.interpolate(grid, size=(side_dst, side_dst), mode='bicubic',
+                             align_corners=False)
+        state_dict[key] = grid.reshape(-1, side_dst**2).T.to(src.dtype)
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, w*w, w*w) additive attention bias."""
@@ -112,7 +134,8 @@ class WindowMSA(nn.Module):
             self.relative_position_index.view(-1)]
         return bias.view(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                query: torch.Tensor | None = None) -> torch.Tensor:
         B, H, W, C = x.shape
         w = self.window_size
         pad_h, pad_w = (-H) % w, (-W) % w
@@ -122,9 +145,7 @@ class WindowMSA(nn.Module):
 
         windows = window_partition(x, w)  # (B*nW, w*w, C)
         n = windows.shape[1]
-        qkv = self.qkv(windows).reshape(-1, n, 3, self.num_heads,
-                                        C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, h, n, d)
+        q, k, v = self._project(windows, query, B)  # each (B*nW, h, n, d)
         mask = self.relative_position_bias().to(q.dtype).unsqueeze(0)
         if pad_h or pad_w:
             mask = mask + self._padding_mask(B, H, W, Hp, Wp, q)
@@ -135,6 +156,15 @@ class WindowMSA(nn.Module):
             out = out[:, :H, :W].contiguous()
         return out
 
+    def _project(self, windows: torch.Tensor, query: torch.Tensor | None,
+                 B: int) -> tuple:
+        if query is not None:
+            raise TypeError(f'{type(self).__name__} takes no external query')
+        n, C = windows.shape[1:]
+        qkv = self.qkv(windows).reshape(-1, n, 3, self.num_heads,
+                                        C // self.num_heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
     def _padding_mask(self, B: int, H: int, W: int, Hp: int, Wp: int,
                       ref: torch.Tensor) -> torch.Tensor:
         """(B*nW, 1, 1, w*w): -inf on padded keys, 0 elsewhere."""
@@ -144,3 +174,31 @@ class WindowMSA(nn.Module):
         mask = torch.zeros(real.shape, dtype=ref.dtype, device=ref.device)
         mask.masked_fill_(~real, float('-inf'))
         return mask.repeat(B, 1)[:, None, None, :]
+
+
+class GlobalQueryWindowMSA(WindowMSA):
+    """Window attention whose queries come from outside the windows (GC ViT's
+    global-query attention): every window of image ``b`` attends with the
+    same query map ``query[b]``; keys and values come from the window.
+
+    Args: as :class:`WindowMSA`; ``qkv`` projects to keys and values only.
+
+    Shapes:
+        x: (B, H, W, C); query: (B, heads, w*w, C // heads) -> (B, H, W, C)
+    """
+
+    num_projections = 2
+
+    def _project(self, windows: torch.Tensor, query: torch.Tensor | None,
+                 B: int) -> tuple:
+        if query is None:
+            raise TypeError('GlobalQueryWindowMSA needs the global query')
+        n, C = windows.shape[1:]
+        kv = self.qkv(windows).reshape(-1, n, 2, self.num_heads,
+                                       C // self.num_heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        num_windows = windows.shape[0] // B
+        # Window i of image b is row b * nW + i (window_partition's order),
+        # so the query repeats per image, not per batch.
+        q = query.unsqueeze(1).expand(-1, num_windows, -1, -1, -1)
+        return q.reshape(-1, *query.shape[1:]).to(k.dtype), k, v

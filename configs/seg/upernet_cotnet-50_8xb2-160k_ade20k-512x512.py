@@ -1,0 +1,18 @@
+# UperNet + CoTNet-50, ADE20K, 512x512 crops, 160k iterations, batch 16.
+# The same segmenter, pipeline and schedule as the NomMer-T config (Swin's
+# UperNet recipe); only the backbone differs.
+_base_ = ['./upernet_nommer-t_8xb2-160k_ade20k-512x512.py']
+
+pretrained = 'checkpoints/cotnet-50_in1k-224.pth'
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='CoTNet',
+        arch='cotnet50',
+        drop_path_rate=0.1,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained,
+                      prefix='backbone.')),
+    decode_head=dict(in_channels=[256, 512, 1024, 2048]),
+    auxiliary_head=dict(in_channels=1024))

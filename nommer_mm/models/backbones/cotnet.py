@@ -1,0 +1,228 @@
+"""CoTNet backbones (Li et al., "Contextual Transformer Networks for Visual
+Recognition"): ResNet-50 layouts whose bottleneck 3x3 convs are CoT layers.
+
+    stem     'resnet': conv 7x7/2 -> BN -> ReLU -> max-pool 3x3/2
+             'deep':   3x(conv 3x3) (first /2) -> BN -> ReLU, no pool; layer1
+                       then strides by 2 itself                (B, 64, H/4, W/4)
+    layer1   bottlenecks                                       (B, 256,  H/4)
+    layer2                                                     (B, 512,  H/8)
+    layer3                                                     (B, 1024, H/16)
+    layer4                                                     (B, 2048, H/32)
+
+A strided CoT bottleneck average-pools (3x3/2) before its CoT layer, as the
+reference does. Module names follow the reference (JDAI-CV/CoTNet).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..layers.cot import CoTLayer, SEConv
+from .zoo import parse_arch, parse_out_indices
+
+
+class CoTBottleneck(nn.Module):
+    """1x1 -> BN -> ReLU -> [avg-pool] -> CoT (or SE conv) -> 1x1 -> BN,
+    plus the shortcut, then ReLU. (B, Cin, H, W) -> (B, 4P, H/s, W/s)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int,
+                 cardinality: int, base_width: int, se_conv: bool,
+                 avg_down: bool, drop_path: float, norm_cfg: dict,
+                 with_cp: bool) -> None:
+        super().__init__()
+        width = int(math.floor(planes * base_width / 64)) * cardinality
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, width)[1]
+        if se_conv:
+            self.avd = None
+            self.conv2 = SEConv(width, width, stride, norm_cfg)
+        else:
+            self.avd = nn.AvgPool2d(3, stride, padding=1) if stride > 1 \
+                else None
+            self.conv2 = CoTLayer(width, 3, cardinality, norm_cfg)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+        self.bn3 = build_norm_layer(norm_cfg, out)[1]
+        self.downsample = None
+        if stride != 1 or in_channels != out:
+            if avg_down:
+                pool = nn.AvgPool2d(stride, stride, ceil_mode=True,
+                                    count_include_pad=False) \
+                    if stride > 1 else nn.Identity()
+                self.downsample = nn.Sequential(
+                    pool, nn.Conv2d(in_channels, out, 1, bias=False),
+                    build_norm_layer(norm_cfg, out)[1])
+            else:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(in_channels, out, 1, stride, bias=False),
+                    build_norm_layer(norm_cfg, out)[1])
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.with_cp = with_cp
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        if self.avd is not None:
+            y = self.avd(y)
+        y = self.bn3(self.conv3(self.conv2(y)))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return torch.relu(self.drop_path(y) + shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._residual, x, use_reentrant=False)
+        return self._residual(x)
+
+
+@MODELS.register_module()
+class CoTNet(BaseModule):
+    """CoTNet / CoTNeXt / SE-CoTNetD backbone.
+
+    Args:
+        arch (str | dict): ``'cotnet50'``, ``'cotnext50'`` (2x48d),
+            ``'se-cotnetd50'`` or a dict with keys ``depths``,
+            ``cardinality``, ``base_width``, ``stem`` ('resnet' | 'deep'),
+            ``stem_width``, ``avg_down``, ``se_blocks`` (per layer, the block
+            indices that use an SE conv instead of a CoT layer).
+        in_channels (int): Input channels. Defaults to 3.
+        drop_path_rate (float): Stochastic depth, rising linearly from 0.
+        out_indices (Sequence[int]): Layers to output (0..3 = layer1..4).
+        frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and
+            layer1..layer(k+1).
+        norm_eval (bool): Keep BatchNorm layers in eval mode while training
+            (the usual setting for detection).
+        with_cp (bool): Activation checkpointing per block.
+        norm_cfg (dict): BatchNorm config.
+        zero_init_residual (bool): Zero the last BN of every block.
+        init_cfg (dict | list[dict], optional): e.g. ``Pretrained``.
+
+    Shapes:
+        input (B, in_channels, H, W); outputs (B, 256 * 2**i,
+        ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) for each ``out_indices``.
+    """
+
+    arch_zoo = {
+        'cotnet50': {
+            'depths': [3, 4, 6, 3], 'cardinality': 1, 'base_width': 64,
+            'stem': 'resnet', 'stem_width': 64, 'avg_down': False,
+            'se_blocks': [[], [], [], []]},
+        'cotnext50': {
+            'depths': [3, 4, 6, 3], 'cardinality': 2, 'base_width': 48,
+            'stem': 'resnet', 'stem_width': 64, 'avg_down': False,
+            'se_blocks': [[], [], [], []]},
+        'se-cotnetd50': {
+            'depths': [3, 4, 6, 3], 'cardinality': 1, 'base_width': 64,
+            'stem': 'deep', 'stem_width': 32, 'avg_down': True,
+            'se_blocks': [[0, 1, 2], [0, 1, 2, 3], [1, 3, 5], []]},
+    }
+    ARCH_KEYS = ('depths', 'cardinality', 'base_width', 'stem', 'stem_width',
+                 'avg_down', 'se_blocks')
+
+    def __init__(self,
+                 arch: str | dict = 'cotnet50',
+                 in_channels: int = 3,
+                 drop_path_rate: float = 0.,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 zero_init_residual: bool = True,
+                 init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        s = self.arch_settings = parse_arch(
+            'CoTNet', self.arch_zoo, self.ARCH_KEYS, arch,
+            lengths=dict(depths=4, se_blocks=4))
+        if s['stem'] not in ('resnet', 'deep'):
+            raise ValueError(f"stem must be 'resnet' or 'deep', got "
+                             f"{s['stem']!r}")
+        self.out_indices = parse_out_indices(out_indices, 4)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.dims = [256 * 2**i for i in range(4)]
+
+        stem_out = 64
+        if s['stem'] == 'resnet':
+            self.conv1 = nn.Conv2d(in_channels, stem_out, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            w = s['stem_width']
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(in_channels, w, 3, 2, 1, bias=False),
+                build_norm_layer(norm_cfg, w)[1], nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False),
+                build_norm_layer(norm_cfg, w)[1], nn.ReLU(inplace=True),
+                nn.Conv2d(w, stem_out, 3, 1, 1, bias=False))
+            self.maxpool = None
+        self.bn1 = build_norm_layer(norm_cfg, stem_out)[1]
+
+        dpr = torch.linspace(0, drop_path_rate, sum(s['depths'])).tolist()
+        in_ch, n = stem_out, 0
+        for i, depth in enumerate(s['depths']):
+            stride = 1 if (i == 0 and s['stem'] == 'resnet') else 2
+            blocks = []
+            for j in range(depth):
+                blocks.append(CoTBottleneck(
+                    in_ch, 64 * 2**i, stride if j == 0 else 1,
+                    s['cardinality'], s['base_width'],
+                    se_conv=j in s['se_blocks'][i], avg_down=s['avg_down'],
+                    drop_path=dpr[n], norm_cfg=norm_cfg, with_cp=with_cp))
+                in_ch, n = self.dims[i], n + 1
+            self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
+
+        self._init_default_weights(zero_init_residual)
+        self._freeze_stages()
+
+    def _init_default_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out',
+                                        nonlinearity='relu')
+            elif isinstance(m, (_BatchNorm, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, CoTBottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.conv1, self.bn1] + [
+            getattr(self, f'layer{i + 1}')
+            for i in range(min(self.frozen_stages, 3) + 1)]
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'CoTNet':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        outs = []
+        for i in range(max(self.out_indices) + 1):
+            x = getattr(self, f'layer{i + 1}')(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

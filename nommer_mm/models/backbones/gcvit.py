@@ -1,0 +1,326 @@
+"""GC ViT backbone (Hatamizadeh et al., "Global Context Vision
+Transformers", ICML 2023), dense-ready.
+
+Layout (C = embed_dims), channels-last tokens inside the levels:
+
+    patch_embed  conv 3x3/2 -> ReduceSize (keeps C)        (B, H/4,  W/4,  C)
+    level 0      local / global-query window blocks         (B, H/4,  W/4,  C)
+                 -> ReduceSize                              (B, H/8,  W/8, 2C)
+    level 1                                                 ...
+    level 3      no ReduceSize                              (B, H/32, W/32, 8C)
+
+Blocks alternate local window attention (even) and global-query window
+attention (odd). Each level's global query comes from its input through
+FeatExtract blocks (depth-wise conv, GELU, squeeze-excite, 1x1 conv, max-pool)
+and is resized to the window when the input is not the training size. Module
+names follow the reference (NVlabs/GCVit), so its checkpoints load after a
+few renames (``nommer_mm.converters.peers``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS
+
+from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
+from .nommer import Mlp
+from .zoo import parse_arch, parse_out_indices
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate from the global mean: Linear -> GELU -> Linear -> sigmoid
+    (no biases). (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = int(channels * ratio)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False), nn.GELU(),
+            nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+
+
+def _fused_mbconv(channels: int) -> nn.Sequential:
+    """Depth-wise 3x3 -> GELU -> squeeze-excite -> 1x1, used as a residual
+    branch by ReduceSize and FeatExtract (keys ``conv.0``, ``conv.2.fc.*``,
+    ``conv.3``)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False),
+        nn.GELU(), SqueezeExcite(channels),
+        nn.Conv2d(channels, channels, 1, bias=False))
+
+
+class ReduceSize(nn.Module):
+    """LN -> x + MBConv(x) -> conv 3x3 stride 2 -> LN.
+    (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C or 2C)."""
+
+    def __init__(self, channels: int, keep_dim: bool = False) -> None:
+        super().__init__()
+        out = channels if keep_dim else 2 * channels
+        self.norm1 = nn.LayerNorm(channels)
+        self.conv = _fused_mbconv(channels)
+        self.reduction = nn.Conv2d(channels, out, 3, 2, 1, bias=False)
+        self.norm2 = nn.LayerNorm(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x).permute(0, 3, 1, 2)
+        x = self.reduction(x + self.conv(x))
+        return self.norm2(x.permute(0, 2, 3, 1))
+
+
+class PatchEmbed(nn.Module):
+    """conv 3x3 stride 2 -> ReduceSize: (B, 3, H, W) -> (B, H/4, W/4, C)."""
+
+    def __init__(self, in_channels: int, embed_dims: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dims, 3, 2, 1)
+        self.conv_down = ReduceSize(embed_dims, keep_dim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_down(self.proj(x).permute(0, 2, 3, 1))
+
+
+class FeatExtract(nn.Module):
+    """x + MBConv(x), then optionally max-pool 3x3 stride 2.
+    (B, C, H, W) -> (B, C, H or ceil(H/2), ...)."""
+
+    def __init__(self, channels: int, pool: bool) -> None:
+        super().__init__()
+        self.conv = _fused_mbconv(channels)
+        self.pool = nn.MaxPool2d(3, 2, 1) if pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x + self.conv(x))
+
+
+class GlobalQueryGen(nn.Module):
+    """The level's global query: FeatExtract blocks shrink the level input to
+    the window (``num_pools`` halvings), resized bicubically when the input is
+    not the size the level was built for.
+
+    Shapes: (B, H, W, C) -> (B, heads, w*w, C // heads)
+    """
+
+    def __init__(self, channels: int, num_heads: int, window_size: int,
+                 num_pools: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        pools = [True] * num_pools or [False]
+        self.to_q_global = nn.Sequential(
+            *[FeatExtract(channels, pool) for pool in pools])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.to_q_global(x.permute(0, 3, 1, 2))
+        B, C, h, w = q.shape
+        ws = self.window_size
+        if (h, w) != (ws, ws):
+            q = F.interpolate(q, size=(ws, ws), mode='bicubic',
+                              align_corners=False)
+        q = q.permute(0, 2, 3, 1).reshape(B, ws * ws, self.num_heads,
+                                          C // self.num_heads)
+        return q.transpose(1, 2)
+
+
+class GCViTBlock(nn.Module):
+    """Pre-norm block with window attention (local, or with the level's
+    global query) and an MLP, each with optional layer scale.
+
+    Shapes: x (B, H, W, C), query (B, heads, w*w, C/heads) -> (B, H, W, C)
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, window_size: int,
+                 mlp_ratio: float, global_query: bool, drop_path: float,
+                 layer_scale: float | None) -> None:
+        super().__init__()
+        attn = GlobalQueryWindowMSA if global_query else WindowMSA
+        self.global_query = global_query
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.attn = attn(embed_dims, num_heads, window_size)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if layer_scale is not None:
+            self.gamma1 = nn.Parameter(torch.full((embed_dims, ), layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((embed_dims, ), layer_scale))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def _scale(self, x: torch.Tensor, gamma: torch.Tensor | None):
+        return x if gamma is None else x * gamma
+
+    def forward(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        y = self.attn(self.norm1(x), query if self.global_query else None)
+        x = x + self.drop_path(self._scale(y, self.gamma1))
+        y = self.mlp(self.norm2(x))
+        return x + self.drop_path(self._scale(y, self.gamma2))
+
+
+class GCViTLevel(nn.Module):
+    """Blocks of one resolution, their global-query generator and the
+    ReduceSize into the next level (keys ``levels.i.*``)."""
+
+    def __init__(self, embed_dims: int, depth: int, num_heads: int,
+                 window_size: int, mlp_ratio: float, num_pools: int,
+                 drop_paths: Sequence[float], layer_scale: float | None,
+                 downsample: bool, with_cp: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            GCViTBlock(embed_dims, num_heads, window_size, mlp_ratio,
+                       global_query=j % 2 == 1, drop_path=drop_paths[j],
+                       layer_scale=layer_scale) for j in range(depth))
+        self.q_global_gen = GlobalQueryGen(embed_dims, num_heads,
+                                           window_size, num_pools)
+        self.downsample = ReduceSize(embed_dims) if downsample else None
+        self.with_cp = with_cp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a level of one block has no global-query block to feed
+        query = self.q_global_gen(x) if len(self.blocks) > 1 else None
+        for block in self.blocks:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(block, x, query, use_reentrant=False)
+            else:
+                x = block(x, query)
+        return x
+
+
+@MODELS.register_module()
+class GCViT(BaseModule):
+    """GC ViT backbone for classification, detection and segmentation.
+
+    Args:
+        arch (str | dict): ``'xxtiny'``, ``'xtiny'``, ``'tiny'``, ``'small'``,
+            ``'base'`` or a dict with keys ``embed_dims``, ``depths``,
+            ``num_heads``, ``mlp_ratio``, ``layer_scale``.
+        in_channels (int): Input channels. Defaults to 3.
+        window_size (Sequence[int]): Window side per level. Defaults to the
+            ImageNet setting (7, 7, 14, 7); the reference detection recipe
+            uses 24 everywhere (bias tables of checkpoints are resized).
+        global_query_pools (Sequence[int]): Max-pool halvings of each level's
+            query generator; (3, 2, 0, 0) turns 56/28/14/7 maps at 224 input
+            into the 7/7/14/7 windows. Other sizes are resized to the window.
+        drop_path_rate (float): Stochastic depth, rising linearly from 0.
+        out_indices (Sequence[int]): Levels to output, any of 0..3; each goes
+            through its own LayerNorm ``norm{i}`` (``norm3`` is the
+            reference's final norm).
+        frozen_stages (int): -1 freezes nothing; k >= 0 freezes the patch
+            embedding and levels 0..k (with the ReduceSize into them).
+        with_cp (bool): Activation checkpointing per block.
+        init_cfg (dict | list[dict], optional): e.g. ``Pretrained``.
+
+    Shapes:
+        input (B, in_channels, H, W); outputs (B, C * 2**i,
+        ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) for each ``out_indices``.
+    """
+
+    arch_zoo = {
+        **dict.fromkeys(['xxt', 'xxtiny'], {
+            'embed_dims': 64, 'depths': [2, 2, 6, 2],
+            'num_heads': [2, 4, 8, 16], 'mlp_ratio': 3, 'layer_scale': None}),
+        **dict.fromkeys(['xt', 'xtiny'], {
+            'embed_dims': 64, 'depths': [3, 4, 6, 5],
+            'num_heads': [2, 4, 8, 16], 'mlp_ratio': 3, 'layer_scale': None}),
+        **dict.fromkeys(['t', 'tiny'], {
+            'embed_dims': 64, 'depths': [3, 4, 19, 5],
+            'num_heads': [2, 4, 8, 16], 'mlp_ratio': 3, 'layer_scale': None}),
+        **dict.fromkeys(['s', 'small'], {
+            'embed_dims': 96, 'depths': [3, 4, 19, 5],
+            'num_heads': [3, 6, 12, 24], 'mlp_ratio': 2, 'layer_scale': 1e-5}),
+        **dict.fromkeys(['b', 'base'], {
+            'embed_dims': 128, 'depths': [3, 4, 19, 5],
+            'num_heads': [4, 8, 16, 32], 'mlp_ratio': 2, 'layer_scale': 1e-5}),
+    }
+    ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'mlp_ratio',
+                 'layer_scale')
+
+    def __init__(self,
+                 arch: str | dict = 'tiny',
+                 in_channels: int = 3,
+                 window_size: Sequence[int] = (7, 7, 14, 7),
+                 global_query_pools: Sequence[int] = (3, 2, 0, 0),
+                 drop_path_rate: float = 0.2,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 with_cp: bool = False,
+                 init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = parse_arch(
+            'GCViT', self.arch_zoo, self.ARCH_KEYS, arch,
+            lengths=dict(depths=4, num_heads=4))
+        s = self.arch_settings
+        C, depths = s['embed_dims'], s['depths']
+        self.dims = [C * 2**i for i in range(4)]
+        self.out_indices = parse_out_indices(out_indices, 4)
+        self.frozen_stages = frozen_stages
+
+        self.patch_embed = PatchEmbed(in_channels, C)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.levels = nn.ModuleList()
+        for i in range(4):
+            start = sum(depths[:i])
+            self.levels.append(GCViTLevel(
+                self.dims[i], depths[i], s['num_heads'][i], window_size[i],
+                s['mlp_ratio'], global_query_pools[i],
+                dpr[start:start + depths[i]], s['layer_scale'],
+                downsample=i < 3, with_cp=with_cp))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i]))
+
+        self._init_default_weights()
+        self._freeze_stages()
+
+    def _init_default_weights(self) -> None:
+        # The reference: truncated normal on Linear, unit LayerNorms, convs
+        # at PyTorch's default.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.patch_embed]
+        for i in range(min(self.frozen_stages, 3) + 1):
+            level = self.levels[i]
+            frozen += [level.blocks, level.q_global_gen]
+            if i > 0:
+                frozen.append(self.levels[i - 1].downsample)
+            if hasattr(self, f'norm{i}'):
+                frozen.append(getattr(self, f'norm{i}'))
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'GCViT':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        outs = []
+        x = self.patch_embed(x)
+        for i, level in enumerate(self.levels):
+            x = level(x)
+            if i in self.out_indices:
+                y = getattr(self, f'norm{i}')(x)
+                outs.append(y.permute(0, 3, 1, 2).contiguous())
+            if i == max(self.out_indices):
+                break
+            x = level.downsample(x)
+        return tuple(outs)

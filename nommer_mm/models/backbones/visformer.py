@@ -1,0 +1,307 @@
+"""Visformer backbone (Chen et al., "Visformer: The Vision-friendly
+Transformer", ICCV 2021), dense-ready.
+
+Layout (C = embed_dims), NCHW throughout, BatchNorm everywhere:
+
+    stem          conv 7x7/2 -> BN -> ReLU                  (B, C0,  H/2,  W/2)
+    patch_embed1  conv 4x4/4 -> BN, + pos_embed1            (B, C/2, H/8,  W/8)
+    stage1        conv-only blocks (grouped 3x3 MLP)        (B, C/2, H/8,  W/8)
+    patch_embed2  conv 2x2/2 -> BN, + pos_embed2            (B, C,   H/16, W/16)
+    stage2        attention blocks                          (B, C,   H/16, W/16)
+    patch_embed3  conv 2x2/2 -> BN, + pos_embed3            (B, 2C,  H/32, W/32)
+    stage3        attention blocks                          (B, 2C,  H/32, W/32)
+
+Output 0 (stride 4, for FPN-style necks) is stage1 upsampled by a learned
+2x2 transposed conv -> BN -> GELU, built only when requested: it is not part
+of the ImageNet model, so it starts from scratch in dense fine-tuning.
+Sizes round up at every stride; position embeddings are interpolated to the
+input. Module names follow the reference (danczs/Visformer) without its
+BatchNorm wrapper, i.e. timm's names.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .zoo import parse_arch, parse_out_indices
+
+
+class ConvMlp(nn.Module):
+    """1x1 -> GELU -> [grouped 3x3 -> GELU] -> 1x1, no biases.
+    (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, hidden: int, spatial_groups: int = 0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1,
+                               groups=spatial_groups, bias=False) \
+            if spatial_groups else None
+        self.conv3 = nn.Conv2d(hidden, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv1(x))
+        if self.conv2 is not None:
+            x = F.gelu(self.conv2(x))
+        return self.conv3(x)
+
+
+class ConvAttention(nn.Module):
+    """Global multi-head self-attention on a feature map with 1x1-conv
+    projections (no biases). (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dims = channels // num_heads
+        inner = self.head_dims * num_heads
+        self.qkv = nn.Conv2d(channels, inner * 3, 1, bias=False)
+        self.proj = nn.Conv2d(inner, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        qkv = self.qkv(x).reshape(B, 3, self.num_heads, self.head_dims, H * W)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, N, d)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(-1, -2).reshape(B, -1, H, W))
+
+
+class VisformerBlock(nn.Module):
+    """x = x + DropPath(attn(BN(x))) (attention stages only);
+    x = x + DropPath(MLP(BN(x)))."""
+
+    def __init__(self, channels: int, num_heads: int, mlp_hidden: int,
+                 attention: bool, spatial_groups: int, drop_path: float,
+                 norm_cfg: dict, with_cp: bool) -> None:
+        super().__init__()
+        if attention:
+            self.norm1 = build_norm_layer(norm_cfg, channels)[1]
+            self.attn = ConvAttention(channels, num_heads)
+        self.attention = attention
+        self.norm2 = build_norm_layer(norm_cfg, channels)[1]
+        self.mlp = ConvMlp(channels, mlp_hidden, spatial_groups)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.with_cp = with_cp
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attention:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class PatchEmbed(nn.Module):
+    """conv k x k stride k (zero-padding the input to a multiple of k) -> BN.
+    (B, Cin, H, W) -> (B, Cout, ceil(H/k), ceil(W/k))."""
+
+    def __init__(self, in_channels: int, out_channels: int, patch: int,
+                 norm_cfg: dict) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(in_channels, out_channels, patch, stride=patch)
+        self.norm = build_norm_layer(norm_cfg, out_channels)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        p = self.patch
+        if H % p or W % p:
+            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
+        return self.norm(self.proj(x))
+
+
+@MODELS.register_module()
+class Visformer(BaseModule):
+    """Visformer backbone for classification, detection and segmentation.
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'`` or a dict with keys
+            ``stem_channels``, ``embed_dims``, ``depths`` (3 stages),
+            ``num_heads``.
+        in_channels (int): Input channels. Defaults to 3.
+        img_size (int | tuple): Size the position embeddings are laid out for;
+            other sizes interpolate them. Defaults to 224.
+        mlp_ratio (float): MLP width of the attention stages. Defaults to 4.
+        spatial_groups (int): Groups of stage 1's 3x3 MLP conv. Defaults
+            to 8.
+        drop_path_rate (float): Stochastic depth, rising linearly from 0.
+        out_indices (Sequence[int]): Outputs, any of 0..3 at strides 4, 8,
+            16, 32. 1..3 are stages 1..3 through BatchNorms ``norm{i}``
+            (``norm3`` is the reference's final norm); 0 is the learned
+            upsampling of stage 1 (see the module docstring).
+        frozen_stages (int): -1 freezes nothing; k >= 1 freezes the stem and
+            stages 1..k with their patch embeddings and position embeddings.
+        norm_eval (bool): Keep BatchNorm layers in eval mode while training.
+        with_cp (bool): Activation checkpointing per block.
+        norm_cfg (dict): BatchNorm config (``SyncBN`` for multi-GPU).
+        init_cfg (dict | list[dict], optional): e.g. ``Pretrained``.
+
+    Shapes:
+        input (B, in_channels, H, W); outputs (B, dims[i], ceil(H/2**(i+2)),
+        ceil(W/2**(i+2))) with ``dims = [C/2, C/2, C, 2C]``.
+    """
+
+    arch_zoo = {
+        **dict.fromkeys(['t', 'tiny'], {
+            'stem_channels': 16, 'embed_dims': 192, 'depths': [7, 4, 4],
+            'num_heads': 3}),
+        **dict.fromkeys(['s', 'small'], {
+            'stem_channels': 32, 'embed_dims': 384, 'depths': [7, 4, 4],
+            'num_heads': 6}),
+    }
+    ARCH_KEYS = ('stem_channels', 'embed_dims', 'depths', 'num_heads')
+
+    def __init__(self,
+                 arch: str | dict = 'small',
+                 in_channels: int = 3,
+                 img_size: int | Sequence[int] = 224,
+                 mlp_ratio: float = 4.,
+                 spatial_groups: int = 8,
+                 drop_path_rate: float = 0.,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = parse_arch('Visformer', self.arch_zoo,
+                                        self.ARCH_KEYS, arch,
+                                        lengths=dict(depths=3))
+        s = self.arch_settings
+        C, depths, heads = s['embed_dims'], s['depths'], s['num_heads']
+        stage_dims = [C // 2, C, 2 * C]
+        self.dims = [C // 2] + stage_dims
+        self.out_indices = parse_out_indices(out_indices, 4)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        img_size = (img_size, img_size) if isinstance(img_size, int) else img_size
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, s['stem_channels'], 7, 2, 3, bias=False),
+            build_norm_layer(norm_cfg, s['stem_channels'])[1],
+            nn.ReLU(inplace=True))
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        in_dims = [s['stem_channels']] + stage_dims[:2]
+        for i in range(3):
+            stride = 8 * 2**i
+            self.add_module(f'patch_embed{i + 1}', PatchEmbed(
+                in_dims[i], stage_dims[i], 4 if i == 0 else 2, norm_cfg))
+            self.register_parameter(f'pos_embed{i + 1}', nn.Parameter(
+                torch.zeros(1, stage_dims[i], img_size[0] // stride,
+                            img_size[1] // stride)))
+            conv_stage = i == 0  # stage 1 is attention-free
+            self.add_module(f'stage{i + 1}', nn.Sequential(*[
+                VisformerBlock(
+                    stage_dims[i], heads,
+                    2 * stage_dims[i] if conv_stage
+                    else int(stage_dims[i] * mlp_ratio),
+                    attention=not conv_stage,
+                    spatial_groups=spatial_groups if conv_stage else 0,
+                    drop_path=dpr[sum(depths[:i]) + j], norm_cfg=norm_cfg,
+                    with_cp=with_cp) for j in range(depths[i])
+            ]))
+        for i in self.out_indices:
+            if i == 0:
+                self.upsample0 = nn.Sequential(
+                    nn.ConvTranspose2d(C // 2, C // 2, 2, stride=2),
+                    build_norm_layer(norm_cfg, C // 2)[1], nn.GELU())
+            else:
+                self.add_module(f'norm{i}',
+                                build_norm_layer(norm_cfg, self.dims[i])[1])
+
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
+        self._init_default_weights()
+        self._freeze_stages()
+
+    # -------------------------------------------------------------- weights
+    def _init_default_weights(self) -> None:
+        # The reference (conv_init=True): Kaiming fan-out convs, unit norms,
+        # position embeddings ~ TN(0.02).
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out',
+                                        nonlinearity='relu')
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, _BatchNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for i in range(1, 4):
+            trunc_normal_(getattr(self, f'pos_embed{i}'), std=.02)
+
+    @staticmethod
+    def interpolate_pos_embed(pos: torch.Tensor, size) -> torch.Tensor:
+        """(1, C, h, w) -> (1, C, *size), bicubic."""
+        if tuple(pos.shape[-2:]) == tuple(size):
+            return pos
+        return F.interpolate(pos.float(), size=tuple(size), mode='bicubic',
+                             align_corners=False).to(pos.dtype)
+
+    def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
+                               *args, **kwargs) -> None:
+        for i in range(1, 4):
+            key = f'{prefix}pos_embed{i}'
+            own = getattr(self, f'pos_embed{i}')
+            src = state_dict.get(key)
+            if src is not None and src.ndim == 4 and \
+                    src.shape[:2] == own.shape[:2] and src.shape != own.shape:
+                state_dict[key] = self.interpolate_pos_embed(
+                    src, own.shape[-2:])
+
+    # ---------------------------------------------------------- train mode
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.stem]
+        for i in range(1, min(self.frozen_stages, 3) + 1):
+            frozen += [getattr(self, f'patch_embed{i}'),
+                       getattr(self, f'stage{i}')]
+            getattr(self, f'pos_embed{i}').requires_grad = False
+            if hasattr(self, f'norm{i}'):
+                frozen.append(getattr(self, f'norm{i}'))
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'Visformer':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> tuple:
+        outs = []
+        last = max(max(self.out_indices), 1)  # output 0 comes from stage 1
+        h4, w4 = -(-x.shape[-2] // 4), -(-x.shape[-1] // 4)
+        x = self.stem(x)
+        for i in range(1, 4):
+            x = getattr(self, f'patch_embed{i}')(x)
+            x = x + self.interpolate_pos_embed(
+                getattr(self, f'pos_embed{i}'), x.shape[-2:])
+            x = getattr(self, f'stage{i}')(x)
+            if i == 1 and 0 in self.out_indices:
+                # crop: 2 * ceil(H/8) exceeds ceil(H/4) for some H
+                outs.append(self.upsample0(x)[..., :h4, :w4])
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+            if i == last:
+                break
+        return tuple(outs)

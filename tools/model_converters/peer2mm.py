@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Convert a GC ViT, Visformer or CoTNet checkpoint to an OpenMMLab one.
+
+    python tools/model_converters/peer2mm.py {gcvit,visformer,cotnet} SRC DST
+        [--layout auto|nvlabs|timm|reference] [--backbone-only] [--ema]
+        [--num-heads N]
+
+Without ``--backbone-only`` DST is an mmpretrain ImageClassifier checkpoint
+(``backbone.*``, ``head.fc.*``) that loads with ``strict=True`` into the
+matching ``configs/cls/`` model (backbone ``out_indices=(3,)``, global
+average pooling, ``LinearClsHead``). With it, DST holds only the backbone,
+for ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` in detection and
+segmentation configs. The backbone settings found are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from nommer_mm.converters import ConversionError  # noqa: E402
+from nommer_mm.converters.peers import CONVERTERS  # noqa: E402
+
+BACKBONE_TYPES = {'gcvit': 'GCViT', 'visformer': 'Visformer',
+                  'cotnet': 'CoTNet'}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('model', choices=sorted(CONVERTERS))
+    parser.add_argument('src', help='source checkpoint (.pth / .pth.tar)')
+    parser.add_argument('dst', help='where to write the converted checkpoint')
+    parser.add_argument('--layout', default='auto',
+                        help='source key layout (default: detect)')
+    parser.add_argument('--backbone-only', action='store_true')
+    parser.add_argument('--ema', action='store_true',
+                        help='convert `state_dict_ema` instead of the model')
+    parser.add_argument('--num-heads', type=int, default=None,
+                        help='Visformer heads, for non-zoo checkpoints')
+    args = parser.parse_args(argv)
+
+    # weights_only: a checkpoint from the internet must not run code here.
+    checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
+    kwargs = dict(layout=args.layout, backbone_only=args.backbone_only,
+                  use_ema=args.ema)
+    if args.model == 'visformer':
+        kwargs['num_heads'] = args.num_heads
+    try:
+        state_dict, info = CONVERTERS[args.model](checkpoint, **kwargs)
+    except ConversionError as err:
+        sys.exit(f'error: {err}')
+    backbone = dict(type=BACKBONE_TYPES[args.model], **info)
+    if not args.backbone_only:
+        backbone['out_indices'] = (3, )
+    meta = dict(source=str(args.src), converter=f'peer2mm {args.model}',
+                backbone=backbone)
+    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(state_dict=state_dict, meta=meta), args.dst)
+    print(f'wrote {len(state_dict)} tensors to {args.dst}')
+    print(f'backbone: {json.dumps(backbone)}')
+
+
+if __name__ == '__main__':
+    main()

@@ -76,18 +76,26 @@ def _draws_predictions(cfg, tmp_path, image):
     assert not (picture == source).all()  # something was drawn on it
 
 
-def test_backbone_at_odd_size_inside_cascade_mask_rcnn():
+ODD_SIZE_DETECTORS = [CASCADE_T] + [
+    CASCADE_T.parent / f'cascade-mask-rcnn_{b}_fpn_ms-3x_coco.py'
+    for b in ('gcvit-t', 'visformer-s', 'cotnet-50')]
+
+
+@pytest.mark.parametrize('config', ODD_SIZE_DETECTORS, ids=lambda p: p.name)
+def test_backbone_at_odd_size_inside_cascade_mask_rcnn(config):
     """A 1333x800-like image, not padded to 32: the backbone pads its
-    windows and DCT blocks itself and FPN aligns the odd-sized maps."""
+    windows and DCT blocks (or patches) itself and FPN aligns the odd-sized
+    maps."""
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     import nommer_mm  # noqa: F401
     init_default_scope('mmdet')
-    cfg = Config.fromfile(str(CASCADE_T))
+    cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
-    cfg.model.backbone.norm_cfg = dict(type='BN')
+    if 'norm_cfg' in cfg.model.backbone:
+        cfg.model.backbone.norm_cfg = dict(type='BN')
     cfg.model.data_preprocessor.pad_size_divisor = 1
     cfg.model.test_cfg.rpn.max_per_img = 50
     model = MODELS.build(cfg.model).eval()

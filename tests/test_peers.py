@@ -244,3 +244,32 @@ def test_published_params_and_flops(cls, arch, params, flops):
     assert abs(n / 1e6 - params) / params < 0.01, n
     f = count_flops(model, torch.randn(1, 3, 224, 224)) + head
     assert abs(f / 1e9 - flops) / flops < 0.03, f
+
+
+def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
+    """The command-line converter on a timm checkpoint file: its output loads
+    strictly into the model of configs/cls/visformer-tiny_8xb128_in1k.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import timm
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / 'visformer_tiny_timm.pth'
+    torch.save(timm.create_model('visformer_tiny').state_dict(), src)
+    dst = tmp_path / 'out' / 'visformer-tiny_in1k-224.pth'
+    done = subprocess.run(
+        [sys.executable, str(root / 'tools/model_converters/peer2mm.py'),
+         'visformer', str(src), str(dst)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert '"arch": "tiny"' in done.stdout
+    cfg = Config.fromfile(
+        str(root / 'configs/cls/visformer-tiny_8xb128_in1k.py'))
+    init_default_scope('mmpretrain')
+    model = MODELS.build(cfg.model)
+    ckpt = torch.load(dst, weights_only=True)
+    model.load_state_dict(ckpt['state_dict'], strict=True)
+    assert ckpt['meta']['backbone']['type'] == 'Visformer'

@@ -145,3 +145,43 @@ def test_ablation_configs_switch_the_backbone(path):
         expected = 'Pooled' if 'pooled' in variant else 'Compressed'
         assert type(mixer.global_context).__name__.startswith(expected)
     assert bb['arch'] in ('tiny', )
+
+
+@pytest.mark.parametrize('name,lr,ema', [
+    ('gcvit-xxtiny', 5e-3, True), ('gcvit-xtiny', 1e-3, True),
+    ('gcvit-tiny', 5e-3, True), ('gcvit-small', 1e-3, False),
+    ('gcvit-base', 1e-3, False)])
+def test_gcvit_recipes(name, lr, ema):
+    cfg = Config.fromfile(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.optim_wrapper.optimizer.lr == lr
+    assert cfg.optim_wrapper.clip_grad.max_norm == 5.0
+    assert cfg.train_cfg.max_epochs == 310
+    hooks = [h['type'] for h in cfg.custom_hooks]
+    assert ('EMAHook' in hooks) == ema
+    warmup, cosine, cooldown = cfg.param_scheduler
+    assert (warmup.end, cosine.end, cosine.eta_min) == (20, 300, 5e-6)
+    assert cooldown.type == 'ConstantLR' and cooldown.end == 310
+    assert cfg.model.neck.type == 'GlobalAveragePooling'
+
+
+@pytest.mark.parametrize('name', ['cotnet-50', 'cotnext-50', 'se-cotnetd-50'])
+def test_cotnet_recipe(name):
+    cfg = Config.fromfile(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == \
+        ('SGD', 0.25, 0.9, 4e-5)
+    assert cfg.train_cfg.max_epochs == 350
+    assert cfg.model.backbone.drop_path_rate == 0.1
+    assert _by_type(cfg.custom_hooks, 'EMAHook')['momentum'] == 1e-4
+
+
+@pytest.mark.parametrize('arch,channels', [('tiny', 384), ('small', 768)])
+def test_visformer_recipe(arch, channels):
+    cfg = Config.fromfile(
+        str(ROOT / f'configs/cls/visformer-{arch}_8xb128_in1k.py'))
+    assert cfg.model.backbone.arch == arch
+    assert cfg.model.head.in_channels == channels
+    assert cfg.optim_wrapper.optimizer.lr == 1e-3
+    assert cfg.param_scheduler[0].end == 5
+    assert cfg.param_scheduler[1].eta_min == 1e-5

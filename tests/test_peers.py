@@ -119,8 +119,10 @@ def test_equal_to_timm_after_conversion(timm_name, ours):
     layer scales perturbed) give the same logits as ours on the converted
     weights, in float64."""
     import timm  # a test requirement, installed by tools/install_deps.py
+    from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     import nommer_mm  # noqa: F401
+    init_default_scope('mmpretrain')  # other tests leave mmdet/mmseg set
     torch.manual_seed(0)
     ref = timm.create_model(timm_name).eval()
     with torch.no_grad():
@@ -138,10 +140,10 @@ def test_equal_to_timm_after_conversion(timm_name, ours):
     assert info['arch'] == ours
     backbone = 'GCViT' if timm_name.startswith('gc') else 'Visformer'
     model = MODELS.build(dict(
-        type='mmpretrain.ImageClassifier',
+        type='ImageClassifier',
         backbone=dict(type=backbone, out_indices=(3, ), **info),
-        neck=dict(type='mmpretrain.GlobalAveragePooling'),
-        head=dict(type='mmpretrain.LinearClsHead', num_classes=1000,
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=1000,
                   in_channels=state['head.fc.weight'].shape[1]))).eval()
     model.load_state_dict(state, strict=True)
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
@@ -273,3 +275,19 @@ def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
     ckpt = torch.load(dst, weights_only=True)
     model.load_state_dict(ckpt['state_dict'], strict=True)
     assert ckpt['meta']['backbone']['type'] == 'Visformer'
+
+
+@pytest.mark.parametrize('name', ['gcvit', 'visformer', 'cotnet'])
+def test_with_cp_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    plain = small(name).train()
+    cp_model = small(name, with_cp=True).train()
+    cp_model.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for model in (plain, cp_model):
+        torch.manual_seed(1)  # same drop-path draws (none by default)
+        sum(o.mean() for o in model(x)).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, atol=1e-6, rtol=1e-5)

@@ -19,15 +19,14 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.cot import CoTLayer, SEConv
-from .zoo import parse_arch, parse_out_indices
+from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
+                     parse_out_indices)
 
 
 class CoTBottleneck(nn.Module):
@@ -79,13 +78,11 @@ class CoTBottleneck(nn.Module):
         return torch.relu(self.drop_path(y) + shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._residual, x, use_reentrant=False)
-        return self._residual(x)
+        return maybe_checkpoint(self._residual, x, enabled=self.with_cp)
 
 
 @MODELS.register_module()
-class CoTNet(BaseModule):
+class CoTNet(StagedBackbone):
     """CoTNet / CoTNeXt / SE-CoTNetD backbone.
 
     Args:
@@ -202,19 +199,8 @@ class CoTNet(BaseModule):
         frozen = [self.conv1, self.bn1] + [
             getattr(self, f'layer{i + 1}')
             for i in range(min(self.frozen_stages, 3) + 1)]
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+        freeze(frozen)
 
-    def train(self, mode: bool = True) -> 'CoTNet':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple:
         x = torch.relu(self.bn1(self.conv1(x)))

@@ -23,15 +23,14 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 
 from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
+from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
+                     parse_out_indices)
 from .nommer import Mlp
-from .zoo import parse_arch, parse_out_indices
 
 
 class SqueezeExcite(nn.Module):
@@ -187,15 +186,12 @@ class GCViTLevel(nn.Module):
         # a level of one block has no global-query block to feed
         query = self.q_global_gen(x) if len(self.blocks) > 1 else None
         for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, query, use_reentrant=False)
-            else:
-                x = block(x, query)
+            x = maybe_checkpoint(block, x, query, enabled=self.with_cp)
         return x
 
 
 @MODELS.register_module()
-class GCViT(BaseModule):
+class GCViT(StagedBackbone):
     """GC ViT backbone for classification, detection and segmentation.
 
     Args:
@@ -302,15 +298,8 @@ class GCViT(BaseModule):
                 frozen.append(self.levels[i - 1].downsample)
             if hasattr(self, f'norm{i}'):
                 frozen.append(getattr(self, f'norm{i}'))
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+        freeze(frozen)
 
-    def train(self, mode: bool = True) -> 'GCViT':
-        super().train(mode)
-        self._freeze_stages()
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []

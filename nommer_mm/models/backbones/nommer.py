@@ -23,17 +23,16 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
-from .zoo import parse_arch, parse_out_indices
+from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
+                     parse_out_indices)
 
 
 class Mlp(nn.Module):
@@ -67,11 +66,7 @@ class _PreNormBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            # RNG state is preserved, so the Gumbel noise and drop-path masks
-            # of the recomputation equal the first pass.
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        return maybe_checkpoint(self._forward, x, enabled=self.with_cp)
 
 
 class SNomMerBlock(_PreNormBlock):
@@ -153,7 +148,7 @@ class NomMerStage(nn.Module):
 
 
 @MODELS.register_module()
-class NomMer(BaseModule):
+class NomMer(StagedBackbone):
     """NomMer backbone for classification, detection and segmentation.
 
     Args:
@@ -359,23 +354,12 @@ class NomMer(BaseModule):
                 frozen.append(self.merges[i - 1])
             if hasattr(self, f'norm{i}'):
                 frozen.append(getattr(self, f'norm{i}'))
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+        freeze(frozen)
         if self.frozen_stages >= 2:
             self.pos_embed.requires_grad = False
         if self.frozen_stages >= 3:
             self.cls_token.requires_grad = False
 
-    def train(self, mode: bool = True) -> 'NomMer':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     # ------------------------------------------------------------- forward
     def _dense(self, i: int, x: torch.Tensor) -> torch.Tensor:

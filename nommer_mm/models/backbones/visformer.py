@@ -25,15 +25,14 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .zoo import parse_arch, parse_out_indices
+from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
+                     parse_out_indices)
 
 
 class ConvMlp(nn.Module):
@@ -98,9 +97,7 @@ class VisformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        return maybe_checkpoint(self._forward, x, enabled=self.with_cp)
 
 
 class PatchEmbed(nn.Module):
@@ -123,7 +120,7 @@ class PatchEmbed(nn.Module):
 
 
 @MODELS.register_module()
-class Visformer(BaseModule):
+class Visformer(StagedBackbone):
     """Visformer backbone for classification, detection and segmentation.
 
     Args:
@@ -272,19 +269,8 @@ class Visformer(BaseModule):
             getattr(self, f'pos_embed{i}').requires_grad = False
             if hasattr(self, f'norm{i}'):
                 frozen.append(getattr(self, f'norm{i}'))
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+        freeze(frozen)
 
-    def train(self, mode: bool = True) -> 'Visformer':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> tuple:

@@ -1,8 +1,15 @@
-"""Argument checks shared by the plugin's backbones: arch names against an
-``arch_zoo`` and ``out_indices`` against the number of stages."""
+"""What the plugin's backbones share: arch names checked against an
+``arch_zoo``, ``out_indices`` against the number of stages, and freezing /
+BatchNorm eval mode for ``frozen_stages`` and ``norm_eval``."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def parse_arch(model: str, zoo: dict, keys: Sequence[str], arch: str | dict,
@@ -44,3 +51,46 @@ def parse_out_indices(out_indices: int | Sequence[int],
                          f'0..{num_stages - 1} (or -{num_stages}..-1), got '
                          f'{out_indices}')
     return tuple(sorted({i % num_stages for i in out_indices}))
+
+
+def freeze(modules: Iterable[nn.Module]) -> None:
+    """Eval mode and no gradients for ``modules`` (``frozen_stages``)."""
+    for m in modules:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad = False
+
+
+def batchnorms_eval(model: nn.Module) -> None:
+    """Put every BatchNorm of ``model`` in eval mode (``norm_eval``)."""
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.eval()
+
+
+def maybe_checkpoint(fn: Callable, x: torch.Tensor, *args,
+                     enabled: bool) -> torch.Tensor:
+    """``fn(x, *args)``, recomputed in backward instead of stored when
+    ``enabled`` (``with_cp``) and gradients flow. The RNG state is restored
+    for the recomputation, so drop path and Gumbel noise repeat exactly."""
+    if enabled and x.requires_grad:
+        return cp.checkpoint(fn, x, *args, use_reentrant=False)
+    return fn(x, *args)
+
+
+class StagedBackbone(BaseModule):
+    """Base of the plugin's backbones: ``train()`` keeps the stages chosen by
+    ``frozen_stages`` frozen and, with ``norm_eval``, BatchNorms in eval."""
+
+    frozen_stages: int = -1
+    norm_eval: bool = False
+
+    def _freeze_stages(self) -> None:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> 'StagedBackbone':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            batchnorms_eval(self)
+        return self

@@ -291,3 +291,47 @@ def test_with_cp_gives_the_same_gradients(name):
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, atol=1e-6, rtol=1e-5)
+
+
+def test_gcvit_nvlabs_layout_round_trip():
+    """Our names are NVlabs' except the final norm (``norm``), the classifier
+    (``head``) and the index buffers it saves; all three are handled."""
+    torch.manual_seed(0)
+    model = GCViT(arch='xxtiny', out_indices=(3, ))
+    ours = model.state_dict()
+    ref = {('norm.' + k[len('norm3.'):]) if k.startswith('norm3.') else k: v
+           for k, v in ours.items()}
+    for k in list(ref):
+        if k.endswith('relative_position_bias_table'):
+            ref[k.replace('bias_table', 'index')] = torch.zeros(49, 49).long()
+    ref['head.weight'] = torch.randn(10, 512)
+    ref['head.bias'] = torch.randn(10)
+    state, info = convert_gcvit(dict(state_dict_ema=ref), use_ema=True)
+    assert info == {'arch': 'xxtiny'}
+    assert set(state) == {f'backbone.{k}' for k in ours} | {
+        'head.fc.weight', 'head.fc.bias'}
+    for k, v in ours.items():
+        assert torch.equal(state[f'backbone.{k}'], v), k
+    assert torch.equal(state['head.fc.weight'], ref['head.weight'])
+
+
+def test_visformer_reference_layout_equals_timm_layout():
+    """The reference wraps every BatchNorm as ``.bn``; stripping it gives
+    what timm's layout gives."""
+    timm_state = Visformer(arch='tiny', out_indices=(3, )).state_dict()
+    timm_state = {('norm.' + k[6:]) if k.startswith('norm3.') else k: v
+                  for k, v in timm_state.items()}
+    timm_state['head.weight'] = torch.zeros(1000, 384)
+    timm_state['head.bias'] = torch.zeros(1000)
+    bn_names = {k.rsplit('.', 1)[0] for k in timm_state
+                if k.endswith('running_mean')}
+    ref_state = {}
+    for k, v in timm_state.items():
+        module, leaf = k.rsplit('.', 1) if '.' in k else ('', k)
+        ref_state[f'{module}.bn.{leaf}' if module in bn_names else k] = v
+    assert any('.bn.' in k for k in ref_state)
+    from_ref, info_ref = convert_visformer(ref_state)
+    from_timm, info_timm = convert_visformer(timm_state)
+    assert info_ref == info_timm == {'arch': 'tiny', 'img_size': [224, 224]}
+    assert from_ref.keys() == from_timm.keys()
+    assert all(torch.equal(from_ref[k], from_timm[k]) for k in from_ref)

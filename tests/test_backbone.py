@@ -302,3 +302,35 @@ def test_pretrained_init_cfg_with_prefix(tmp_path):
     for key in ('stem.conv.weight', 'pos_embed',
                 'stages.1.blocks.0.mixer.nominator.fc.weight'):
         assert torch.equal(dense.state_dict()[key], src.state_dict()[key])
+
+
+def test_memory_saving_mlp_has_plain_values_and_gradients():
+    """Mlp recomputes its GELU in backward instead of saving it: outputs and
+    all gradients equal the plain fc2(gelu(fc1(x))), and it saves one
+    hidden-width tensor less."""
+    from nommer_mm.models.backbones.nommer import Mlp
+    torch.manual_seed(0)
+    mlp = Mlp(6, 12).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    out = mlp(x)
+    out.square().sum().backward()
+    got = [x.grad] + [p.grad for p in mlp.parameters()]
+    x2 = x.detach().clone().requires_grad_(True)
+    mlp.zero_grad()
+    ref = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x2)))
+    ref.square().sum().backward()
+    want = [x2.grad] + [p.grad for p in mlp.parameters()]
+    torch.testing.assert_close(out, ref)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+    def saved_bytes(fn):
+        total = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: total.append(t.numel()) or t, lambda t: t):
+            fn()
+        return sum(total)
+    xf = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    plain = saved_bytes(lambda: mlp.fc2(torch.nn.functional.gelu(mlp.fc1(xf))))
+    ours = saved_bytes(lambda: mlp(xf))
+    assert ours <= plain - 4 * 12  # one (4, 12) hidden tensor fewer

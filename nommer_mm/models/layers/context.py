@@ -32,10 +32,12 @@ class ConvContext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = F.relu(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        return F.relu(out + x).permute(0, 2, 3, 1)
+        # In place after BN (BN's backward needs its input, not its output):
+        # one saved activation per pair instead of two.
+        out = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        out = F.relu(self.norm2(self.conv2(out)), inplace=True)
+        out = self.norm3(self.conv3(out)) + x
+        return F.relu(out, inplace=True).permute(0, 2, 3, 1)
 
 
 class LocalWindowContext(WindowMSA):

@@ -148,7 +148,7 @@ class ConvStem(nn.Module):
         H, W = x.shape[-2:]
         if H % 4 or W % 4:
             x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
-        return F.relu(self.norm(self.conv(x))).permute(0, 2, 3, 1)
+        return F.relu(self.norm(self.conv(x)), inplace=True).permute(0, 2, 3, 1)
 
 
 class TokenMerge(nn.Module):

@@ -140,3 +140,28 @@ def count_flops_module_hooks(model: nn.Module,
             h.remove()
         model.train(was_training)
     return total[0]
+
+
+def saved_for_backward_bytes(model: nn.Module,
+                             inputs: torch.Tensor | Sequence) -> int:
+    """Bytes of the distinct tensors autograd keeps from the forward of
+    ``model(*inputs)`` for the backward (activations, and parameters where an
+    op saves them): the part of training memory a model's design decides,
+    free of allocator and optimizer effects. Tensors sharing storage count
+    once."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs, )
+    seen: set = set()
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key not in seen:
+            seen.add(key)
+            total[0] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*inputs)
+    return total[0]

@@ -9,6 +9,7 @@ each other's. Peak memory is measured per model in a fresh process
 
     python tools/analysis_tools/benchmark.py                      # NomMer-T vs Swin-T, 224
     python tools/analysis_tools/benchmark.py --batch 32 --mode train
+    python tools/analysis_tools/benchmark.py --mode train --saved   # + MiB kept for backward
     python tools/analysis_tools/benchmark.py --backbone-only --shape 800 1333 --batch 2
     python tools/analysis_tools/benchmark.py --models configs/cls/nommer-small_8xb128_in1k.py \\
         "dict(type='NomMer', arch='tiny', contexts=('window',))" --device cuda --dtype bf16
@@ -211,6 +212,10 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--reps', type=int, default=10)
     parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--saved', action='store_true',
+                        help='training: also print the MiB of tensors kept '
+                        'for backward by one forward (nommer_mm.analysis.'
+                        'saved_for_backward_bytes)')
     parser.add_argument('--json', help='write the results here too')
     parser.add_argument('--_memory-of', dest='_memory_of',
                         help=argparse.SUPPRESS)
@@ -248,6 +253,17 @@ def main() -> None:
             print(f'  {r.name[-55:]:55s} {v:8.1f} {med * 1e3:10.1f} '
                   f'{min(t) * 1e3:7.1f}-{max(t) * 1e3:<7.1f} '
                   f'{v / ips[0]:7.2f} {"" if mem is None else f"{mem:9.0f}"}')
+        if mode == 'train' and args.saved:
+            from nommer_mm.analysis import saved_for_backward_bytes
+            saved = [saved_for_backward_bytes(r.module.train(), r.x) / 2**20
+                     for r in runners]
+            for r, mib in zip(runners, saved):
+                ratio = '' if r is runners[0] else \
+                    f'  ({mib / saved[0]:.2f}x of 1st)'
+                print(f'  saved for backward: {r.name[-40:]:40s} '
+                      f'{mib:9.1f} MiB{ratio}')
+                results.append(dict(mode='saved', model=r.name,
+                                    saved_mib=mib))
         for r, v, mem in zip(runners[1:], ips[1:], mems[1:]):
             line = (f'  => {runners[0].name}: {ips[0] / v:.2f}x the '
                     f'throughput of {r.name}')

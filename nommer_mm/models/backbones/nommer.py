@@ -93,11 +93,22 @@ class _PreNormBlock(nn.Module):
         self.with_cp = with_cp
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.token_mixer(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = _residual(x, self.drop_path(self.token_mixer(self.norm1(x))))
+        return _residual(x, self.drop_path(self.mlp(self.norm2(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return maybe_checkpoint(self._forward, x, enabled=self.with_cp)
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """``x + branch``. Without autograd, the sum is written into ``branch``,
+    the block's own freshly computed output, instead of a new buffer (one
+    full-size allocation less per residual; the input ``x`` is untouched).
+    Only when the dtypes agree, so autocast's type promotion is kept."""
+    if torch.is_grad_enabled() or branch.dtype != x.dtype or \
+            branch.shape != x.shape:
+        return x + branch
+    return branch.add_(x)
 
 
 class SNomMerBlock(_PreNormBlock):

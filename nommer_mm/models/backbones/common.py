@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -94,3 +95,17 @@ class StagedBackbone(BaseModule):
         if mode and self.norm_eval:
             batchnorms_eval(self)
         return self
+
+
+def init_linear_and_norms(model: nn.Module) -> None:
+    """The ViT-style default both NomMer's and GC ViT's references use:
+    truncated normal (std 0.02) Linear weights with zero biases, unit
+    LayerNorm / BatchNorm; convolutions keep PyTorch's default."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -24,12 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
-from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 
 from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
-from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
-                     parse_out_indices)
+from .common import (StagedBackbone, freeze, init_linear_and_norms,
+                     maybe_checkpoint, parse_arch, parse_out_indices)
 from .nommer import Mlp
 
 
@@ -276,16 +275,9 @@ class GCViT(StagedBackbone):
         self._freeze_stages()
 
     def _init_default_weights(self) -> None:
-        # The reference: truncated normal on Linear, unit LayerNorms, convs
-        # at PyTorch's default.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # The reference: ViT-style Linear and LayerNorm init, convs at
+        # PyTorch's default.
+        init_linear_and_norms(self)
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:

@@ -25,14 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
-from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
-                     parse_out_indices)
+from .common import (StagedBackbone, freeze, init_linear_and_norms,
+                     maybe_checkpoint, parse_arch, parse_out_indices)
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -345,16 +343,9 @@ class NomMer(StagedBackbone):
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:
-        # The reference: truncated normal on Linear, unit norms; convs keep
-        # PyTorch's default; position embedding and class token ~ N(0, 1).
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # The reference: ViT-style Linear and norm init, convs at PyTorch's
+        # default; position embedding and class token ~ N(0, 1).
+        init_linear_and_norms(self)
         nn.init.normal_(self.pos_embed)
         nn.init.normal_(self.cls_token)
 

@@ -334,3 +334,27 @@ def test_memory_saving_mlp_has_plain_values_and_gradients():
     plain = saved_bytes(lambda: mlp.fc2(torch.nn.functional.gelu(mlp.fc1(xf))))
     ours = saved_bytes(lambda: mlp(xf))
     assert ours <= plain - 4 * 12  # one (4, 12) hidden tensor fewer
+
+
+def test_eval_selection_keeps_type_promotion():
+    """The eval selection writes into a candidate's buffer only when that
+    gives what the out-of-place chain gives, mixed dtypes (autocast) too."""
+    from nommer_mm.models.layers.context import select_nominated
+    torch.manual_seed(0)
+    index = torch.randint(0, 3, (2, 5, 4))
+    for dtypes in [(torch.float32, ) * 3,
+                   (torch.float32, torch.bfloat16, torch.bfloat16),
+                   (torch.bfloat16, torch.bfloat16, torch.float32)]:
+        feats = [torch.randn(2, 5, 4, 6).to(d) for d in dtypes]
+        expect = feats[-1]
+        for i in (1, 0):
+            expect = torch.where(index.unsqueeze(-1) == i, feats[i], expect)
+        got = select_nominated([f.clone() for f in feats], index)
+        assert got.dtype == expect.dtype
+        assert torch.equal(got, expect)
+    from nommer_mm.models.layers.inplace import add_into
+    a, b = torch.randn(3, 4), torch.randn(3, 4).bfloat16()
+    assert add_into(b.clone(), a).dtype == torch.float32  # promoted, new
+    torch.testing.assert_close(add_into(b.clone(), a), b + a)
+    fresh = a.clone()
+    assert add_into(fresh, b) is fresh and torch.equal(fresh, a + b)

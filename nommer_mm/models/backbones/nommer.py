@@ -29,6 +29,7 @@ from mmengine.registry import MODELS
 
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
+from ..layers.inplace import add_into
 from .common import (StagedBackbone, freeze, init_linear_and_norms,
                      maybe_checkpoint, parse_arch, parse_out_indices)
 
@@ -100,13 +101,11 @@ class _PreNormBlock(nn.Module):
 
 def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     """``x + branch``. Without autograd, the sum is written into ``branch``,
-    the block's own freshly computed output, instead of a new buffer (one
-    full-size allocation less per residual; the input ``x`` is untouched).
-    Only when the dtypes agree, so autocast's type promotion is kept."""
-    if torch.is_grad_enabled() or branch.dtype != x.dtype or \
-            branch.shape != x.shape:
+    the block's own freshly computed output (``add_into``); the input ``x``
+    is untouched. With autograd, ``branch`` may be saved by its producer."""
+    if torch.is_grad_enabled():
         return x + branch
-    return branch.add_(x)
+    return add_into(branch, x)
 
 
 class SNomMerBlock(_PreNormBlock):

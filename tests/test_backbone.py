@@ -308,7 +308,7 @@ def test_memory_saving_mlp_has_plain_values_and_gradients():
     """Mlp recomputes its GELU in backward instead of saving it: outputs and
     all gradients equal the plain fc2(gelu(fc1(x))), and it saves one
     hidden-width tensor less."""
-    from nommer_mm.models.backbones.nommer import Mlp
+    from nommer_mm.models.layers import Mlp
     torch.manual_seed(0)
     mlp = Mlp(6, 12).double()
     x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)

@@ -27,9 +27,9 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.registry import MODELS
 
 from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
+from ..layers.mlp import Mlp
 from .common import (StagedBackbone, freeze, init_linear_and_norms,
                      maybe_checkpoint, parse_arch, parse_out_indices)
-from .nommer import Mlp
 
 
 class SqueezeExcite(nn.Module):

@@ -6,11 +6,12 @@ from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
                       hard_gumbel_softmax)
 from .cot import CoTLayer, SEConv, local_aggregation
 from .dct import BlockDCT, dct_basis, dct_kronecker_basis
+from .mlp import Mlp
 
 __all__ = [
     'GlobalQueryWindowMSA', 'MultiheadSelfAttention', 'WindowMSA', 'relative_position_index',
     'window_partition', 'window_reverse', 'CompressedGlobalContext',
     'ContextNominator', 'ConvContext', 'LocalWindowContext', 'NomMerMixer',
     'PooledGlobalContext', 'hard_gumbel_softmax', 'BlockDCT', 'dct_basis',
-    'dct_kronecker_basis', 'CoTLayer', 'SEConv', 'local_aggregation'
+    'dct_kronecker_basis', 'CoTLayer', 'SEConv', 'local_aggregation', 'Mlp'
 ]

@@ -335,3 +335,16 @@ def test_visformer_reference_layout_equals_timm_layout():
     assert info_ref == info_timm == {'arch': 'tiny', 'img_size': [224, 224]}
     assert from_ref.keys() == from_timm.keys()
     assert all(torch.equal(from_ref[k], from_timm[k]) for k in from_ref)
+
+
+def test_visformer_pos_embeds_resized_on_load():
+    from nommer_mm.models.backbones.common import interpolate_pos_embed
+    src = Visformer(arch=VIS_SMALL).state_dict()
+    model = Visformer(arch=VIS_SMALL, img_size=288)
+    model.load_state_dict(src)
+    for i in (1, 2, 3):
+        own = getattr(model, f'pos_embed{i}')
+        assert own.shape[-2:] == (288 // (4 * 2**i), ) * 2
+        torch.testing.assert_close(
+            own.data, interpolate_pos_embed(src[f'pos_embed{i}'],
+                                            own.shape[-2:]))

@@ -1,12 +1,14 @@
 """What the plugin's backbones share: arch names checked against an
-``arch_zoo``, ``out_indices`` against the number of stages, and freezing /
-BatchNorm eval mode for ``frozen_stages`` and ``norm_eval``."""
+``arch_zoo``, ``out_indices`` against the number of stages, the
+``StagedBackbone`` base (``frozen_stages`` / ``norm_eval`` in ``train()``),
+activation checkpointing, default init, and resizing position embeddings."""
 from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
@@ -109,3 +111,34 @@ def init_linear_and_norms(model: nn.Module) -> None:
         elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def interpolate_pos_embed(pos: torch.Tensor, size: Sequence[int],
+                          channels_last: bool = False) -> torch.Tensor:
+    """Bicubic resize of a position-embedding grid to ``size``:
+    (1, C, h, w) -> (1, C, *size), or (1, h, w, C) -> (1, *size, C) with
+    ``channels_last``. Returns ``pos`` itself when the size already fits."""
+    grid = pos.permute(0, 3, 1, 2) if channels_last else pos
+    if tuple(grid.shape[-2:]) == tuple(size):
+        return pos
+    out = F.interpolate(grid.float(), size=tuple(size), mode='bicubic',
+                        align_corners=False).to(pos.dtype)
+    return out.permute(0, 2, 3, 1) if channels_last else out
+
+
+def resize_pos_embed_on_load(state_dict: dict, key: str, own: torch.Tensor,
+                             channels_last: bool = False) -> None:
+    """In a load_state_dict pre-hook: interpolate the checkpoint's grid at
+    ``key`` to the shape of ``own`` (e.g. a 224 checkpoint into a 384 model).
+    Grids of another rank or channel count are left to the size check."""
+    src = state_dict.get(key)
+    if src is None or src.shape == own.shape or src.ndim != 4:
+        return
+    channel = -1 if channels_last else 1
+    if src.shape[channel] != own.shape[channel]:
+        return
+    size = own.shape[1:3] if channels_last else own.shape[2:]
+    from mmengine.logging import print_log
+    print_log(f'Resize {key} from {tuple(src.shape)} to {tuple(own.shape)}.',
+              logger='current')
+    state_dict[key] = interpolate_pos_embed(src, size, channels_last)

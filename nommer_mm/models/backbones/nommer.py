@@ -32,7 +32,8 @@ from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from ..layers.inplace import add_into
 from ..layers.mlp import Mlp
 from .common import (StagedBackbone, freeze, init_linear_and_norms,
-                     maybe_checkpoint, parse_arch, parse_out_indices)
+                     interpolate_pos_embed, maybe_checkpoint, parse_arch,
+                     parse_out_indices, resize_pos_embed_on_load)
 
 
 class _PreNormBlock(nn.Module):
@@ -310,28 +311,14 @@ class NomMer(StagedBackbone):
                                *args, **kwargs) -> None:
         """Interpolate a checkpoint's position embedding to this model's grid
         (e.g. a 224 checkpoint into a 384 model)."""
-        key = prefix + 'pos_embed'
-        if key not in state_dict:
-            return
-        src = state_dict[key]
-        if src.shape == self.pos_embed.shape:
-            return
-        if src.ndim != 4 or src.shape[-1] != self.pos_embed.shape[-1]:
-            return  # leave it to the size check to report
-        from mmengine.logging import print_log
-        print_log(f'Resize pos_embed from {tuple(src.shape[1:3])} to '
-                  f'{self.pos_grid}.', logger='current')
-        state_dict[key] = self.interpolate_pos_embed(src, self.pos_grid)
+        resize_pos_embed_on_load(state_dict, prefix + 'pos_embed',
+                                 self.pos_embed, channels_last=True)
 
     @staticmethod
     def interpolate_pos_embed(pos: torch.Tensor,
                               size: Sequence[int]) -> torch.Tensor:
         """(1, h, w, C) -> (1, *size, C), bicubic."""
-        if tuple(pos.shape[1:3]) == tuple(size):
-            return pos
-        out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=tuple(size),
-                            mode='bicubic', align_corners=False)
-        return out.permute(0, 2, 3, 1).to(pos.dtype)
+        return interpolate_pos_embed(pos, size, channels_last=True)
 
     # ---------------------------------------------------------- train mode
     def _freeze_stages(self) -> None:

@@ -31,8 +31,9 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
-                     parse_out_indices)
+from .common import (StagedBackbone, freeze, interpolate_pos_embed,
+                     maybe_checkpoint, parse_arch, parse_out_indices,
+                     resize_pos_embed_on_load)
 
 
 class ConvMlp(nn.Module):
@@ -239,24 +240,11 @@ class Visformer(StagedBackbone):
         for i in range(1, 4):
             trunc_normal_(getattr(self, f'pos_embed{i}'), std=.02)
 
-    @staticmethod
-    def interpolate_pos_embed(pos: torch.Tensor, size) -> torch.Tensor:
-        """(1, C, h, w) -> (1, C, *size), bicubic."""
-        if tuple(pos.shape[-2:]) == tuple(size):
-            return pos
-        return F.interpolate(pos.float(), size=tuple(size), mode='bicubic',
-                             align_corners=False).to(pos.dtype)
-
     def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
                                *args, **kwargs) -> None:
         for i in range(1, 4):
-            key = f'{prefix}pos_embed{i}'
-            own = getattr(self, f'pos_embed{i}')
-            src = state_dict.get(key)
-            if src is not None and src.ndim == 4 and \
-                    src.shape[:2] == own.shape[:2] and src.shape != own.shape:
-                state_dict[key] = self.interpolate_pos_embed(
-                    src, own.shape[-2:])
+            resize_pos_embed_on_load(state_dict, f'{prefix}pos_embed{i}',
+                                     getattr(self, f'pos_embed{i}'))
 
     # ---------------------------------------------------------- train mode
     def _freeze_stages(self) -> None:
@@ -280,8 +268,8 @@ class Visformer(StagedBackbone):
         x = self.stem(x)
         for i in range(1, 4):
             x = getattr(self, f'patch_embed{i}')(x)
-            x = x + self.interpolate_pos_embed(
-                getattr(self, f'pos_embed{i}'), x.shape[-2:])
+            x = x + interpolate_pos_embed(getattr(self, f'pos_embed{i}'),
+                                          x.shape[-2:])
             x = getattr(self, f'stage{i}')(x)
             if i == 1 and 0 in self.out_indices:
                 # crop: 2 * ceil(H/8) exceeds ceil(H/4) for some H

@@ -156,14 +156,19 @@ class WindowMSA(nn.Module):
             out = out[:, :H, :W].contiguous()
         return out
 
+    def _heads(self, windows: torch.Tensor) -> tuple:
+        """The ``num_projections`` projections of (B*nW, n, C) windows, each
+        split into heads: (B*nW, h, n, d)."""
+        n, C = windows.shape[1:]
+        proj = self.qkv(windows).reshape(-1, n, self.num_projections,
+                                         self.num_heads, C // self.num_heads)
+        return proj.permute(2, 0, 3, 1, 4).unbind(0)
+
     def _project(self, windows: torch.Tensor, query: torch.Tensor | None,
                  B: int) -> tuple:
         if query is not None:
             raise TypeError(f'{type(self).__name__} takes no external query')
-        n, C = windows.shape[1:]
-        qkv = self.qkv(windows).reshape(-1, n, 3, self.num_heads,
-                                        C // self.num_heads)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return self._heads(windows)
 
     def _padding_mask(self, B: int, H: int, W: int, Hp: int, Wp: int,
                       ref: torch.Tensor) -> torch.Tensor:
@@ -193,10 +198,7 @@ class GlobalQueryWindowMSA(WindowMSA):
                  B: int) -> tuple:
         if query is None:
             raise TypeError('GlobalQueryWindowMSA needs the global query')
-        n, C = windows.shape[1:]
-        kv = self.qkv(windows).reshape(-1, n, 2, self.num_heads,
-                                       C // self.num_heads)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = self._heads(windows)
         num_windows = windows.shape[0] // B
         # Window i of image b is row b * nW + i (window_partition's order),
         # so the query repeats per image, not per batch.

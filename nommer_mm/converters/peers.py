@@ -130,15 +130,15 @@ def _match_zoo(model_cls, arch: dict, none_only: tuple = ('layer_scale', ),
                skip: tuple = ()) -> dict | str:
     """The zoo name whose settings equal ``arch`` (``none_only`` keys
     compared for None-ness, ``skip`` keys not at all), else ``arch``."""
-    for name, setting in model_cls.arch_zoo.items():
-        same = all(
-            (arch[k] is None) == (setting[k] is None) if k in none_only
-            else list(arch[k]) == list(setting[k])
-            if isinstance(setting[k], list) else arch[k] == setting[k]
-            for k in setting if k not in skip)
-        if same and len(name) > 3:  # prefer the long name
-            return name
-    return arch
+    names = [
+        name for name, setting in model_cls.arch_zoo.items()
+        if all((arch[k] is None) == (setting[k] is None) if k in none_only
+               else list(arch[k]) == list(setting[k])
+               if isinstance(setting[k], list) else arch[k] == setting[k]
+               for k in setting if k not in skip)
+    ]
+    # a zoo entry has a short and a long name ('t', 'tiny'): give the long
+    return max(names, key=len) if names else arch
 
 
 def _check_against(model: torch.nn.Module, state: OrderedDict,
@@ -164,13 +164,24 @@ def _finish(state: OrderedDict, backbone_only: bool) -> OrderedDict:
     return state
 
 
-def _detect(state: dict, markers: dict) -> str:
-    for layout, marker in markers.items():
-        if any(re.match(marker, k) for k in state):
-            return layout
-    raise ConversionError(
-        f'cannot tell the checkpoint layout (looked for {markers}); pass '
-        f'layout= explicitly. First keys: {list(state)[:5]}')
+def _load_and_rename(checkpoint: dict, use_ema: bool, model: str,
+                     rules: dict, layout: str, markers: dict) -> OrderedDict:
+    """The model weights of ``checkpoint``, renamed by the ``rules`` of its
+    layout. ``layout='auto'`` takes the first layout in ``markers`` (layout
+    -> key regex) whose pattern some key matches."""
+    state = extract_state_dict(checkpoint, use_ema)
+    if layout == 'auto':
+        layout = next((name for name, marker in markers.items()
+                       if any(re.match(marker, k) for k in state)), None)
+        if layout is None:
+            raise ConversionError(
+                f'cannot tell the {model} checkpoint layout (looked for '
+                f'{markers}); pass layout= explicitly. First keys: '
+                f'{list(state)[:5]}')
+    if layout not in rules:
+        raise ConversionError(f'unknown {model} layout {layout!r}; choose '
+                              f'one of {sorted(rules)}')
+    return rename(state, rules[layout], f'{model} ({layout})')
 
 
 def convert_gcvit(checkpoint: dict, layout: str = 'auto',
@@ -178,15 +189,9 @@ def convert_gcvit(checkpoint: dict, layout: str = 'auto',
                   use_ema: bool = False) -> tuple[OrderedDict, dict]:
     """GC ViT checkpoint -> (state dict, backbone kwargs)."""
     from ..models.backbones.gcvit import GCViT
-    state = extract_state_dict(checkpoint, use_ema)
-    if layout == 'auto':
-        layout = _detect(state, {'timm': r'stem\.conv1\.',
-                                 'nvlabs': r'patch_embed\.proj\.'})
-    if layout not in GCVIT_RULES:
-        raise ConversionError(f'unknown GC ViT layout {layout!r}; choose one '
-                              f'of {sorted(GCVIT_RULES)}')
-    out = _gcvit_fix_shapes(rename(state, GCVIT_RULES[layout],
-                                   f'GC ViT ({layout})'))
+    out = _gcvit_fix_shapes(_load_and_rename(
+        checkpoint, use_ema, 'GC ViT', GCVIT_RULES, layout,
+        markers={'timm': r'stem\.conv1\.', 'nvlabs': r'patch_embed\.proj\.'}))
     arch = infer_gcvit_arch(out)
     info = dict(arch=arch)
     _check_against(GCViT(arch=arch, out_indices=(3, )), out)
@@ -230,13 +235,10 @@ def convert_visformer(checkpoint: dict, layout: str = 'auto',
     visible in the weights: zoo archs carry theirs, others need
     ``num_heads``."""
     from ..models.backbones.visformer import Visformer
-    state = extract_state_dict(checkpoint, use_ema)
-    if layout == 'auto':
-        layout = 'reference' if any('.bn.' in k for k in state) else 'timm'
-    if layout not in VISFORMER_RULES:
-        raise ConversionError(f'unknown Visformer layout {layout!r}; choose '
-                              f'one of {sorted(VISFORMER_RULES)}')
-    out = rename(state, VISFORMER_RULES[layout], f'Visformer ({layout})')
+    # the reference wraps its BatchNorms as `.bn`; otherwise timm's layout
+    out = _load_and_rename(checkpoint, use_ema, 'Visformer', VISFORMER_RULES,
+                           layout, markers={'reference': r'.*\.bn\.',
+                                            'timm': ''})
     arch = infer_visformer_arch(out)
     if isinstance(arch, dict):
         if num_heads is None:
@@ -274,7 +276,7 @@ def infer_cotnet_arch(state: dict) -> dict | str:
                          and '.conv2.bn0.' in k}) for i in range(1, 5)]
     return _match_zoo(CoTNet, dict(
         depths=depths, cardinality=cardinality,
-        base_width=width * 64 // (64 * cardinality),
+        base_width=width // cardinality,  # layer1 has 64 planes
         stem='deep' if deep else 'resnet',
         stem_width=state['backbone.conv1.0.weight'].shape[0] if deep else 64,
         avg_down='backbone.layer1.0.downsample.2.weight' in state,
@@ -287,13 +289,8 @@ def convert_cotnet(checkpoint: dict, layout: str = 'reference',
     """CoTNet / CoTNeXt / SE-CoTNetD checkpoint -> (state dict, backbone
     kwargs)."""
     from ..models.backbones.cotnet import CoTNet
-    state = extract_state_dict(checkpoint, use_ema)
-    if layout == 'auto':
-        layout = 'reference'
-    if layout not in COTNET_RULES:
-        raise ConversionError(f'unknown CoTNet layout {layout!r}; choose one '
-                              f'of {sorted(COTNET_RULES)}')
-    out = rename(state, COTNET_RULES[layout], f'CoTNet ({layout})')
+    out = _load_and_rename(checkpoint, use_ema, 'CoTNet', COTNET_RULES,
+                           layout, markers={'reference': ''})
     arch = infer_cotnet_arch(out)
     _check_against(CoTNet(arch=arch, out_indices=(3, )), out)
     return _finish(out, backbone_only), dict(arch=arch)

@@ -201,7 +201,6 @@ class CoTNet(StagedBackbone):
             for i in range(min(self.frozen_stages, 3) + 1)]
         freeze(frozen)
 
-
     def forward(self, x: torch.Tensor) -> tuple:
         x = torch.relu(self.bn1(self.conv1(x)))
         if self.maxpool is not None:

@@ -292,7 +292,6 @@ class GCViT(StagedBackbone):
                 frozen.append(getattr(self, f'norm{i}'))
         freeze(frozen)
 
-
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []
         x = self.patch_embed(x)

@@ -337,7 +337,6 @@ class NomMer(StagedBackbone):
         if self.frozen_stages >= 3:
             self.cls_token.requires_grad = False
 
-
     # ------------------------------------------------------------- forward
     def _dense(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> normed (B, C, H, W)."""

@@ -259,7 +259,6 @@ class Visformer(StagedBackbone):
                 frozen.append(getattr(self, f'norm{i}'))
         freeze(frozen)
 
-
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nommer_mm import NomMer
 from nommer_mm.analysis import count_flops, count_params
@@ -270,15 +271,56 @@ def test_syncbn_norm_cfg_is_used():
     assert 'SyncBatchNorm' in kinds and 'BatchNorm2d' not in kinds
 
 
-def test_nominator_runs_in_fp32_under_autocast():
+def test_nominator_runs_in_fp32_under_autocast(monkeypatch):
+    from nommer_mm.models.layers import context
     model = small_nommer(out_indices=(0, )).train()
     seen = []
-    nominator = model.stages[0].blocks[0].mixer.nominator
-    nominator.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    logits = context.nominator_logits
+
+    def recording(*args):
+        seen.append(logits(*args).dtype)
+        return logits(*args)
+
+    monkeypatch.setattr(context, 'nominator_logits', recording)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = model(torch.randn(1, 3, 64, 64))
-    assert seen == [torch.float32]
+    assert seen and set(seen) == {torch.float32}
     assert out[0].dtype == torch.bfloat16  # the rest ran in bf16
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fused_nomination_equals_straight_through_formula(dtype):
+    """The training nominator (one autograd function) against the unfused
+    formula it replaces: w = hard - soft.detach() + soft, sum_p w_p * F_p."""
+    from nommer_mm.models.layers import ContextNominator
+    torch.manual_seed(0)
+    nominator = ContextNominator(16, 3, tau=0.7).to(dtype).train()
+    feats = [torch.randn(2, 5, 7, 16, dtype=dtype, requires_grad=True)
+             for _ in range(3)]
+    probe = torch.randn(2, 5, 7, 16, dtype=dtype)
+    params = [*feats, nominator.fc.weight, nominator.fc.bias]
+
+    torch.manual_seed(1)
+    out = nominator(feats)
+    grads = torch.autograd.grad((out * probe).sum(), params)
+
+    torch.manual_seed(1)  # the same Gumbel noise
+    logits = F.linear(sum(feats), nominator.fc.weight, nominator.fc.bias)
+    noise = -torch.empty_like(logits).exponential_().log()
+    soft = ((logits + noise) / 0.7).softmax(-1)
+    hard = F.one_hot(soft.argmax(-1), 3).to(dtype)
+    weights = hard - soft.detach() + soft
+    expected = sum(f * weights[..., i:i + 1] for i, f in enumerate(feats))
+    expected_grads = torch.autograd.grad((expected * probe).sum(), params)
+
+    assert torch.equal(nominator.nomination, soft.argmax(-1))
+    assert len(nominator.nomination.unique()) == 3  # all three chosen
+    assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        assert got.dtype == want.dtype
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    # the nominator's weight gets a real (nonzero) gradient
+    assert grads[-2].abs().sum() > 0
 
 
 def test_pos_embed_resized_on_load_and_interpolated_at_run_time():

@@ -3,7 +3,7 @@ from .attention import (GlobalQueryWindowMSA, MultiheadSelfAttention, WindowMSA,
                         window_reverse)
 from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
                       LocalWindowContext, NomMerMixer, PooledGlobalContext,
-                      hard_gumbel_softmax)
+                      gumbel_softmax, nominator_logits)
 from .cot import CoTLayer, SEConv, local_aggregation
 from .dct import BlockDCT, dct_basis, dct_kronecker_basis
 from .mlp import Mlp
@@ -12,6 +12,6 @@ __all__ = [
     'GlobalQueryWindowMSA', 'MultiheadSelfAttention', 'WindowMSA', 'relative_position_index',
     'window_partition', 'window_reverse', 'CompressedGlobalContext',
     'ContextNominator', 'ConvContext', 'LocalWindowContext', 'NomMerMixer',
-    'PooledGlobalContext', 'hard_gumbel_softmax', 'BlockDCT', 'dct_basis',
+    'PooledGlobalContext', 'gumbel_softmax', 'nominator_logits', 'BlockDCT', 'dct_basis',
     'dct_kronecker_basis', 'CoTLayer', 'SEConv', 'local_aggregation', 'Mlp'
 ]

@@ -128,28 +128,130 @@ class PooledGlobalContext(_BlockGlobalContext):
         return tokens.repeat_interleave(N, dim=1).repeat_interleave(N, dim=2)
 
 
-def hard_gumbel_softmax(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """One-hot sample of softmax((logits + Gumbel noise) / tau) along the last
-    dim, with straight-through gradients of the soft sample.
+def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """softmax((logits + Gumbel noise) / tau) along the last dim.
 
     The noise is drawn with ``exponential_`` on the logits' own device, so it
     works on CPU and GPU alike.
     """
     gumbels = -torch.empty_like(logits).exponential_().log()
-    soft = ((logits + gumbels) / tau).softmax(dim=-1)
-    index = soft.argmax(dim=-1, keepdim=True)
-    hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
-    return hard - soft.detach() + soft
+    return ((logits + gumbels) / tau).softmax(dim=-1)
+
+
+def select_nominated(feats: list, index: torch.Tensor,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """``feats[index]`` per position: (B, H, W, C) candidates, (B, H, W)
+    index. Equal to the one-hot weighted sum, without a (B, H, W, P, C) stack
+    or products.
+
+    The result is written into ``out`` when given (a buffer of the
+    candidates' common dtype that the caller owns), else into the last
+    candidate's buffer (no new full-size allocation: 5% faster NomMer-T
+    inference on CPU) unless that buffer is not contiguous or has not the
+    candidates' common dtype."""
+    dtype = functools.reduce(torch.promote_types, [f.dtype for f in feats])
+    if out is None:
+        out = feats[-1].to(dtype).contiguous()  # itself when already so
+    else:
+        out.copy_(feats[-1])
+    index = index.unsqueeze(-1)
+    for i in range(len(feats) - 2, -1, -1):
+        torch.where(index == i, feats[i], out, out=out)
+    return out
+
+
+def nominator_logits(summed: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) sum of candidates -> (B, H, W, P) logits, in fp32 (or
+    fp64) even under autocast: the Gumbel sample is sensitive to
+    half-precision rounding."""
+    dtype = torch.promote_types(summed.dtype, torch.float32)
+    with torch.autocast(summed.device.type, enabled=False):
+        return F.linear(summed.to(dtype), weight.to(dtype), bias.to(dtype))
+
+
+def _sum(feats: list) -> torch.Tensor:
+    summed = feats[0] + feats[1]
+    for f in feats[2:]:
+        # add's backward needs no inputs, so accumulating into the fresh sum
+        # is safe under autograd too
+        summed = add_into(summed, f)
+    return summed
+
+
+class _NominateAndCombine(torch.autograd.Function):
+    """Training nomination, fused: logits from the candidates' sum, a hard
+    Gumbel-softmax sample, and the nominated candidate per position, with
+    the straight-through gradients of the soft sample.
+
+    The unfused form (``weights = hard - soft.detach() + soft``, then
+    ``sum_p weights_p * feats_p``) keeps the candidates' sum for the
+    nominator's weight gradient and builds P products and P - 1 sums, all
+    full-size. Here the forward selects (the one-hot weights are exactly 0
+    or 1) and the backward recomputes the sum, so one full-size activation
+    per block fewer is kept and most temporaries go.
+
+    Gradients, with ``g`` the output gradient, ``s`` the soft sample and
+    ``W`` the nominator's weight:
+        dL/ds_p      = <g, feats_p>               (per position)
+        dL/dlogits   = softmax_backward(dL/ds, s) / tau
+        dL/dfeats_p  = [index == p] * g + dL/dlogits @ W
+    """
+
+    @staticmethod
+    def forward(ctx, tau: float, weight: torch.Tensor, bias: torch.Tensor,
+                *feats: torch.Tensor) -> tuple:
+        summed = _sum(feats)
+        logits = nominator_logits(summed, weight, bias)
+        soft = gumbel_softmax(logits, tau)
+        index = soft.argmax(-1)
+        # the sum is spent: its buffer takes the output
+        out = select_nominated(feats, index, out=summed)
+        ctx.tau = tau
+        ctx.save_for_backward(weight, soft, index, *feats)
+        ctx.mark_non_differentiable(index)
+        return out, index
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor, _) -> tuple:
+        weight, soft, index, *feats = ctx.saved_tensors
+        C = grad.shape[-1]
+        grad_soft = torch.stack(
+            [torch.linalg.vecdot(grad, f.to(grad.dtype)) for f in feats],
+            dim=-1).to(soft.dtype)
+        # softmax backward, on (B, H, W, P): small
+        grad_logits = soft * (grad_soft - (grad_soft * soft).sum(
+            -1, keepdim=True)) / ctx.tau
+        rows = grad_logits.reshape(-1, len(feats))
+        summed = _sum(feats)
+        grad_weight = rows.t() @ summed.reshape(-1, C).to(rows.dtype)
+        del summed
+        grad_bias = rows.sum(0)
+        grad_summed = (grad_logits @ weight.to(rows.dtype)).to(grad.dtype)
+        grad_feats = []
+        for p, f in enumerate(feats):
+            chosen = (index == p).unsqueeze(-1).to(grad.dtype)
+            if p == len(feats) - 1:  # the last one may take the buffer
+                g_p = grad_summed.addcmul_(grad, chosen)
+            else:
+                g_p = torch.addcmul(grad_summed, grad, chosen)
+            grad_feats.append(g_p.to(f.dtype))
+        return (None, grad_weight.to(weight.dtype),
+                grad_bias.to(weight.dtype), *grad_feats)
 
 
 class ContextNominator(nn.Module):
     """Synergistic context nominator: per position, logits over the
     candidates from their sum; one-hot by hard Gumbel-softmax (training) or
-    argmax (eval). Logits are computed in fp32 even under autocast, since
-    the Gumbel sample is sensitive to half-precision rounding.
+    argmax (eval); the output is the nominated candidate. Logits are
+    computed in fp32 (:func:`nominator_logits`).
 
     After every forward, :attr:`nomination` holds the chosen candidate index
     per position, (B, H, W) int64, detached (the paper's Fig. 4 maps).
+
+    Shapes:
+        feats: P candidates, each (B, H, W, C) -> (B, H, W, C)
     """
 
     def __init__(self, embed_dims: int, num_candidates: int = 3,
@@ -159,33 +261,25 @@ class ContextNominator(nn.Module):
         self.tau = tau
         self.nomination: torch.Tensor | None = None
 
-    def forward(self, summed: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) sum of candidates -> (B, H, W, P) fp32 one-hot."""
-        with torch.autocast(summed.device.type, enabled=False):
-            logits = F.linear(summed.float(), self.fc.weight.float(),
-                              self.fc.bias.float())
-            if self.training:
-                weights = hard_gumbel_softmax(logits, self.tau)
-                index = weights.detach().argmax(-1)
+    def forward(self, feats: list) -> torch.Tensor:
+        if len(feats) != self.fc.out_features:
+            raise ValueError(f'expected {self.fc.out_features} candidates, '
+                             f'got {len(feats)}')
+        if self.training:
+            out, index = _NominateAndCombine.apply(
+                self.tau, self.fc.weight, self.fc.bias, *feats)
+        else:
+            index = nominator_logits(_sum(feats), self.fc.weight,
+                                     self.fc.bias).argmax(-1)
+            if torch.is_grad_enabled():
+                # e.g. input gradients of an eval model: select out of place
+                out = feats[-1]
+                for i in range(len(feats) - 2, -1, -1):
+                    out = torch.where(index.unsqueeze(-1) == i, feats[i], out)
             else:
-                index = logits.argmax(-1)
-                weights = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
-        self.nomination = index
-        return weights
-
-
-def select_nominated(feats: list, index: torch.Tensor) -> torch.Tensor:
-    """``feats[index]`` per position: (B, H, W, C) candidates, (B, H, W)
-    index. Equal to the one-hot weighted sum, without a (B, H, W, P, C) stack
-    or products, and written into the last candidate's buffer (no new
-    full-size allocation: 5% faster NomMer-T inference on CPU), unless that
-    buffer is not contiguous or has not the candidates' common dtype."""
-    dtype = functools.reduce(torch.promote_types, [f.dtype for f in feats])
-    out = feats[-1].to(dtype).contiguous()  # itself when already so
-    index = index.unsqueeze(-1)
-    for i in range(len(feats) - 2, -1, -1):
-        torch.where(index == i, feats[i], out, out=out)
-    return out
+                out = select_nominated(feats, index)
+        self.nomination = index.detach()
+        return out
 
 
 CONTEXT_NAMES = ('conv', 'window', 'global')  # the reference's order
@@ -250,23 +344,9 @@ class NomMerMixer(nn.Module):
         feats = [getattr(self, f'{name}_context')(x) for name in self.contexts]
         if len(feats) == 1:
             return feats[0]
-        summed = feats[0] + feats[1]
-        for f in feats[2:]:
-            # add's backward needs no inputs, so accumulating into the fresh
-            # sum is safe under autograd too
-            summed = add_into(summed, f)
         if self.nominator is None:
-            return summed
-        weights = self.nominator(summed)
-        if not torch.is_grad_enabled():
-            # The weights are exactly one-hot: select instead of multiplying.
-            return select_nominated(feats, self.nominator.nomination)
-        # Training: the straight-through weights carry the gradients.
-        weights = weights.to(summed.dtype)
-        out = feats[0] * weights[..., 0:1]
-        for i, f in enumerate(feats[1:], start=1):
-            out = out + f * weights[..., i:i + 1]
-        return out
+            return _sum(feats)
+        return self.nominator(feats)
 
     @property
     def nomination(self) -> torch.Tensor | None:

@@ -400,3 +400,20 @@ def test_eval_selection_keeps_type_promotion():
     torch.testing.assert_close(add_into(b.clone(), a), b + a)
     fresh = a.clone()
     assert add_into(fresh, b) is fresh and torch.equal(fresh, a + b)
+
+
+@pytest.mark.parametrize('size', [(56, 56), (57, 55)])
+def test_merge_max_pool_keeps_indices_only_with_equal_gradients(size):
+    from nommer_mm.models.backbones.nommer import _MaxPool2x2
+    x = torch.randn(2, 8, *size).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    expected = F.max_pool2d(x, 2, ceil_mode=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t) or t, lambda t: t):
+        got = _MaxPool2x2.apply(x)
+    assert [t.dtype for t in saved] == [torch.int64]  # not the input
+    probe = torch.randn_like(expected)
+    assert torch.equal(got, expected)
+    assert torch.equal(torch.autograd.grad((got * probe).sum(), x)[0],
+                       torch.autograd.grad((expected * probe).sum(), x)[0])

@@ -33,3 +33,25 @@ def test_benchmark_compares_two_models(tmp_path):
         assert r['median_ms'] <= r['max_ms'] and r['peak_mib'] >= 0
     # the full mixer does more work than the window-only ablation
     assert rows[0]['peak_mib'] > 0
+
+
+def test_live_memory_is_repeatable(tmp_path):
+    """--memory live (the CPU default) counts live memory, so two identical
+    runs give the same peak to a few MiB (the default allocator's resident
+    set moves by tens of MiB between identical NomMer-T runs)."""
+    spec = ("dict(type='NomMer', arch=dict(embed_dims=32, depths=[1, 1, 1, 1],"
+            " num_heads=[2, 2, 2, 4], bottleneck_ratios=[2, 2]))")
+
+    def peak(name):
+        out = tmp_path / f'{name}.json'
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / 'tools/analysis_tools/benchmark.py'),
+             '--models', spec, '--mode', 'train', '--batch', '4', '--shape',
+             '128', '128', '--warmup', '1', '--reps', '1', '--json', str(out)],
+            capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert 'live memory' in proc.stdout
+        return json.loads(out.read_text())[0]['peak_mib']
+
+    first, second = peak('a'), peak('b')
+    assert first > 5 and abs(first - second) < 3

@@ -4,8 +4,14 @@
 Models are timed in one process, alternately (A, B, A, B ...), so that a
 noisy machine slows both alike; the report gives the median and spread
 (min-max) of every model and the ratio of the first model's images/s to
-each other's. Peak memory is measured per model in a fresh process
-(CUDA: max allocated; CPU: growth of the resident set over the built model).
+each other's. Peak memory is measured per model in a fresh process:
+CUDA's max allocated, or on CPU the kernel's peak resident set (reset after
+the model is built) over the resident set at that point. By default
+(``--memory live``) glibc is told to map every allocation of 64 KiB or more
+on its own, so freed tensors leave the resident set at once and the CPU
+figure counts live memory as the CUDA one does; ``--memory rss`` keeps the
+default allocator, whose retained free memory moves the figure by tens of
+MiB between identical runs.
 
     python tools/analysis_tools/benchmark.py                      # NomMer-T vs Swin-T, 224
     python tools/analysis_tools/benchmark.py --batch 32 --mode train
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -141,6 +149,23 @@ def time_alternately(runners, warmup: int, reps: int) -> list[list[float]]:
     return times
 
 
+def live_memory(args) -> bool:
+    """Whether CPU peak memory is measured as live memory (see --memory)."""
+    return args.device == 'cpu' and args.memory == 'live' and \
+        platform.libc_ver()[0] == 'glibc'
+
+
+def memory_note(args) -> str:
+    if args.device != 'cpu':
+        return 'peak MiB: torch.cuda.max_memory_allocated over the step'
+    if live_memory(args):
+        return ('peak MiB: live memory (peak resident set with glibc '
+                'mapping every allocation >= 64 KiB, so that freed tensors '
+                'leave it at once; like CUDA\'s max allocated)')
+    return ('peak MiB: peak resident set with the default allocator '
+            '(includes memory freed but kept by the allocator)')
+
+
 def peak_memory(spec: str, args) -> float:
     """MiB of peak memory of one step, measured in a fresh process."""
     cmd = [sys.executable, __file__, '--_memory-of', spec,
@@ -151,7 +176,12 @@ def peak_memory(spec: str, args) -> float:
         cmd.append('--backbone-only')
     if args.channels_last:
         cmd.append('--channels-last')
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if live_memory(args):
+        # glibc: every allocation of 64 KiB or more gets its own mapping,
+        # returned at free, so the resident set follows the live tensors
+        env['MALLOC_MMAP_THRESHOLD_'] = str(64 * 1024)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith('PEAK ')]
     if not lines:
         raise RuntimeError(f'memory probe failed:\n{out.stderr[-2000:]}')
@@ -161,6 +191,24 @@ def peak_memory(spec: str, args) -> float:
 def _rss_now() -> int:
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM; Linux >= 4.0)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError('no VmHWM in /proc/self/status')
 
 
 def _memory_probe(args) -> None:
@@ -173,7 +221,12 @@ def _memory_probe(args) -> None:
         torch.cuda.reset_peak_memory_stats()
         runner.step()
         peak = torch.cuda.max_memory_allocated() - base
-    else:
+    elif _reset_peak_rss():
+        # exact: the kernel's high-water mark of this process, reset here
+        base = _rss_now()
+        runner.step()
+        peak = _peak_rss() - base
+    else:  # no clear_refs: sample the resident set (may miss brief peaks)
         import threading
         base = _rss_now()
         samples = [base]
@@ -212,6 +265,13 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--reps', type=int, default=10)
     parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument(
+        '--memory', choices=['live', 'rss'], default='live',
+        help='CPU peak memory: "live" (default) counts memory in use, as '
+        'CUDA\'s max allocated does, by making glibc return every freed '
+        'allocation >= 64 KiB at once; "rss" is the resident set under the '
+        'default allocator, which adds memory the allocator keeps and varies '
+        'by tens of MiB between identical runs')
     parser.add_argument('--saved', action='store_true',
                         help='training: also print the MiB of tensors kept '
                         'for backward by one forward (nommer_mm.analysis.'
@@ -242,6 +302,8 @@ def main() -> None:
         label = 'inference' if mode == 'infer' else \
             'training step (fwd + bwd + AdamW)'
         print(f'\n{label}')
+        if not args.no_memory:
+            print(f'  ({memory_note(args)})')
         print(f'  {"model":55s} {"img/s":>8s} {"median ms":>10s} '
               f'{"min-max ms":>15s} {"vs 1st":>7s} {"peak MiB":>9s}')
         for r, t, v, mem in zip(runners, times, ips, mems):

@@ -417,3 +417,18 @@ def test_merge_max_pool_keeps_indices_only_with_equal_gradients(size):
     assert torch.equal(got, expected)
     assert torch.equal(torch.autograd.grad((got * probe).sum(), x)[0],
                        torch.autograd.grad((expected * probe).sum(), x)[0])
+
+
+def test_eval_with_autograd_selects_out_of_place():
+    """An eval model with gradients on (e.g. for input saliency): the same
+    output as under no_grad, and the input gets a gradient."""
+    model = small_nommer(out_indices=(0, 1)).eval()
+    x = torch.randn(1, 3, 61, 67)
+    with torch.no_grad():
+        expected = model(x)
+    x.requires_grad_()
+    out = model(x)
+    for got, want in zip(out, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    sum(o.sum() for o in out).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

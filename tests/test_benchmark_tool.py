@@ -16,7 +16,8 @@ def test_benchmark_compares_two_models(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / 'tools/analysis_tools/benchmark.py'),
          '--models', *models, '--batch', '2', '--shape', '64', '64',
-         '--warmup', '1', '--reps', '2', '--saved', '--json', str(out)],
+         '--warmup', '1', '--reps', '2', '--saved', '--profile', '3',
+         '--json', str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'inference' in proc.stdout and 'training step' in proc.stdout
@@ -28,6 +29,8 @@ def test_benchmark_compares_two_models(tmp_path):
     # three candidate contexts keep more for backward than the window alone
     assert len(saved) == 2 and saved[0]['saved_mib'] > saved[1]['saved_mib'] > 0
     assert proc.stdout.count('saved for backward') == 2
+    assert proc.stdout.count('profile of one step') == 4  # 2 models x 2 modes
+    assert proc.stdout.count('Self CPU time total') == 4
     for r in rows:
         assert r['images_per_s'] > 0 and r['min_ms'] <= r['median_ms']
         assert r['median_ms'] <= r['max_ms'] and r['peak_mib'] >= 0

@@ -16,6 +16,7 @@ MiB between identical runs.
     python tools/analysis_tools/benchmark.py                      # NomMer-T vs Swin-T, 224
     python tools/analysis_tools/benchmark.py --batch 32 --mode train
     python tools/analysis_tools/benchmark.py --mode train --saved   # + MiB kept for backward
+    python tools/analysis_tools/benchmark.py --mode infer --profile 8  # + top ops per model
     python tools/analysis_tools/benchmark.py --backbone-only --shape 800 1333 --batch 2
     python tools/analysis_tools/benchmark.py --models configs/cls/nommer-small_8xb128_in1k.py \\
         "dict(type='NomMer', arch='tiny', contexts=('window',))" --device cuda --dtype bf16
@@ -134,6 +135,20 @@ class Runner:
             self.opt.zero_grad(set_to_none=True)
         if self.device.type == 'cuda':
             torch.cuda.synchronize()
+
+
+def profile_step(runner: Runner, rows: int) -> str:
+    """torch.profiler table of one step: the ``rows`` ops with the most
+    self time, with their share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU]
+    if runner.device.type == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        runner.step()
+    key = ('self_cuda_time_total' if runner.device.type == 'cuda' else
+           'self_cpu_time_total')
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def time_alternately(runners, warmup: int, reps: int) -> list[list[float]]:
@@ -276,6 +291,9 @@ def main() -> None:
                         help='training: also print the MiB of tensors kept '
                         'for backward by one forward (nommer_mm.analysis.'
                         'saved_for_backward_bytes)')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='after timing, profile one step of each model '
+                        'and print its N ops with the most self time')
     parser.add_argument('--json', help='write the results here too')
     parser.add_argument('--_memory-of', dest='_memory_of',
                         help=argparse.SUPPRESS)
@@ -315,6 +333,10 @@ def main() -> None:
             print(f'  {r.name[-55:]:55s} {v:8.1f} {med * 1e3:10.1f} '
                   f'{min(t) * 1e3:7.1f}-{max(t) * 1e3:<7.1f} '
                   f'{v / ips[0]:7.2f} {"" if mem is None else f"{mem:9.0f}"}')
+        if args.profile:
+            for r in runners:
+                print(f'\n  profile of one step: {r.name}')
+                print(profile_step(r, args.profile))
         if mode == 'train' and args.saved:
             from nommer_mm.analysis import saved_for_backward_bytes
             saved = [saved_for_backward_bytes(r.module.train(), r.x) / 2**20

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nommer_mm.converters import ConversionError, convert_reference  # noqa
+from nommer_mm.converters import (ConversionError, convert_reference,  # noqa
+                                  save_converted)
 
 
 def parse_arch(text: str | None):
@@ -59,10 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                 backbone=backbone)
     if not args.backbone_only:
         meta['num_classes'] = int(state_dict['head.fc.weight'].shape[0])
-    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(state_dict=state_dict, meta=meta), args.dst)
-    print(f'wrote {len(state_dict)} tensors to {args.dst}')
-    print(f'backbone: {json.dumps(backbone)}')
+    save_converted(state_dict, meta, args.dst)
 
 
 if __name__ == '__main__':

@@ -15,14 +15,13 @@ segmentation configs. The backbone settings found are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nommer_mm.converters import ConversionError  # noqa: E402
+from nommer_mm.converters import ConversionError, save_converted  # noqa: E402
 from nommer_mm.converters.peers import CONVERTERS  # noqa: E402
 
 BACKBONE_TYPES = {'gcvit': 'GCViT', 'visformer': 'Visformer',
@@ -58,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         backbone['out_indices'] = (3, )
     meta = dict(source=str(args.src), converter=f'peer2mm {args.model}',
                 backbone=backbone)
-    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(state_dict=state_dict, meta=meta), args.dst)
-    print(f'wrote {len(state_dict)} tensors to {args.dst}')
-    print(f'backbone: {json.dumps(backbone)}')
+    save_converted(state_dict, meta, args.dst)
 
 
 if __name__ == '__main__':

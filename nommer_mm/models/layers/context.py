@@ -144,17 +144,23 @@ def select_nominated(feats: list, index: torch.Tensor,
     index. Equal to the one-hot weighted sum, without a (B, H, W, P, C) stack
     or products.
 
-    The result is written into ``out`` when given (a buffer of the
-    candidates' common dtype that the caller owns), else into the last
-    candidate's buffer (no new full-size allocation: 5% faster NomMer-T
-    inference on CPU) unless that buffer is not contiguous or has not the
-    candidates' common dtype."""
+    Without autograd the result is written into ``out`` when given (a
+    buffer of the candidates' common dtype that the caller owns), else into
+    the last candidate's buffer (no new full-size allocation: 5% faster
+    NomMer-T inference on CPU) unless that buffer is not contiguous or has
+    not the candidates' common dtype. With autograd (e.g. input gradients of
+    an eval model) it selects out of place."""
+    index = index.unsqueeze(-1)
+    if torch.is_grad_enabled():
+        selected = feats[-1]
+        for i in range(len(feats) - 2, -1, -1):
+            selected = torch.where(index == i, feats[i], selected)
+        return selected
     dtype = functools.reduce(torch.promote_types, [f.dtype for f in feats])
     if out is None:
         out = feats[-1].to(dtype).contiguous()  # itself when already so
     else:
         out.copy_(feats[-1])
-    index = index.unsqueeze(-1)
     for i in range(len(feats) - 2, -1, -1):
         torch.where(index == i, feats[i], out, out=out)
     return out
@@ -271,13 +277,7 @@ class ContextNominator(nn.Module):
         else:
             index = nominator_logits(_sum(feats), self.fc.weight,
                                      self.fc.bias).argmax(-1)
-            if torch.is_grad_enabled():
-                # e.g. input gradients of an eval model: select out of place
-                out = feats[-1]
-                for i in range(len(feats) - 2, -1, -1):
-                    out = torch.where(index.unsqueeze(-1) == i, feats[i], out)
-            else:
-                out = select_nominated(feats, index)
+            out = select_nominated(feats, index)
         self.nomination = index.detach()
         return out
 

@@ -164,6 +164,11 @@ def time_alternately(runners, warmup: int, reps: int) -> list[list[float]]:
     return times
 
 
+# --memory live: glibc maps every allocation of at least this many bytes on
+# its own and unmaps it at free, so the resident set follows the live tensors
+LIVE_MMAP_THRESHOLD = 64 * 1024
+
+
 def live_memory(args) -> bool:
     """Whether CPU peak memory is measured as live memory (see --memory)."""
     return args.device == 'cpu' and args.memory == 'live' and \
@@ -175,8 +180,9 @@ def memory_note(args) -> str:
         return 'peak MiB: torch.cuda.max_memory_allocated over the step'
     if live_memory(args):
         return ('peak MiB: live memory (peak resident set with glibc '
-                'mapping every allocation >= 64 KiB, so that freed tensors '
-                'leave it at once; like CUDA\'s max allocated)')
+                f'mapping every allocation >= {LIVE_MMAP_THRESHOLD // 1024} '
+                'KiB, so that freed tensors leave it at once; like CUDA\'s '
+                'max allocated)')
     return ('peak MiB: peak resident set with the default allocator '
             '(includes memory freed but kept by the allocator)')
 
@@ -193,9 +199,7 @@ def peak_memory(spec: str, args) -> float:
         cmd.append('--channels-last')
     env = dict(os.environ)
     if live_memory(args):
-        # glibc: every allocation of 64 KiB or more gets its own mapping,
-        # returned at free, so the resident set follows the live tensors
-        env['MALLOC_MMAP_THRESHOLD_'] = str(64 * 1024)
+        env['MALLOC_MMAP_THRESHOLD_'] = str(LIVE_MMAP_THRESHOLD)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith('PEAK ')]
     if not lines:

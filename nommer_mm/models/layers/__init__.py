@@ -6,6 +6,7 @@ from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
                       gumbel_softmax, nominator_logits)
 from .cot import CoTLayer, SEConv, local_aggregation
 from .dct import BlockDCT, dct_basis, dct_kronecker_basis
+from .onednn import Linear, linear, use_onednn_linear
 from .mlp import Mlp
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     'window_partition', 'window_reverse', 'CompressedGlobalContext',
     'ContextNominator', 'ConvContext', 'LocalWindowContext', 'NomMerMixer',
     'PooledGlobalContext', 'gumbel_softmax', 'nominator_logits', 'BlockDCT', 'dct_basis',
-    'dct_kronecker_basis', 'CoTLayer', 'SEConv', 'local_aggregation', 'Mlp'
+    'dct_kronecker_basis', 'CoTLayer', 'SEConv', 'local_aggregation', 'Mlp', 'Linear', 'linear',
+    'use_onednn_linear'
 ]

@@ -3,6 +3,8 @@
 Both layers run through ``F.scaled_dot_product_attention`` so that the fused
 kernels (flash / memory-efficient on GPU, the fused CPU kernel) are used; the
 relative position bias of window attention enters as an additive mask.
+Global attention over long sequences on CPU without autograd (dense inputs)
+uses :func:`.onednn.attention` instead, which is faster there.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
+
+from . import onednn
+from .onednn import Linear
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -32,13 +37,15 @@ class MultiheadSelfAttention(nn.Module):
             raise ValueError(f'embed_dims {embed_dims} is not divisible by '
                              f'num_heads {num_heads}')
         self.num_heads = num_heads
-        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
-        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.qkv = Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = Linear(embed_dims, embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        if onednn.attention_applies(q, k, v):  # long sequences on CPU
+            return self.proj(onednn.attention(q, k, v).view(B, N, C))
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -103,9 +110,9 @@ class WindowMSA(nn.Module):
         self.register_buffer('relative_position_index',
                              relative_position_index(window_size),
                              persistent=False)
-        self.qkv = nn.Linear(embed_dims, embed_dims * self.num_projections,
+        self.qkv = Linear(embed_dims, embed_dims * self.num_projections,
                              bias=qkv_bias)
-        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj = Linear(embed_dims, embed_dims)
         trunc_normal_(self.relative_position_bias_table, std=.02)
         self._register_load_state_dict_pre_hook(self._resize_bias_table_hook)
 

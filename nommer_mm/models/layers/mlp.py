@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .onednn import Linear, input_grad, linear, weight_grad
+
 
 class _GeluLinear(torch.autograd.Function):
     """``linear(gelu(h))`` that keeps only ``h`` for backward: the GELU
@@ -17,15 +19,16 @@ class _GeluLinear(torch.autograd.Function):
                 bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.gelu(h), weight, bias)
+        return linear(F.gelu(h), weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:
         h, weight = ctx.saved_tensors
-        grad_h = torch.ops.aten.gelu_backward(grad @ weight.to(grad.dtype), h)
-        rows = grad.reshape(-1, grad.shape[-1])
-        grad_w = rows.t() @ F.gelu(h).reshape(-1, h.shape[-1]).to(rows.dtype)
-        grad_b = rows.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_h = torch.ops.aten.gelu_backward(
+            input_grad(grad, weight.to(grad.dtype)), h)
+        grad_w = weight_grad(grad, F.gelu(h).to(grad.dtype))
+        grad_b = (grad.reshape(-1, grad.shape[-1]).sum(0).to(weight.dtype)
+                  if ctx.has_bias else None)
         return grad_h, grad_w.to(weight.dtype), grad_b
 
 
@@ -34,16 +37,17 @@ class Mlp(nn.Module):
 
     When gradients are needed, GELU + fc2 run as one autograd function that
     recomputes the GELU in backward, saving a hidden-width activation per
-    block (same values and gradients)."""
+    block (same values and gradients). Without autograd, GELU is applied
+    inside fc1's product (:func:`~.onednn.linear`)."""
 
     def __init__(self, embed_dims: int, hidden_dims: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(embed_dims, hidden_dims)
-        self.fc2 = nn.Linear(hidden_dims, embed_dims)
+        self.fc1 = Linear(embed_dims, hidden_dims)
+        self.fc2 = Linear(hidden_dims, embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        if torch.is_grad_enabled() and (h.requires_grad or
-                                        self.fc2.weight.requires_grad):
+        if torch.is_grad_enabled() and (x.requires_grad or any(
+                p.requires_grad for p in self.parameters())):
+            h = self.fc1(x)
             return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)
-        return self.fc2(F.gelu(h))
+        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, 'gelu'))

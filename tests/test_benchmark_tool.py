@@ -58,3 +58,22 @@ def test_live_memory_is_repeatable(tmp_path):
 
     first, second = peak('a'), peak('b')
     assert first > 5 and abs(first - second) < 3
+
+
+def test_onednn_linear_all_swaps_the_other_models_linears():
+    """--onednn-linear-all: a ViT's attention and mmcv-FFN linears (2 layers
+    x 4) become oneDNN Linear, so the comparison can exclude that kernel."""
+    vit = ("dict(type='VisionTransformer', arch=dict(embed_dims=32, "
+           "num_layers=2, num_heads=2, feedforward_channels=64), "
+           "img_size=64, patch_size=16)")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/analysis_tools/benchmark.py'),
+         '--models', vit, '--mode', 'infer', '--batch', '2', '--shape', '64',
+         '64', '--warmup', '1', '--reps', '1', '--no-memory',
+         '--onednn-linear-all'],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines()
+                if 'turned into oneDNN Linear' in ln)
+    assert line.endswith(' 8'), line
+    assert 'every nn.Linear through oneDNN' in proc.stdout

@@ -17,6 +17,7 @@ MiB between identical runs.
     python tools/analysis_tools/benchmark.py --batch 32 --mode train
     python tools/analysis_tools/benchmark.py --mode train --saved   # + MiB kept for backward
     python tools/analysis_tools/benchmark.py --mode infer --profile 8  # + top ops per model
+    python tools/analysis_tools/benchmark.py --onednn-linear-all   # Swin-T's linears via oneDNN too
     python tools/analysis_tools/benchmark.py --backbone-only --shape 800 1333 --batch 2
     python tools/analysis_tools/benchmark.py --models configs/cls/nommer-small_8xb128_in1k.py \\
         "dict(type='NomMer', arch='tiny', contexts=('window',))" --device cuda --dtype bf16
@@ -116,6 +117,10 @@ class Runner:
                              device=self.device).to(memory_format=fmt)
         if args.channels_last:
             self.module.to(memory_format=torch.channels_last)
+        self.onednn_changed = 0
+        if args.onednn_linear_all:
+            from nommer_mm.models.layers.onednn import use_onednn_linear
+            self.onednn_changed = use_onednn_linear(self.module)
         self.fn = torch.compile(self.module) if args.compile else self.module
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4)
 
@@ -197,6 +202,8 @@ def peak_memory(spec: str, args) -> float:
         cmd.append('--backbone-only')
     if args.channels_last:
         cmd.append('--channels-last')
+    if args.onednn_linear_all:
+        cmd.append('--onednn-linear-all')
     env = dict(os.environ)
     if live_memory(args):
         env['MALLOC_MMAP_THRESHOLD_'] = str(LIVE_MMAP_THRESHOLD)
@@ -278,6 +285,12 @@ def main() -> None:
     parser.add_argument('--dtype', choices=list(DTYPES), default='fp32')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', action='store_true')
+    parser.add_argument(
+        '--onednn-linear-all', action='store_true',
+        help='turn the plain nn.Linear layers of every model (e.g. Swin-T\'s) '
+        'into nommer_mm\'s oneDNN Linear (nommer_mm.models.layers.onednn.'
+        'use_onednn_linear), which NomMer\'s own layers use already: shows '
+        'how much of a CPU ratio comes from that kernel')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu')
     parser.add_argument('--backbone-only', action='store_true')
@@ -308,15 +321,20 @@ def main() -> None:
     modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
     device_name = (torch.cuda.get_device_name() if args.device == 'cuda'
                    else f'CPU, {torch.get_num_threads()} threads')
+    options = ''.join(text for on, text in [
+        (args.channels_last, ', channels_last'),
+        (args.compile, ', torch.compile'),
+        (args.onednn_linear_all, ', every nn.Linear through oneDNN')] if on)
     print(f'device: {device_name}; batch {args.batch}, input '
-          f'{args.shape[0]}x{args.shape[1]}, {args.dtype}'
-          f'{", channels_last" if args.channels_last else ""}'
-          f'{", torch.compile" if args.compile else ""}; '
+          f'{args.shape[0]}x{args.shape[1]}, {args.dtype}{options}; '
           f'{args.reps} alternating repetitions after {args.warmup} warm-up')
     results = []
     for mode in modes:
         args.mode = mode
         runners = [Runner(spec, args) for spec in args.models]
+        if args.onednn_linear_all:
+            print('  nn.Linear layers turned into oneDNN Linear: ' + ', '.join(
+                f'{r.name} {r.onednn_changed}' for r in runners))
         times = time_alternately(runners, args.warmup, args.reps)
         ips = [args.batch / statistics.median(t) for t in times]
         mems = [None if args.no_memory else peak_memory(spec, args)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nommer_mm import NomMer
 from nommer_mm.analysis import count_flops, count_params
-from nommer_mm.models.layers import WindowMSA
+from nommer_mm.models.layers import WindowMSA, window_reverse
 
 # A small arch keeps CPU tests fast; groups=8 needs C divisible by 8.
 SMALL = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 4],
@@ -228,6 +228,73 @@ def test_window_attention_ignores_padding():
         a = (q @ k.transpose(-1, -2)) * 4**-0.5 + bias
         ref = attn.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(1, 25, 8))
     assert torch.allclose(out.view(1, 25, 8), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [(10, 15), (10, 16), (12, 15)])
+def test_padded_window_attention_equals_full_mask(size):
+    """Only the padded border windows get a padding mask (the rest run
+    with the bias alone): values and gradients equal one mask over every
+    window, with interior windows, both pads and batch 2."""
+    from nommer_mm.models.layers.attention import window_partition
+    torch.manual_seed(0)
+    attn = WindowMSA(8, 2, window_size=4)
+    nn.init.normal_(attn.relative_position_bias_table)
+    x = torch.randn(2, *size, 8, requires_grad=True)
+
+    def full_mask(x):
+        H, W = x.shape[1:3]
+        Hp, Wp = -(-H // 4) * 4, -(-W // 4) * 4
+        xp = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+        qkv = attn.qkv(window_partition(xp, 4)).view(-1, 16, 3, 2, 4)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        real = torch.zeros(1, Hp, Wp, 1, dtype=torch.bool)
+        real[:, :H, :W] = True
+        real = window_partition(real, 4)[..., 0].repeat(2, 1)
+        mask = attn.relative_position_bias()[None] + torch.zeros(
+            real.shape).masked_fill(~real, float('-inf'))[:, None, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attn.proj(out.transpose(1, 2).reshape(-1, 16, 8))
+        return window_reverse(out, 4, Hp, Wp)[:, :H, :W]
+
+    params = [x, attn.relative_position_bias_table, attn.qkv.weight]
+    out, ref = attn(x), full_mask(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    for g, r in zip(torch.autograd.grad(out, params, grad),
+                    torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the in-place path
+        torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [(23, 15), (21, 16)])
+def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
+    """Inference on a large map runs strips of window rows: the same
+    result as the whole map at once (the last strip partial and padded)."""
+    from nommer_mm.models.layers import attention as attention_mod
+    torch.manual_seed(0)
+    attn = WindowMSA(8, 2, window_size=4).eval()
+    x = torch.randn(2, *size, 8)
+    with torch.no_grad():
+        whole = attn(x)  # under STRIP_BYTES: one pass
+        calls = []
+        monkeypatch.setattr(attention_mod, 'STRIP_BYTES', 1000)
+        forward = attn._forward
+        monkeypatch.setattr(attn, '_forward',
+                            lambda *a: calls.append(a[0].shape[1]) or
+                            forward(*a))
+        strips = attn(x)
+    assert len(calls) > 1 and sum(calls) == size[0]
+    assert all(rows % 4 == 0 for rows in calls[:-1])
+    torch.testing.assert_close(strips, whole, rtol=1e-6, atol=1e-6)
+    # GC ViT's global-query window attention: one query map per image
+    gq = attention_mod.GlobalQueryWindowMSA(8, 2, window_size=4).eval()
+    query = torch.randn(2, 2, 16, 4)
+    with torch.no_grad():
+        strips = gq(x, query)
+        monkeypatch.setattr(attention_mod, 'STRIP_BYTES', 1 << 30)
+        torch.testing.assert_close(strips, gq(x, query), rtol=1e-6,
+                                   atol=1e-6)
 
 
 def test_frozen_stages_and_norm_eval():

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .onednn import Linear, input_grad, linear, weight_grad
+from .onednn import Linear, bias_grad, input_grad, linear, weight_grad
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -27,8 +27,7 @@ class _GeluLinear(torch.autograd.Function):
         grad_h = torch.ops.aten.gelu_backward(
             input_grad(grad, weight.to(grad.dtype)), h)
         grad_w = weight_grad(grad, F.gelu(h).to(grad.dtype))
-        grad_b = (grad.reshape(-1, grad.shape[-1]).sum(0).to(weight.dtype)
-                  if ctx.has_bias else None)
+        grad_b = bias_grad(grad).to(weight.dtype) if ctx.has_bias else None
         return grad_h, grad_w.to(weight.dtype), grad_b
 
 

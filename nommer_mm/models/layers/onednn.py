@@ -85,6 +85,11 @@ def weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _product(rows.t(), x.reshape(-1, x.shape[-1]).t())
 
 
+def bias_grad(grad: torch.Tensor) -> torch.Tensor:
+    """dL/dbias: ``grad`` summed over all leading dims, (out,)."""
+    return grad.reshape(-1, grad.shape[-1]).sum(0)
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """``F.linear`` with oneDNN products in forward and backward; saves what
     ``F.linear`` saves (input and weight)."""
@@ -103,8 +108,7 @@ class _OneDNNLinear(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         grad_x = input_grad(grad, weight) if need_x else None
         grad_w = weight_grad(grad, x) if need_w else None
-        grad_b = (grad.reshape(-1, grad.shape[-1]).sum(0)
-                  if need_b and ctx.has_bias else None)
+        grad_b = bias_grad(grad) if need_b and ctx.has_bias else None
         return grad_x, grad_w, grad_b
 
 

@@ -36,16 +36,29 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-TORCH_PIN = ('torch', '2.15.0')
-TORCHVISION_PIN = ('torchvision', '0.29.2')
-MMCV_VERSION = '2.1.0'
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_pins(path: Path = REPO_ROOT / 'requirements.txt') -> dict[str, str]:
+    """``name==version`` lines of requirements.txt, the one home of the pins."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split('#', 1)[0].strip()
+        if line:
+            name, sep, version = line.partition('==')
+            if not sep:
+                sys.exit(f'{path}: {line!r} is not of the form name==version')
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+PINS = read_pins()
+TORCH_PIN = ('torch', PINS['torch'])
+TORCHVISION_PIN = ('torchvision', PINS['torchvision'])
+MMCV_VERSION = PINS['mmcv']
 # Frozen by the users' stack: mmdet 3.3 / mmseg 1.2.2 refuse mmcv >= 2.2.
-OPENMMLAB_PINS = {
-    'mmengine': '0.10.7',
-    'mmdet': '3.3.0',
-    'mmsegmentation': '1.2.2',
-    'mmpretrain': '1.2.0',
-}
+OPENMMLAB_PINS = {name: PINS[name] for name in
+                  ('mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain')}
 # Needed at import or run time but not declared (mmseg: ftfy, regex;
 # mmengine resolves `mmdet::` config bases through pkg_resources, which
 # setuptools >= 81 no longer ships) or used by our tests and tools (timm:
@@ -54,8 +67,6 @@ OPENMMLAB_PINS = {
 EXTRA_REQUIREMENTS = ['setuptools<81', 'ftfy', 'regex', 'pycocotools', 'scipy',
                       'shapely', 'terminaltables', 'matplotlib', 'pytest',
                       'timm==1.0.22']
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def log(msg: str) -> None:

@@ -3,15 +3,14 @@ OpenMMLab 2.x plugin.
 
 Importing the package registers ``type='NomMer'``, ``'GCViT'``,
 ``'Visformer'`` and ``'CoTNet'`` in MMEngine's root MODELS registry (found
-from the mmpretrain, mmdet and mmseg scopes) and allow-lists
-the types in mmengine checkpoints for ``torch.load(weights_only=True)``.
+from the mmpretrain, mmdet and mmseg scopes) and the hooks
+``RNGStateHook`` and ``SafeCheckpointHook``. It changes nothing in how
+torch loads files: see :mod:`nommer_mm.checkpoint_safety`.
 """
-from .checkpoint_safety import allow_mmengine_checkpoint_types
-from .engine import RNGStateHook
+from .checkpoint_safety import load_checkpoint_file
+from .engine import RNGStateHook, SafeCheckpointHook
 from .models import CoTNet, GCViT, NomMer, Visformer
 from .version import __version__
 
-allow_mmengine_checkpoint_types()
-
 __all__ = ['CoTNet', 'GCViT', 'NomMer', 'Visformer', 'RNGStateHook',
-           'allow_mmengine_checkpoint_types', '__version__']
+           'SafeCheckpointHook', 'load_checkpoint_file', '__version__']

@@ -2,10 +2,23 @@
 config, and make distributed runs work on CPU as well as GPU."""
 from __future__ import annotations
 
+import datetime
+import glob
+import os
 import os.path as osp
+import re
+import sys
 
 import torch
 from mmengine.config import Config
+
+from .checkpoint_safety import (describe_mismatches, load_checkpoint_file,
+                                weight_mismatches)
+
+# Used when a config sets no env_cfg.dist_cfg.timeout: long enough for a
+# slow evaluation or checkpoint write, short enough that a hung peer does
+# not hold the others for gloo's / NCCL's default 30 minutes.
+DEFAULT_DIST_TIMEOUT_S = 600
 
 CODEBASES = {
     'mmpretrain': 'mmpretrain.utils',
@@ -75,14 +88,19 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
     only) into plain BN.
     """
     cfg.launcher = launcher
-    if launcher == 'none' or torch.cuda.is_available():
+    if launcher == 'none':
         return
+    cfg.env_cfg = cfg.get('env_cfg', {})
+    cfg.env_cfg.setdefault('dist_cfg', {})['timeout'] = dist_timeout(cfg)
+    if torch.cuda.is_available():
+        return  # mmengine's init_dist passes dist_cfg.timeout on
     import torch.distributed as dist
     if launcher != 'pytorch':
         raise RuntimeError(f'launcher {launcher!r} needs GPUs; on CPU use '
                            'tools/dist_train.sh (torchrun, gloo)')
     if not dist.is_initialized():
-        dist.init_process_group(backend='gloo')
+        dist.init_process_group(backend='gloo', timeout=datetime.timedelta(
+            seconds=dist_timeout(cfg)))
     wrapper = cfg.get('model_wrapper_cfg') or dict(
         type='MMDistributedDataParallel', broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
@@ -92,6 +110,18 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
     cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
     for key in list(cfg.keys()):
         _replace_syncbn(cfg[key])
+
+
+def dist_timeout(cfg: Config) -> int:
+    """Seconds a collective may wait for a peer: ``env_cfg.dist_cfg.timeout``
+    of the config, else :data:`DEFAULT_DIST_TIMEOUT_S`."""
+    value = (cfg.get('env_cfg') or {}).get('dist_cfg', {}).get(
+        'timeout', DEFAULT_DIST_TIMEOUT_S)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or value <= 0:
+        raise ValueError(f'env_cfg.dist_cfg.timeout is {value!r}; expected '
+                         'a positive number of seconds, e.g. 600')
+    return int(value)
 
 
 def _replace_syncbn(node) -> None:
@@ -113,6 +143,100 @@ def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _say(msg: str) -> None:
+    if os.environ.get('RANK', '0') == '0':
+        print(f'[nommer_mm] {msg}', file=sys.stderr, flush=True)
+
+
+def _resume_problem(path: str) -> str | None:
+    """Why ``path`` cannot resume a run, or None. Reads the file memory-
+    mapped, so tensors are not copied."""
+    try:
+        ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
+    except Exception as err:  # torn, truncated, not a checkpoint, refused
+        return f'it does not load ({type(err).__name__}: {err})'
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    if not (isinstance(meta, dict) and 'epoch' in meta and 'iter' in meta
+            and 'message_hub' in ckpt):
+        return ('it holds weights only (no training state: meta.epoch, '
+                'meta.iter, message_hub), as a converted checkpoint does; '
+                f'to start a run from these weights use '
+                f'--cfg-options load_from={path} instead of --resume')
+    return None
+
+
+def _checkpoints_newest_first(work_dir: str) -> list[str]:
+    """``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``, highest N first
+    (``best_*`` checkpoints hold no optimizer state)."""
+    found = []
+    for path in glob.glob(osp.join(work_dir, '*.pth')):
+        match = re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path))
+        if match:
+            found.append((int(match.group(2)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def resolve_resume(cfg: Config, resume: str | None) -> None:
+    """Set ``cfg.resume`` / ``cfg.load_from`` for ``--resume [CKPT]``.
+
+    With a path: that checkpoint, which must hold a training state. Without:
+    the checkpoint ``work_dir/last_checkpoint`` names, or, when that one is
+    torn, missing or the file is empty, the newest ``epoch_N`` / ``iter_N``
+    checkpoint in the work dir that loads; each one skipped is named.
+    """
+    if resume is None:
+        return
+    cfg.resume = True
+    if resume != 'auto':
+        problem = _resume_problem(resume)
+        if problem:
+            raise SystemExit(f'--resume {resume}: cannot resume from it: '
+                             f'{problem}')
+        cfg.load_from = resume
+        return
+    marker = osp.join(cfg.work_dir, 'last_checkpoint')
+    candidates = _checkpoints_newest_first(cfg.work_dir)
+    if osp.exists(marker):
+        with open(marker) as f:
+            named = f.read().strip()
+        if not named:
+            _say(f'{marker} is empty (a run killed while writing it?); '
+                 'looking for the newest checkpoint in the work dir')
+        elif not osp.isfile(named):
+            _say(f'{marker} names {named}, which does not exist; looking '
+                 'for the newest checkpoint in the work dir')
+        else:
+            candidates = [named] + [c for c in candidates
+                                    if osp.abspath(c) != osp.abspath(named)]
+    elif not candidates:
+        cfg.load_from = None  # nothing to resume: mmengine starts afresh
+        return
+    for path in candidates:
+        problem = _resume_problem(path)
+        if problem is None:
+            _say(f'resuming from {path}')
+            cfg.load_from = path
+            return
+        _say(f'skipped {path}: {problem}')
+    raise SystemExit(
+        f'--resume: no checkpoint in {cfg.work_dir} can resume this run '
+        f'(tried {len(candidates)}). Pass one with --resume CKPT, or remove '
+        f'{marker} and the broken checkpoints to start afresh.')
+
+
+def check_weights_fit(model, path: str) -> None:
+    """Stop before evaluating a model that ``path`` does not fill: missing
+    keys or size mismatches would leave random weights in it."""
+    found = weight_mismatches(
+        model, load_checkpoint_file(path, map_location='cpu', mmap=True))
+    if found['missing'] or found['size mismatch']:
+        raise SystemExit(
+            f'{path} does not fit the model of this config; evaluating it '
+            'would use random weights for:\n' + describe_mismatches(found)
+            + '\nIs it the checkpoint of this config? (A backbone-only '
+            'checkpoint belongs in model.backbone.init_cfg, not here.)')
 
 
 def build_runner(cfg: Config):

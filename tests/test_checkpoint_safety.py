@@ -1,18 +1,31 @@
+"""A checkpoint is untrusted input: no loader of ours, and no bare
+``torch.load`` after ``import nommer_mm``, may run code from it; our own
+checkpoints load everywhere, and no run loses its last good checkpoint."""
+import copyreg
 import io
+import os
 import pickle
 import subprocess
 import sys
+import uuid
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-import nommer_mm  # noqa: F401  (registers the allow-list)
+import nommer_mm  # noqa: F401  (must not change how torch loads files)
+from nommer_mm.checkpoint_safety import (UnsafeCheckpointError,
+                                         load_checkpoint_file,
+                                         mmengine_loads_through_plugin)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train_and_save(work_dir):
-    """A real mmengine run (2 epochs, val, LR schedulers) writing a
-    checkpoint with message hub, optimizer and scheduler states."""
+# ------------------------------------------------------------ a real run
+def _run(work_dir, hook='SafeCheckpointHook', epochs=2, **hook_args):
+    """A real mmengine run (val, LR schedulers, save_best) writing
+    checkpoints with message hub, optimizer and scheduler states."""
     from mmengine.evaluator import BaseMetric
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
@@ -41,57 +54,338 @@ def _train_and_save(work_dir):
     class Metric(BaseMetric):
 
         def process(self, data_batch, data_samples):
-            self.results.append(1.0)
+            self.results.append(np.float64(len(self.results)))
 
         def compute_metrics(self, results):
-            return dict(acc=float(len(results)))
+            return dict(acc=np.float64(sum(results)))  # a numpy scalar
 
     loader = dict(dataset=Data(), batch_size=2,
                   sampler=dict(type='DefaultSampler', shuffle=False))
     runner = Runner(
         model=Model(), work_dir=str(work_dir), train_dataloader=loader,
         val_dataloader=loader, val_cfg=dict(), val_evaluator=dict(type=Metric),
-        train_cfg=dict(by_epoch=True, max_epochs=2, val_interval=1),
+        train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=1),
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
         param_scheduler=[dict(type='LinearLR', start_factor=0.1, end=1),
                          dict(type='CosineAnnealingLR', begin=1, end=2)],
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1,
-                                           save_best='acc')),
-        randomness=dict(seed=0))
+        default_hooks=dict(checkpoint=dict(type=hook, interval=1,
+                                           save_best='acc', **hook_args)),
+        experiment_name=f'ckpt-{uuid.uuid4().hex}', randomness=dict(seed=0))
     runner.train()
-    return work_dir / 'epoch_2.pth'
+    return runner
 
 
-def test_mmengine_checkpoint_loads_with_weights_only(tmp_path):
-    path = _train_and_save(tmp_path)
-    # without the plugin, torch's default load refuses the checkpoint ...
-    plain = subprocess.run(
+@pytest.fixture(scope='module')
+def ours(tmp_path_factory):
+    work = tmp_path_factory.mktemp('ours')
+    _run(work)
+    return work / 'epoch_2.pth'
+
+
+@pytest.fixture(scope='module')
+def stock(tmp_path_factory):
+    """A checkpoint as mmengine 0.10.7 writes it: HistoryBuffer and numpy
+    objects pickled."""
+    work = tmp_path_factory.mktemp('stock')
+    _run(work, hook='CheckpointHook')
+    return work / 'epoch_2.pth'
+
+
+def _bare_load(path):
+    """``torch.load`` in a fresh process that never imported nommer_mm."""
+    return subprocess.run(
         [sys.executable, '-c', f'import torch; torch.load({str(path)!r})'],
         capture_output=True, text=True)
-    assert plain.returncode != 0 and 'weights_only' in plain.stderr
-    # ... with it, the same default (weights_only=True) load succeeds
-    ckpt = torch.load(path)
-    assert ckpt['meta']['epoch'] == 2
+
+
+def test_our_checkpoints_load_with_a_bare_torch_load(ours):
+    assert _bare_load(ours).returncode == 0
     from mmengine.logging import HistoryBuffer
+    ckpt = load_checkpoint_file(ours)
     lr = ckpt['message_hub']['log_scalars']['train/lr']
     assert isinstance(lr, HistoryBuffer) and lr.current() > 0
-    # exactly as mmengine loads it when resuming
-    from mmengine.runner.checkpoint import _load_checkpoint
-    assert _load_checkpoint(str(path), map_location='cpu')['meta']['epoch'] == 2
+    assert ckpt['message_hub']['runtime_info']['best_score'] == 1.0
 
 
-class _Sneaky:
-    """Pickles to getattr(<HistoryBuffer>, '__init__'), which must be
-    refused: only the statistics methods are allowed."""
+def test_stock_checkpoints_read_as_plain_data(stock):
+    plain = _bare_load(stock)
+    assert plain.returncode != 0 and 'weights_only' in plain.stderr
+    # in this process too: importing nommer_mm allowed nothing
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(stock)
+    ckpt = load_checkpoint_file(stock)
+    trusted = torch.load(stock, weights_only=False)  # our own test file
+    for key, buf in trusted['message_hub']['log_scalars'].items():
+        got = ckpt['message_hub']['log_scalars'][key]
+        assert type(got) is type(buf)
+        for a, b in zip(got.data, buf.data):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype
+    assert ckpt['message_hub']['runtime_info']['best_score'] == \
+        trusted['message_hub']['runtime_info']['best_score']
+    # exactly as mmengine loads it when resuming, inside our tools' scope
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+    before = dict(CheckpointLoader._schemes)
+    with mmengine_loads_through_plugin():
+        assert _load_checkpoint(str(stock))['meta']['epoch'] == 2
+    assert CheckpointLoader._schemes == before
+
+
+# ------------------------------------------------------------- attacks
+class _Call:
+    """Pickles to ``fn(*args)`` (then ``BUILD state``): a hand-made payload.
+    ``cls`` makes pickle write NEWOBJ for ``copyreg.__newobj__``."""
+
+    def __init__(self, fn, *args, state=None, cls=None):
+        self.fn, self.args, self.state, self._cls = fn, args, state, cls
+
+    @property
+    def __class__(self):
+        return self._cls or _Call
+
+    def __call__(self, *args):
+        return None
 
     def __reduce__(self):
-        from mmengine.logging import HistoryBuffer
-        return (getattr, (HistoryBuffer, '__init__'))
+        if self.state is None:
+            return (self.fn, self.args)
+        return (self.fn, self.args, self.state)
 
 
-def test_other_getattr_uses_are_refused():
+def _payloads(sentinel):
+    from mmengine.logging import HistoryBuffer
+    code = f'open({sentinel!r}, "w").write("ran")'
+    # 1. widen HistoryBuffer's class-level statistics dict through
+    #    __setstate__, then walk from its methods to exec
+    widen = _Call(copyreg.__newobj__, HistoryBuffer, cls=HistoryBuffer,
+                  state={'statistics_methods': {
+                      n: 0 for n in ('__init__', '__globals__', '__class__',
+                                     '__getattribute__', 'get')}})
+    init = _Call(getattr, HistoryBuffer, '__init__')
+    glb = _Call(getattr, init, '__globals__')
+    builtins = _Call(_Call(getattr, glb, 'get'), '__builtins__')
+    exec_ = _Call(_Call(getattr, builtins, 'get'), 'exec')
+    setstate_attack = [widen, _Call(exec_, code)]
+    # 2. an object-dtype array from raw bytes (reading it dereferences them)
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    object_array = _Call(_reconstruct, np.ndarray, (0, ), b'b',
+                         state=(1, (2, ), np.dtype(object), False,
+                                b'\x41' * 16))
+    # 3. the classic
+    classic = _Call(os.system, f'touch {sentinel}')
+    # 4. getattr beyond the statistics methods
+    escape = _Call(getattr, HistoryBuffer, '__init__')
+    return {'setstate-widening': setstate_attack, 'object-array': object_array,
+            'reduce-os-system': classic, 'getattr-escape': escape}
+
+
+def _write(obj, path):
+    """A torch.save zip checkpoint around ``obj``, as an attacker would
+    ship it (a state_dict beside the payload)."""
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': obj}},
+               path)
+    return path
+
+
+def _loaders(tmp_path):
+    from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
+
+    def scoped(fn):
+        def load(path):
+            with mmengine_loads_through_plugin():
+                return fn(path)
+        return load
+
+    def converter(module, *args):
+        def load(path):
+            sys.path.insert(0, os.path.join(ROOT, 'tools', 'model_converters'))
+            try:
+                mod = __import__(module)
+            finally:
+                sys.path.pop(0)
+            mod.main([*args, str(path), str(tmp_path / 'out.pth')])
+        return load
+
+    def resume_probe(path):
+        from mmengine.config import Config
+
+        from nommer_mm.launch import resolve_resume
+        resolve_resume(Config(dict(work_dir=str(tmp_path))), str(path))
+
+    def test_tool(path):
+        from nommer_mm.launch import check_weights_fit
+        check_weights_fit(nn.Linear(1, 1), str(path))
+
+    return {
+        'bare torch.load': lambda p: torch.load(p),
+        'torch.load weights_only=True': lambda p: torch.load(
+            p, weights_only=True),
+        'load_checkpoint_file': load_checkpoint_file,
+        'mmengine _load_checkpoint (resume, load_from)': scoped(
+            lambda p: _load_checkpoint(str(p))),
+        'init_cfg=Pretrained': scoped(lambda p: load_checkpoint(
+            nn.Linear(1, 1), str(p))),
+        'nommer2mm': converter('nommer2mm'),
+        'peer2mm': converter('peer2mm', 'gcvit'),
+        'train.py --resume': resume_probe,
+        'test.py weight check': test_tool,
+    }
+
+
+@pytest.mark.parametrize('payload', ['setstate-widening', 'object-array',
+                                     'reduce-os-system', 'getattr-escape'])
+def test_payloads_are_refused_by_every_loader(payload, tmp_path):
+    from mmengine.logging import HistoryBuffer
+    sentinel = tmp_path / 'ran'
+    path = _write(_payloads(str(sentinel))[payload], tmp_path / 'evil.pth')
+    statistics = dict(HistoryBuffer._statistics_methods)
+    for name, load in _loaders(tmp_path).items():
+        try:
+            load(path)
+        except (pickle.UnpicklingError, SystemExit) as refusal:
+            err = refusal
+        else:
+            raise AssertionError(f'{name} loaded the {payload} payload')
+        assert not sentinel.exists(), name
+        assert HistoryBuffer._statistics_methods == statistics, name
+        if isinstance(err, SystemExit):  # the CLIs say why
+            assert 'evil.pth' in str(err) or 'load' in str(err), name
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_test_tool_refuses_a_payload_checkpoint(tmp_path):
+    """Through ``tools/test.py`` itself (a subprocess: its own imports)."""
+    sentinel = tmp_path / 'ran'
+    path = _write(_payloads(str(sentinel))['setstate-widening'],
+                  tmp_path / 'evil.pth')
+    cfg = os.path.join(ROOT, 'configs/cls/nommer-tiny_2xb16_textures-demo.py')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/test.py'),
+                           cfg, str(path), '--work-dir', str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert 'refused to load' in proc.stderr
+    assert not sentinel.exists()
+
+
+def test_import_registers_nothing_with_torch():
+    # (importing torch.distributed.tensor, as mmengine does, makes torch
+    # allow its own DTensor classes: torch's, not ours)
+    code = ('import torch; before = torch.serialization.get_safe_globals(); '
+            'import nommer_mm; '
+            'added = [g for g in torch.serialization.get_safe_globals() '
+            'if g not in before]; '
+            'print([g for g in added if not getattr(g, "__module__", "")'
+            '.startswith("torch.")])')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc
+
+
+def test_records_reject_odd_shapes_of_state(tmp_path):
+    """Numbers only: a byte count that does not fit the shape is refused."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    short = _Call(_reconstruct, np.ndarray, (0, ), b'b',
+                  state=(1, (4, ), np.dtype('f8'), False, b'\0' * 8))
     buf = io.BytesIO()
-    torch.save({'x': _Sneaky()}, buf)
+    torch.save({'x': short}, buf)
     buf.seek(0)
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(buf)
+    with pytest.raises(UnsafeCheckpointError, match='8 bytes for shape'):
+        load_checkpoint_file(buf)
+
+
+# ------------------------------------------------- nothing lost, clear words
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A write that dies half-way (disk full, kill) with max_keep_ckpts=1:
+    the earlier checkpoint survives and no torn file takes a checkpoint's
+    name. (mmengine's CheckpointHook removes the old one first.)"""
+    from mmengine.fileio.backends import LocalBackend
+    real_put = LocalBackend.put
+    calls = []
+
+    def put(self, obj, filepath):
+        calls.append(str(filepath))
+        if str(filepath).endswith('epoch_2.pth.part'):
+            with open(filepath, 'wb') as f:
+                f.write(obj[:len(obj) // 2])
+            raise OSError(28, 'No space left on device')
+        return real_put(self, obj, filepath)
+
+    monkeypatch.setattr(LocalBackend, 'put', put)
+    with pytest.raises(OSError, match='No space'):
+        _run(tmp_path, max_keep_ckpts=1)
+    assert (tmp_path / 'epoch_1.pth').exists()
+    assert not (tmp_path / 'epoch_2.pth').exists()
+    assert (tmp_path / 'epoch_2.pth.part').exists()  # torn, under no name
+    assert load_checkpoint_file(tmp_path / 'epoch_1.pth')['meta']['epoch'] == 1
+
+
+def test_max_keep_ckpts_removes_after_writing(tmp_path):
+    _run(tmp_path, epochs=3, max_keep_ckpts=1)
+    kept = sorted(p.name for p in tmp_path.glob('*.pth'))
+    assert kept == ['best_acc_epoch_1.pth', 'epoch_3.pth'], kept
+    assert not list(tmp_path.glob('*.part'))
+
+
+def _resume(tmp_path, arg='auto'):
+    from mmengine.config import Config
+
+    from nommer_mm.launch import resolve_resume
+    cfg = Config(dict(work_dir=str(tmp_path)))
+    resolve_resume(cfg, arg)
+    return cfg
+
+
+def test_resume_skips_a_torn_newest_checkpoint(ours, tmp_path, capfd):
+    good = tmp_path / 'epoch_2.pth'
+    good.write_bytes(ours.read_bytes())
+    data = ours.read_bytes()
+    (tmp_path / 'epoch_3.pth').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
+    assert _resume(tmp_path).load_from == str(good)
+    err = capfd.readouterr().err
+    assert f'skipped {tmp_path / "epoch_3.pth"}' in err
+    assert f'resuming from {good}' in err
+
+
+@pytest.mark.parametrize('marker', ['', 'dangling'])
+def test_resume_with_empty_or_dangling_marker(ours, tmp_path, capfd, marker):
+    text = '' if not marker else str(tmp_path / 'epoch_9.pth')
+    (tmp_path / 'last_checkpoint').write_text(text)
+    with pytest.raises(SystemExit) as err:  # and nothing to fall back on
+        _resume(tmp_path)
+    assert 'last_checkpoint' in str(err.value) and '--resume CKPT' in str(
+        err.value)
+    said = capfd.readouterr().err
+    assert ('is empty' in said) if not marker else ('does not exist' in said)
+    (tmp_path / 'epoch_1.pth').write_bytes(ours.read_bytes())
+    assert _resume(tmp_path).load_from == str(tmp_path / 'epoch_1.pth')
+
+
+def test_resume_from_a_weights_only_checkpoint_points_to_load_from(tmp_path):
+    path = tmp_path / 'converted.pth'
+    torch.save(dict(state_dict={'w': torch.zeros(1)},
+                    meta=dict(converter='nommer2mm')), path)
+    with pytest.raises(SystemExit) as err:
+        _resume(tmp_path, str(path))
+    assert 'weights only' in str(err.value)
+    assert f'load_from={path}' in str(err.value)
+
+
+def test_test_tool_refuses_weights_that_do_not_fit(tmp_path):
+    from nommer_mm.launch import check_weights_fit
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    path = tmp_path / 'w.pth'
+    torch.save({'state_dict': {'0.weight': torch.zeros(3, 3)}}, path)
+    with pytest.raises(SystemExit) as err:
+        check_weights_fit(model, str(path))
+    msg = str(err.value)
+    assert '3 missing' in msg and '1.weight' in msg
+    assert '0.weight: checkpoint (3, 3), model (3, 2)' in msg
+    torch.save({'state_dict': model.state_dict()}, path)
+    check_weights_fit(model, str(path))  # fits: no error

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nommer_mm.checkpoint_safety import \
+    mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
-                              prepare, shutdown_distributed)
+                              check_weights_fit, prepare,
+                              shutdown_distributed)
 
 
 def parse_args():
@@ -37,8 +40,10 @@ def main():
         cfg.model = dict(type=cfg.tta_model.pop('type'), module=cfg.model,
                          **cfg.tta_model)
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    runner = build_runner(cfg)
-    metrics = runner.test()
+    with mmengine_loads_through_plugin():
+        runner = build_runner(cfg)
+        check_weights_fit(runner.model, args.checkpoint)
+        metrics = runner.test()
     if args.out and runner.rank == 0:
         import json
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nommer_mm.checkpoint_safety import \
+    mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
-                              prepare, shutdown_distributed)
+                              prepare, resolve_resume, shutdown_distributed)
 
 
 def parse_args():
@@ -38,13 +40,9 @@ def main():
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
         cfg.setdefault('auto_scale_lr', {})['enable'] = True
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
-    build_runner(cfg).train()
+    resolve_resume(cfg, args.resume)
+    with mmengine_loads_through_plugin():
+        build_runner(cfg).train()
     shutdown_distributed()
 
 

@@ -63,3 +63,9 @@ auto_scale_lr = dict(base_batch_size=1024)
 # Resuming a killed run then follows the same random stream (Gumbel noise,
 # drop path) as an uninterrupted one.
 custom_hooks = [dict(type='RNGStateHook')]
+
+# Checkpoints written atomically, old ones removed only once the new one is
+# complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
+# a peer that stops answering ends the run after 10 minutes, not 30.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=600))

@@ -17,3 +17,9 @@ optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
     'pos_embed': dict(decay_mult=0.),
     'cls_token': dict(decay_mult=0.),
 }))
+
+# Checkpoints written atomically, old ones removed only once the new one is
+# complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
+# a peer that stops answering ends the run after 10 minutes, not 30.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=600))

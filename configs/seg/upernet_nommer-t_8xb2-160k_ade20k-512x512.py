@@ -50,3 +50,9 @@ param_scheduler = [
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+
+# Checkpoints written atomically, old ones removed only once the new one is
+# complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
+# a peer that stops answering ends the run after 10 minutes, not 30.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=600))

@@ -1,3 +1,4 @@
+from .checkpoint_hook import SafeCheckpointHook
 from .hooks import RNGStateHook
 
-__all__ = ['RNGStateHook']
+__all__ = ['RNGStateHook', 'SafeCheckpointHook']

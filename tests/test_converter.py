@@ -128,3 +128,33 @@ def test_cli_reports_conversion_errors(tmp_path):
                           text=True)
     assert proc.returncode != 0
     assert 'cnn1.weight' in proc.stderr
+
+
+@pytest.mark.parametrize('drop,named', [
+    ('transformer3.layers.1.1.fn.net.3.bias', 'transformer3.layers.1.1.fn.'
+     'net.3.bias'),
+    ('transformer1.layers.0.0.fn.cnn.bn2.running_var',
+     'transformer1.layers.0.0.fn.cnn.bn2.running_var'),
+    ('pos_embedding', 'pos_embedding'),
+    ('mlp_head.1.weight', 'mlp_head.1.weight'),
+])
+def test_incomplete_checkpoint_fails_naming_the_tensor(drop, named, tmp_path):
+    """One missing reference tensor: no file is written, and the error
+    names it (before: 305 of 306 tensors written, exit 0, or a KeyError)."""
+    sd = ReferenceLayoutNomMer(num_classes=10).state_dict()
+    del sd[drop]
+    with pytest.raises(ConversionError, match=named.replace('.', r'\.')):
+        convert_reference(sd)
+    src, dst = tmp_path / 'ref.pth', tmp_path / 'out.pth'
+    torch.save({'model': sd}, src)
+    proc = subprocess.run([sys.executable, str(CONVERTER), str(src), str(dst)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and named in proc.stderr, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr and not dst.exists()
+
+
+def test_backbone_only_needs_no_head():
+    sd = ReferenceLayoutNomMer(num_classes=10).state_dict()
+    del sd['mlp_head.1.weight'], sd['mlp_head.1.bias']
+    out, _ = convert_reference(sd, backbone_only=True)
+    assert 'pos_embed' in out and not any(k.startswith('head') for k in out)

@@ -119,11 +119,10 @@ def infer_arch(sd: dict) -> dict:
     """Embed dims, depths, stage 0-1 heads, bottleneck ratios and DCT block
     sizes from the tensor shapes. Stage 2-3 heads leave no trace in the
     weights; they are taken from the zoo arch with the same shape."""
-    try:
-        C = sd['cnn1.weight'].shape[0]
-    except KeyError as err:
+    if 'cnn1.weight' not in sd:
         raise ConversionError('no `cnn1.weight`: not a reference NomMer '
-                              'checkpoint') from err
+                              'checkpoint')
+    C = sd['cnn1.weight'].shape[0]
     depths = []
     for s in range(1, 5):
         ids = {int(m.group(2)) for k in sd
@@ -135,9 +134,11 @@ def infer_arch(sd: dict) -> dict:
     heads, ratios, blocks = [], [], []
     for s in range(2):
         p = f'transformer{s + 1}.layers.0.0.fn.'
-        heads.append(sd[p + 'attention.relative_position_bias_table'].shape[1])
-        ratios.append((C * 2**s) // sd[p + 'cnn.conv1.weight'].shape[0])
-        blocks.append(sd[p + 'attentionG.dct_conv_8x8.weight'].shape[-1])
+        heads.append(_need(sd, p + 'attention.relative_position_bias_table')
+                     .shape[1])
+        ratios.append((C * 2**s) // _need(sd, p + 'cnn.conv1.weight').shape[0])
+        blocks.append(_need(sd, p + 'attentionG.dct_conv_8x8.weight')
+                      .shape[-1])
     window = int(round(
         (math.sqrt(sd['transformer1.layers.0.0.fn.attention.'
                       'relative_position_bias_table'].shape[0]) + 1) / 2))
@@ -150,7 +151,57 @@ def infer_arch(sd: dict) -> dict:
             arch['num_heads'] = list(zoo['num_heads'])
             arch['name'] = name
     return dict(arch=arch, window_size=window, dct_blocks=blocks,
-                img_size=sd['pos_embedding'].shape[1] * 16)
+                img_size=_need(sd, 'pos_embedding').shape[1] * 16)
+
+
+def _need(sd: dict, key: str) -> torch.Tensor:
+    if key not in sd:
+        raise ConversionError(f'the reference checkpoint has no {key!r}; '
+                              'it is incomplete and cannot be converted')
+    return sd[key]
+
+
+def _reference_name(key: str) -> str:
+    """The reference key that :func:`_rename` turns into ``key``."""
+    key = key if key.startswith(('backbone.', 'head.')) else 'backbone.' + key
+    m = re.match(r'^backbone\.stages\.(\d)\.blocks\.(\d+)\.(.+)$', key)
+    if m:
+        stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
+        table = _SNOMMER_RENAMES if stage < 2 else _GNOMMER_RENAMES
+        for old, new in table.items():
+            if rest.startswith(new + '.') or rest == new:
+                return (f'transformer{stage + 1}.layers.{block}.{old}'
+                        f'{rest[len(new):]}')
+    for old, new in _TOP_RENAMES.items():
+        if key.startswith(new + '.') or key == new:
+            return old + key[len(new):]
+    return key
+
+
+def _check_complete(out: dict, info: dict, backbone_only: bool) -> None:
+    """Every tensor of the target model is filled, with its shape."""
+    model = NomMer(**info, out_type='cls_token',
+                   out_indices=(3, )).state_dict()
+    expect = {k: tuple(v.shape) for k, v in model.items()}
+    if not backbone_only:
+        expect = {f'backbone.{k}': v for k, v in expect.items()}
+        if 'head.fc.weight' in out:
+            expect['head.fc.weight'] = (out['head.fc.weight'].shape[0],
+                                        expect['backbone.final_norm.weight'][0])
+            expect['head.fc.bias'] = (out['head.fc.weight'].shape[0], )
+        else:
+            expect['head.fc.weight'] = expect['head.fc.bias'] = None
+    missing = [k for k in expect if k not in out]
+    wrong = [f'{k} ({_reference_name(k)}): {tuple(out[k].shape)}, expected '
+             f'{expect[k]}' for k in expect
+             if k in out and tuple(out[k].shape) != expect[k]]
+    if missing or wrong:
+        lines = [f'missing {k} (reference key {_reference_name(k)!r})'
+                 for k in missing] + [f'wrong shape: {w}' for w in wrong]
+        raise ConversionError(
+            f'the reference checkpoint does not fill the model '
+            f'({len(missing)} missing, {len(wrong)} mis-shaped tensors); '
+            'nothing was written:\n  ' + '\n  '.join(lines[:20]))
 
 
 def analytic_fixed_tensor(key: str, shape: torch.Size,
@@ -231,4 +282,5 @@ def convert_reference(checkpoint: dict, arch: str | dict | None = None,
                 continue
             new = new[len('backbone.'):]
         out[new] = value
+    _check_complete(out, info, backbone_only)
     return out, info

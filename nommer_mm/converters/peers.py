@@ -24,6 +24,14 @@ import torch
 
 from .nommer import ConversionError, extract_state_dict
 
+
+def _need(state: dict, key: str) -> torch.Tensor:
+    if key not in state:
+        raise ConversionError(f'the checkpoint has no tensor for {key!r} '
+                              '(after renaming); it is incomplete')
+    return state[key]
+
+
 # (pattern, replacement) pairs; the first full match wins; replacement None
 # drops the key (derived buffers).
 Rules = list[tuple[str, str | None]]
@@ -117,8 +125,8 @@ def infer_gcvit_arch(state: dict) -> dict | str:
     heads = [state[f'backbone.levels.{i}.blocks.0.attn.'
                    f'relative_position_bias_table'].shape[1]
              for i in range(4)]
-    C = state['backbone.patch_embed.proj.weight'].shape[0]
-    fc1 = state['backbone.levels.0.blocks.0.mlp.fc1.weight']
+    C = _need(state, 'backbone.patch_embed.proj.weight').shape[0]
+    fc1 = _need(state, 'backbone.levels.0.blocks.0.mlp.fc1.weight')
     gamma = state.get('backbone.levels.0.blocks.0.gamma1')
     arch = dict(embed_dims=C, depths=depths, num_heads=heads,
                 mlp_ratio=fc1.shape[0] / C,
@@ -158,6 +166,12 @@ def _check_against(model: torch.nn.Module, state: OrderedDict,
 
 
 def _finish(state: OrderedDict, backbone_only: bool) -> OrderedDict:
+    head = [k for k in ('head.fc.weight', 'head.fc.bias') if k not in state]
+    if head and not backbone_only:
+        raise ConversionError(
+            f'the checkpoint has no classifier head ({", ".join(head)} '
+            'missing after renaming); convert with backbone_only '
+            '(--backbone-only) for the backbone alone')
     if backbone_only:
         return OrderedDict((k[len('backbone.'):], v) for k, v in state.items()
                            if k.startswith('backbone.'))
@@ -221,9 +235,9 @@ def infer_visformer_arch(state: dict) -> dict | str:
     from ..models.backbones.visformer import Visformer
     depths = [len({k.split('.')[2] for k in state
                    if k.startswith(f'backbone.stage{i}.')}) for i in (1, 2, 3)]
-    C = state['backbone.patch_embed2.proj.weight'].shape[0]
+    C = _need(state, 'backbone.patch_embed2.proj.weight').shape[0]
     return _match_zoo(Visformer, dict(
-        stem_channels=state['backbone.stem.0.weight'].shape[0],
+        stem_channels=_need(state, 'backbone.stem.0.weight').shape[0],
         embed_dims=C, depths=depths, num_heads=None), skip=('num_heads', ))
 
 
@@ -264,7 +278,7 @@ def infer_cotnet_arch(state: dict) -> dict | str:
     depths = [len({k.split('.')[2] for k in state
                    if k.startswith(f'backbone.layer{i}.')}) for i in range(1, 5)]
     deep = 'backbone.conv1.0.weight' in state
-    width = state['backbone.layer1.0.conv1.weight'].shape[0]
+    width = _need(state, 'backbone.layer1.0.conv1.weight').shape[0]
     key_groups = 1
     for k, v in state.items():  # the first CoT layer's key conv tells
         if k.endswith('conv2.key_embed.0.weight'):
@@ -278,7 +292,8 @@ def infer_cotnet_arch(state: dict) -> dict | str:
         depths=depths, cardinality=cardinality,
         base_width=width // cardinality,  # layer1 has 64 planes
         stem='deep' if deep else 'resnet',
-        stem_width=state['backbone.conv1.0.weight'].shape[0] if deep else 64,
+        stem_width=(_need(state, 'backbone.conv1.0.weight').shape[0]
+                    if deep else 64),
         avg_down='backbone.layer1.0.downsample.2.weight' in state,
         se_blocks=se_blocks), none_only=())
 

@@ -18,9 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from nommer_mm.checkpoint_safety import (UnsafeCheckpointError,  # noqa: E402
+                                         load_checkpoint_file)
 from nommer_mm.converters import (ConversionError, convert_reference,  # noqa
                                   save_converted)
 
@@ -45,8 +46,12 @@ def main(argv: list[str] | None = None) -> None:
                         help='convert `state_dict_ema` instead of `model`')
     args = parser.parse_args(argv)
 
-    # weights_only: a checkpoint from the internet must not run code here.
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
+    # A checkpoint from the internet must not run code here: tensors and
+    # plain data only (weights_only), nothing registered outside this load.
+    try:
+        checkpoint = load_checkpoint_file(args.src, map_location='cpu')
+    except UnsafeCheckpointError as err:
+        sys.exit(f'error: {err}')
     try:
         state_dict, info = convert_reference(
             checkpoint, arch=parse_arch(args.arch),

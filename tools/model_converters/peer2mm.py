@@ -18,9 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from nommer_mm.checkpoint_safety import (UnsafeCheckpointError,  # noqa: E402
+                                         load_checkpoint_file)
 from nommer_mm.converters import ConversionError, save_converted  # noqa: E402
 from nommer_mm.converters.peers import CONVERTERS  # noqa: E402
 
@@ -42,8 +43,12 @@ def main(argv: list[str] | None = None) -> None:
                         help='Visformer heads, for non-zoo checkpoints')
     args = parser.parse_args(argv)
 
-    # weights_only: a checkpoint from the internet must not run code here.
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
+    # A checkpoint from the internet must not run code here: tensors and
+    # plain data only (weights_only), nothing registered outside this load.
+    try:
+        checkpoint = load_checkpoint_file(args.src, map_location='cpu')
+    except UnsafeCheckpointError as err:
+        sys.exit(f'error: {err}')
     kwargs = dict(layout=args.layout, backbone_only=args.backbone_only,
                   use_ema=args.ema)
     if args.model == 'visformer':

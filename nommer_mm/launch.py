@@ -2,12 +2,16 @@
 config, and make distributed runs work on CPU as well as GPU."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import os
 import os.path as osp
 import re
 import sys
+import threading
+import time
+from typing import Iterator
 
 import torch
 from mmengine.config import Config
@@ -122,6 +126,67 @@ def dist_timeout(cfg: Config) -> int:
         raise ValueError(f'env_cfg.dist_cfg.timeout is {value!r}; expected '
                          'a positive number of seconds, e.g. 600')
     return int(value)
+
+
+HEARTBEAT_S = 2.0
+
+
+@contextlib.contextmanager
+def watch_peers(timeout_s: int | None = None) -> Iterator[None]:
+    """In a distributed run: every rank stamps the time into the process
+    group's store every :data:`HEARTBEAT_S` seconds from a thread; when the
+    run inside fails (a collective timed out waiting for a peer), the error
+    names the ranks whose stamps stopped, and how long ago."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    from torch.distributed.distributed_c10d import _get_default_store
+    store, rank, world = (_get_default_store(), dist.get_rank(),
+                          dist.get_world_size())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                store.set(f'nommer_mm/heartbeat/{rank}', repr(time.time()))
+            except Exception:  # the store is gone: the run is ending
+                return
+            stop.wait(HEARTBEAT_S)
+
+    thread = threading.Thread(target=beat, name='nommer-heartbeat',
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    except Exception as err:
+        silent = _silent_peers(store, rank, world)
+        if not silent:
+            raise
+        names = ', '.join(f'rank {r} (last heard {age:.0f} s ago)'
+                          for r, age in silent)
+        raise SystemExit(
+            f'rank {rank}: a collective operation failed ({type(err).__name__}'
+            f'); {names} stopped answering. The wait was bounded by '
+            f'env_cfg.dist_cfg.timeout = {timeout_s} s.') from err
+    finally:
+        stop.set()
+
+
+def _silent_peers(store, rank: int, world: int) -> list[tuple[int, float]]:
+    now, silent = time.time(), []
+    for peer in range(world):
+        if peer == rank:
+            continue
+        try:
+            store.wait([f'nommer_mm/heartbeat/{peer}'],
+                       datetime.timedelta(seconds=1))
+            age = now - float(store.get(f'nommer_mm/heartbeat/{peer}'))
+        except Exception:
+            age = float('inf')  # never beat, or the store cannot say
+        if age > 3 * HEARTBEAT_S:
+            silent.append((peer, age))
+    return silent
 
 
 def _replace_syncbn(node) -> None:

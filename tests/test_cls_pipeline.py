@@ -74,3 +74,38 @@ def test_kill_and_resume_equals_uninterrupted(shapes, tmp_path):
     # and training did change the weights
     w0 = torch.load(tmp_path / 'a' / f'iter_{iters // 2}.pth')['state_dict']
     assert any(not torch.equal(wa[k], w0[k]) for k in wa)
+
+
+def test_a_stopped_rank_ends_the_run_within_the_timeout(shapes, tmp_path):
+    """Rank 1 stops answering (SIGSTOP) after iteration 2; with
+    env_cfg.dist_cfg.timeout=15 rank 0 gives up after ~15 s and names it
+    (before: gloo's 30-minute default, whatever the config said)."""
+    import os
+    import signal
+    import time
+    timeout, pid_file = 15, tmp_path / 'stopped.pid'
+    cfg = write_config(
+        tmp_path / 'cfg.py', shapes, iters=6,
+        extra="custom_imports = dict(imports=['nommer_mm', 'kill_hook'])\n"
+        "custom_hooks = [dict(type='StopRankHook', rank=1, at=2, "
+        f"pid_file={str(pid_file)!r})]\n"
+        f"env_cfg = dict(dist_cfg=dict(timeout={timeout}))\n")
+    start = time.monotonic()
+    try:
+        run = run_tool([ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir',
+                        tmp_path / 'work'], cwd=tmp_path, port=29613,
+                       timeout=timeout + 300)
+    finally:
+        if pid_file.exists():  # torchrun should have killed it already
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    elapsed = time.monotonic() - start
+    log = run.stdout + run.stderr
+    assert run.returncode != 0, log[-3000:]
+    assert 'rank 1 (last heard' in log and 'stopped answering' in log, \
+        failure_report(run)
+    assert f'timeout = {timeout} s' in log
+    # start-up, the timeout, and torchrun's 30 s grace before SIGKILL
+    assert elapsed < timeout + 150, elapsed

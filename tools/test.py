@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nommer_mm.checkpoint_safety import \
     mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
-                              check_weights_fit, prepare,
-                              shutdown_distributed)
+                              check_weights_fit, dist_timeout, prepare,
+                              shutdown_distributed, watch_peers)
 
 
 def parse_args():
@@ -43,7 +43,8 @@ def main():
     with mmengine_loads_through_plugin():
         runner = build_runner(cfg)
         check_weights_fit(runner.model, args.checkpoint)
-        metrics = runner.test()
+        with watch_peers(dist_timeout(cfg)):
+            metrics = runner.test()
     if args.out and runner.rank == 0:
         import json
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

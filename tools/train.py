@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nommer_mm.checkpoint_safety import \
     mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
-                              prepare, resolve_resume, shutdown_distributed)
+                              dist_timeout, prepare, resolve_resume,
+                              shutdown_distributed, watch_peers)
 
 
 def parse_args():
@@ -42,7 +43,9 @@ def main():
         cfg.setdefault('auto_scale_lr', {})['enable'] = True
     resolve_resume(cfg, args.resume)
     with mmengine_loads_through_plugin():
-        build_runner(cfg).train()
+        runner = build_runner(cfg)
+        with watch_peers(dist_timeout(cfg)):
+            runner.train()
     shutdown_distributed()
 
 

@@ -4,6 +4,7 @@
 activation checkpointing, default init, and resizing position embeddings."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -34,12 +35,93 @@ def parse_arch(model: str, zoo: dict, keys: Sequence[str], arch: str | dict,
     if missing:
         raise ValueError(f'{model} arch dict lacks keys {missing}; it needs '
                          f'{list(keys)}.')
+    unknown = [k for k in arch if k not in keys]
+    if unknown:
+        raise ValueError(
+            f'{model} arch dict has unknown keys {unknown}; it takes exactly '
+            f'{list(keys)} (other settings are arguments of {model} itself).')
     settings = {k: arch[k] for k in keys}
     for key, n in (lengths or {}).items():
         if len(settings[key]) != n:
             raise ValueError(f'arch[{key!r}] needs {n} entries, got '
                              f'{settings[key]}')
     return settings
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(model: str, name: str, value, low: int,
+              high: int | None = None) -> int:
+    """``value`` as an int in [low, high]; else a ValueError naming the
+    argument, the value and the range."""
+    if not _is_int(value) or value < low or (high is not None
+                                             and value > high):
+        allowed = f'an int >= {low}' if high is None else \
+            f'an int in [{low}, {high}]'
+        raise ValueError(f'{model}: {name}={value!r}; expected {allowed}')
+    return value
+
+
+def check_ints(model: str, name: str, value, length: int,
+               low: int) -> tuple:
+    """A sequence of ``length`` ints, each >= ``low``."""
+    if (not isinstance(value, (list, tuple)) or len(value) != length
+            or not all(_is_int(v) and v >= low for v in value)):
+        raise ValueError(f'{model}: {name}={value!r}; expected {length} ints '
+                         f'>= {low}')
+    return tuple(value)
+
+
+def check_size(model: str, name: str, value) -> tuple:
+    """An image size: a positive int or an (H, W) pair of them."""
+    if _is_int(value) and value > 0:
+        return (value, value)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(_is_int(v) and v > 0 for v in value)):
+        return tuple(value)
+    raise ValueError(f'{model}: {name}={value!r}; expected a positive int or '
+                     'an (H, W) pair of positive ints')
+
+
+def check_drop_path_rate(model: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value < 1:
+        raise ValueError(f'{model}: drop_path_rate={value!r}; expected a '
+                         'number in [0, 1) (the rate of the deepest block)')
+    return float(value)
+
+
+def check_norm_cfg(model: str, norm_cfg) -> dict:
+    """A norm config whose ``type`` is a registered norm layer."""
+    from mmengine.registry import MODELS
+    import mmcv.cnn  # noqa: F401  (registers BN, SyncBN, GN, LN, IN)
+    kind = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
+    if not isinstance(kind, str) or MODELS.get(kind) is None:
+        raise ValueError(
+            f'{model}: norm_cfg={norm_cfg!r}; expected a dict whose type is a '
+            "registered norm layer, e.g. dict(type='BN') or "
+            "dict(type='SyncBN')")
+    return norm_cfg
+
+
+def check_common(model: str, in_channels, drop_path_rate,
+                 frozen_stages, num_stages: int = 4) -> None:
+    """The arguments every backbone here takes."""
+    check_int(model, 'in_channels', in_channels, 1)
+    check_drop_path_rate(model, drop_path_rate)
+    check_int(model, 'frozen_stages', frozen_stages, -1, num_stages - 1)
+
+
+def check_arch_values(model: str, settings: dict, ints: Sequence[str] = (),
+                      int_lists: Sequence[str] = ()) -> None:
+    """Arch ``ints`` are ints >= 1; ``int_lists`` are lists of them."""
+    for key in ints:
+        check_int(model, f'arch[{key!r}]', settings[key], 1)
+    for key in int_lists:
+        value = settings[key]
+        check_ints(model, f'arch[{key!r}]', value, len(value), 1)
 
 
 def parse_out_indices(out_indices: int | Sequence[int],
@@ -79,6 +161,30 @@ def maybe_checkpoint(fn: Callable, x: torch.Tensor, *args,
     if enabled and x.requires_grad:
         return cp.checkpoint(fn, x, *args, use_reentrant=False)
     return fn(x, *args)
+
+
+def empty_batch_safe(forward: Callable) -> Callable:
+    """Wrap a backbone's ``forward`` so that a batch of 0 images gives
+    outputs with batch 0 and the shapes a real batch would have (window
+    partitions and reshapes with ``-1`` cannot infer sizes from 0 elements).
+    The shapes come from one blank image run in eval mode without autograd,
+    so no BatchNorm statistics move."""
+
+    @functools.wraps(forward)
+    def wrapped(self, x: torch.Tensor, *args, **kwargs):
+        if x.shape[0] != 0:
+            return forward(self, x, *args, **kwargs)
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.no_grad():
+                outs = forward(self, x.new_zeros((1, *x.shape[1:])), *args,
+                               **kwargs)
+        finally:
+            self.train(was_training)
+        return type(outs)(o.new_empty((0, *o.shape[1:])) for o in outs)
+
+    return wrapped
 
 
 class StagedBackbone(BaseModule):

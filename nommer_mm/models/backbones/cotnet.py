@@ -25,7 +25,9 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.cot import CoTLayer, SEConv
-from .common import (StagedBackbone, freeze, maybe_checkpoint, parse_arch,
+from .common import (StagedBackbone, check_arch_values, check_common,
+                     empty_batch_safe,
+                     check_norm_cfg, freeze, maybe_checkpoint, parse_arch,
                      parse_out_indices)
 
 
@@ -140,6 +142,11 @@ class CoTNet(StagedBackbone):
         s = self.arch_settings = parse_arch(
             'CoTNet', self.arch_zoo, self.ARCH_KEYS, arch,
             lengths=dict(depths=4, se_blocks=4))
+        check_arch_values('CoTNet', s,
+                          ints=('cardinality', 'base_width', 'stem_width'),
+                          int_lists=('depths', ))
+        check_common('CoTNet', in_channels, drop_path_rate, frozen_stages)
+        check_norm_cfg('CoTNet', norm_cfg)
         if s['stem'] not in ('resnet', 'deep'):
             raise ValueError(f"stem must be 'resnet' or 'deep', got "
                              f"{s['stem']!r}")
@@ -201,6 +208,7 @@ class CoTNet(StagedBackbone):
             for i in range(min(self.frozen_stages, 3) + 1)]
         freeze(frozen)
 
+    @empty_batch_safe
     def forward(self, x: torch.Tensor) -> tuple:
         x = torch.relu(self.bn1(self.conv1(x)))
         if self.maxpool is not None:

@@ -28,7 +28,9 @@ from mmengine.registry import MODELS
 
 from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
 from ..layers.mlp import Mlp
-from .common import (StagedBackbone, freeze, init_linear_and_norms,
+from .common import (StagedBackbone, check_arch_values, check_common,
+                     empty_batch_safe,
+                     check_ints, freeze, init_linear_and_norms,
                      maybe_checkpoint, parse_arch, parse_out_indices)
 
 
@@ -253,6 +255,12 @@ class GCViT(StagedBackbone):
             'GCViT', self.arch_zoo, self.ARCH_KEYS, arch,
             lengths=dict(depths=4, num_heads=4))
         s = self.arch_settings
+        check_arch_values('GCViT', s, ints=('embed_dims', ),
+                          int_lists=('depths', 'num_heads'))
+        check_common('GCViT', in_channels, drop_path_rate, frozen_stages)
+        window_size = check_ints('GCViT', 'window_size', window_size, 4, 1)
+        global_query_pools = check_ints('GCViT', 'global_query_pools',
+                                        global_query_pools, 4, 0)
         C, depths = s['embed_dims'], s['depths']
         self.dims = [C * 2**i for i in range(4)]
         self.out_indices = parse_out_indices(out_indices, 4)
@@ -292,6 +300,7 @@ class GCViT(StagedBackbone):
                 frozen.append(getattr(self, f'norm{i}'))
         freeze(frozen)
 
+    @empty_batch_safe
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []
         x = self.patch_embed(x)

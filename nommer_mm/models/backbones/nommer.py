@@ -31,9 +31,12 @@ from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from ..layers.inplace import add_into
 from ..layers.mlp import Mlp
-from .common import (StagedBackbone, freeze, init_linear_and_norms,
-                     interpolate_pos_embed, maybe_checkpoint, parse_arch,
-                     parse_out_indices, resize_pos_embed_on_load)
+from .common import (StagedBackbone, check_arch_values, check_common,
+                     empty_batch_safe,
+                     check_int, check_ints, check_norm_cfg, check_size, freeze,
+                     init_linear_and_norms, interpolate_pos_embed,
+                     maybe_checkpoint, parse_arch, parse_out_indices,
+                     resize_pos_embed_on_load)
 
 
 class _PreNormBlock(nn.Module):
@@ -257,6 +260,18 @@ class NomMer(StagedBackbone):
                  init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self.parse_arch(arch)
+        check_arch_values('NomMer', self.arch_settings, ints=('embed_dims', ),
+                          int_lists=('depths', 'num_heads',
+                                     'bottleneck_ratios'))
+        check_common('NomMer', in_channels, drop_path_rate, frozen_stages)
+        check_int('NomMer', 'window_size', window_size, 1)
+        dct_blocks = check_ints('NomMer', 'dct_blocks', dct_blocks, 2, 1)
+        img_size = check_size('NomMer', 'img_size', img_size)
+        if min(img_size) < 16:
+            raise ValueError(f'NomMer: img_size={img_size}; the position '
+                             'embedding is laid out at stride 16, so each '
+                             'side must be >= 16')
+        check_norm_cfg('NomMer', norm_cfg)
         C = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
         heads = self.arch_settings['num_heads']
@@ -271,7 +286,6 @@ class NomMer(StagedBackbone):
         self.out_type = out_type
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        img_size = (img_size, img_size) if isinstance(img_size, int) else img_size
         self.pos_grid = (img_size[0] // 16, img_size[1] // 16)
 
         self.stem = ConvStem(in_channels, C, norm_cfg)
@@ -365,6 +379,7 @@ class NomMer(StagedBackbone):
         """(B, H, W, C) -> normed (B, C, H, W)."""
         return getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous()
 
+    @empty_batch_safe
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []
         last = max(self.out_indices)

@@ -31,9 +31,11 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .common import (StagedBackbone, freeze, interpolate_pos_embed,
-                     maybe_checkpoint, parse_arch, parse_out_indices,
-                     resize_pos_embed_on_load)
+from .common import (StagedBackbone, check_arch_values, check_common,
+                     empty_batch_safe,
+                     check_int, check_norm_cfg, check_size, freeze,
+                     interpolate_pos_embed, maybe_checkpoint, parse_arch,
+                     parse_out_indices, resize_pos_embed_on_load)
 
 
 class ConvMlp(nn.Module):
@@ -117,6 +119,12 @@ class PatchEmbed(nn.Module):
         p = self.patch
         if H % p or W % p:
             x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
+        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+            # oneDNN's bf16 kernel for this strided convolution was seen
+            # 120% off fp32 on some CPUs (see tests/test_arguments.py); it
+            # is a small layer, so it runs in fp32.
+            with torch.autocast('cpu', enabled=False):
+                return self.norm(self.proj(x.float()))
         return self.norm(self.proj(x))
 
 
@@ -179,13 +187,27 @@ class Visformer(StagedBackbone):
                                         self.ARCH_KEYS, arch,
                                         lengths=dict(depths=3))
         s = self.arch_settings
+        check_arch_values('Visformer', s,
+                          ints=('stem_channels', 'embed_dims', 'num_heads'),
+                          int_lists=('depths', ))
+        check_common('Visformer', in_channels, drop_path_rate, frozen_stages)
+        img_size = check_size('Visformer', 'img_size', img_size)
+        if min(img_size) < 32:
+            raise ValueError(f'Visformer: img_size={img_size}; the position '
+                             'embeddings go down to stride 32, so each side '
+                             'must be >= 32')
+        check_int('Visformer', 'spatial_groups', spatial_groups, 1)
+        if isinstance(mlp_ratio, bool) or not isinstance(
+                mlp_ratio, (int, float)) or mlp_ratio <= 0:
+            raise ValueError(f'Visformer: mlp_ratio={mlp_ratio!r}; expected '
+                             'a positive number')
+        check_norm_cfg('Visformer', norm_cfg)
         C, depths, heads = s['embed_dims'], s['depths'], s['num_heads']
         stage_dims = [C // 2, C, 2 * C]
         self.dims = [C // 2] + stage_dims
         self.out_indices = parse_out_indices(out_indices, 4)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        img_size = (img_size, img_size) if isinstance(img_size, int) else img_size
 
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, s['stem_channels'], 7, 2, 3, bias=False),
@@ -260,6 +282,7 @@ class Visformer(StagedBackbone):
         freeze(frozen)
 
     # ------------------------------------------------------------- forward
+    @empty_batch_safe
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []
         last = max(max(self.out_indices), 1)  # output 0 comes from stage 1

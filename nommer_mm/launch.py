@@ -304,6 +304,14 @@ def check_weights_fit(model, path: str) -> None:
             'checkpoint belongs in model.backbone.init_cfg, not here.)')
 
 
+def add_finite_loss_check(cfg: Config) -> None:
+    """Training stops at the first non-finite loss (``FiniteLossHook``)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
+        hooks.append(dict(type='FiniteLossHook'))
+    cfg.custom_hooks = hooks
+
+
 def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner

@@ -107,3 +107,45 @@ def test_visformer_patch_embedding_runs_fp32_under_cpu_bf16_autocast():
         fp32 = model(x)
     for o, r in zip(out, fp32):  # bf16 rounding only, nowhere near 120%
         assert ((o.float() - r).norm() / r.norm()) < 0.25
+
+
+def test_training_stops_at_the_first_non_finite_loss(tmp_path):
+    """A NaN in the 5th sample (iteration 3 at batch 2): a real mmengine
+    run with the hook tools/train.py adds stops there, naming it."""
+    import uuid
+
+    import torch.nn as nn
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    import nommer_mm  # noqa: F401  (registers FiniteLossHook)
+
+    class Model(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            return dict(loss=self.fc(torch.stack(inputs)).square().mean())
+
+    class Data(torch.utils.data.Dataset):
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return dict(inputs=torch.full((2, ), float('nan') if i == 4
+                                          else float(i)))
+
+    runner = Runner(
+        model=Model(), work_dir=str(tmp_path),
+        train_dataloader=dict(dataset=Data(), batch_size=2, sampler=dict(
+            type='DefaultSampler', shuffle=False)),
+        train_cfg=dict(by_epoch=False, max_iters=4),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        custom_hooks=[dict(type='FiniteLossHook')],
+        default_hooks=dict(checkpoint=None),
+        experiment_name=f'nan-{uuid.uuid4().hex}')
+    with pytest.raises(FloatingPointError, match='loss is nan at iteration 3'):
+        runner.train()

@@ -12,9 +12,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nommer_mm.checkpoint_safety import \
     mmengine_loads_through_plugin  # noqa: E402
-from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
-                              dist_timeout, prepare, resolve_resume,
-                              shutdown_distributed, watch_peers)
+from nommer_mm.launch import (add_finite_loss_check,  # noqa: E402
+                              add_launch_args, build_runner, dist_timeout,
+                              prepare, resolve_resume, shutdown_distributed,
+                              watch_peers)
 
 
 def parse_args():
@@ -42,6 +43,7 @@ def main():
     if args.auto_scale_lr:
         cfg.setdefault('auto_scale_lr', {})['enable'] = True
     resolve_resume(cfg, args.resume)
+    add_finite_loss_check(cfg)
     with mmengine_loads_through_plugin():
         runner = build_runner(cfg)
         with watch_peers(dist_timeout(cfg)):

@@ -1,4 +1,4 @@
 from .checkpoint_hook import SafeCheckpointHook
-from .hooks import RNGStateHook
+from .hooks import FiniteLossHook, RNGStateHook
 
-__all__ = ['RNGStateHook', 'SafeCheckpointHook']
+__all__ = ['FiniteLossHook', 'RNGStateHook', 'SafeCheckpointHook']

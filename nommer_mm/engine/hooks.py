@@ -1,6 +1,7 @@
 """Hooks the plugin's configs add to the runners."""
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -51,3 +52,25 @@ def _numpy_state() -> tuple:
 def _as_python_state(state) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
+
+
+@HOOKS.register_module()
+class FiniteLossHook(Hook):
+    """Stop training at the first iteration whose loss is NaN or infinite,
+    naming it; the default is to go on training a broken model (a NaN or
+    inf in the input passes through the backbones as it does in torch)."""
+
+    priority = 'VERY_HIGH'  # before a checkpoint of the broken weights
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs: dict | None = None) -> None:
+        loss = (outputs or {}).get('loss')
+        if loss is None:
+            return
+        value = float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f'loss is {value} at iteration {runner.iter + 1} (epoch '
+                f'{runner.epoch + 1}, batch {batch_idx}); stopped. Check the '
+                'inputs for NaN/inf, lower the learning rate or enable '
+                'gradient clipping, then resume from the last checkpoint.')

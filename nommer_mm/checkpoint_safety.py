@@ -219,19 +219,23 @@ def to_runtime_checkpoint(obj: Any) -> Any:
     if isinstance(obj, (_DtypeRecord, _Record)):
         raise UnsafeCheckpointError(
             f'stray {type(obj).__name__} in checkpoint')
+    if isinstance(obj, dict) and obj.get(HISTORY_TAG) is True:
+        return _history_buffer(obj.get('log_history'),
+                               obj.get('count_history'), obj.get('max_length'))
+    return _map_items(obj, to_runtime_checkpoint)
+
+
+def _map_items(obj: Any, fn: Callable) -> Any:
+    """``fn`` applied to the items of a dict (OrderedDict kept), list or
+    tuple; anything else as it is."""
     if isinstance(obj, dict):
-        if obj.get(HISTORY_TAG) is True:
-            return _history_buffer(obj.get('log_history'),
-                                   obj.get('count_history'),
-                                   obj.get('max_length'))
-        converted = {k: to_runtime_checkpoint(v) for k, v in obj.items()}
-        if isinstance(obj, OrderedDict):
-            converted = OrderedDict(converted)
-        return converted
+        converted = {k: fn(v) for k, v in obj.items()}
+        return OrderedDict(converted) if isinstance(obj, OrderedDict) \
+            else converted
     if isinstance(obj, list):
-        return [to_runtime_checkpoint(v) for v in obj]
+        return [fn(v) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(to_runtime_checkpoint(v) for v in obj)
+        return tuple(fn(v) for v in obj)
     return obj
 
 
@@ -293,15 +297,7 @@ def to_plain_checkpoint(obj: Any) -> Any:
         return _plain_array(obj)
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, dict):
-        converted = {k: to_plain_checkpoint(v) for k, v in obj.items()}
-        return OrderedDict(converted) if isinstance(obj, OrderedDict) \
-            else converted
-    if isinstance(obj, list):
-        return [to_plain_checkpoint(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_plain_checkpoint(v) for v in obj)
-    return obj
+    return _map_items(obj, to_plain_checkpoint)
 
 
 def _plain_array(array: np.ndarray):

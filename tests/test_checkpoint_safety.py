@@ -389,3 +389,32 @@ def test_test_tool_refuses_weights_that_do_not_fit(tmp_path):
     assert '0.weight: checkpoint (3, 3), model (3, 2)' in msg
     torch.save({'state_dict': model.state_dict()}, path)
     check_weights_fit(model, str(path))  # fits: no error
+
+
+def test_pretrained_that_leaves_weights_out_warns_loudly(tmp_path, capfd):
+    """init_cfg=Pretrained: a framed warning lists missing and mis-shaped
+    backbone weights; a complete classification checkpoint (whose only gaps
+    are the dense output norms) gives none."""
+    from nommer_mm import NomMer
+    arch = dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                bottleneck_ratios=[2, 2])
+    cls = NomMer(arch=arch, out_type='cls_token', out_indices=(3, ))
+    state = {'backbone.' + k: v for k, v in cls.state_dict().items()}
+    torch.save({'state_dict': state}, tmp_path / 'full.pth')
+    del state['backbone.stages.2.blocks.0.mlp.fc1.weight']
+    state['backbone.stem.conv.weight'] = torch.zeros(1)
+    torch.save({'state_dict': state}, tmp_path / 'part.pth')
+    for name in ('full', 'part'):
+        NomMer(arch=arch, init_cfg=dict(
+            type='Pretrained', checkpoint=str(tmp_path / f'{name}.pth'),
+            prefix='backbone.')).init_weights()
+        out = capfd.readouterr()
+        said = out.out + out.err
+        if name == 'full':
+            assert 'random initialisation' not in said
+        else:
+            assert 'leaves these weights at their random initialisation' \
+                in said and '!' * 72 in said
+            assert '1 missing:\n  stages.2.blocks.0.mlp.fc1.weight' in said
+            assert 'stem.conv.weight: checkpoint (1,), model (16, 3, 4, 4)' \
+                in said

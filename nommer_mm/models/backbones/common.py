@@ -5,6 +5,9 @@ activation checkpointing, default init, and resizing position embeddings."""
 from __future__ import annotations
 
 import functools
+import logging
+import os.path as osp
+import re
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -189,10 +192,17 @@ def empty_batch_safe(forward: Callable) -> Callable:
 
 class StagedBackbone(BaseModule):
     """Base of the plugin's backbones: ``train()`` keeps the stages chosen by
-    ``frozen_stages`` frozen and, with ``norm_eval``, BatchNorms in eval."""
+    ``frozen_stages`` frozen and, with ``norm_eval``, BatchNorms in eval;
+    ``init_weights()`` with ``init_cfg=Pretrained`` warns loudly about the
+    weights the checkpoint leaves out."""
 
     frozen_stages: int = -1
     norm_eval: bool = False
+
+    def init_weights(self) -> None:
+        if not self._is_init:
+            warn_if_pretrained_does_not_fit(self)
+        super().init_weights()
 
     def _freeze_stages(self) -> None:
         raise NotImplementedError
@@ -203,6 +213,52 @@ class StagedBackbone(BaseModule):
         if mode and self.norm_eval:
             batchnorms_eval(self)
         return self
+
+
+# Keys a classification checkpoint lacks by design when the backbone serves
+# a detector or segmentor (the per-output norms, Visformer's stride-4
+# branch), and keys the backbones resize while loading.
+_NEW_IN_DENSE = re.compile(r'^(norm\d|upsample0)\.')
+_RESIZED_ON_LOAD = re.compile(r'(pos_embed\d?|relative_position_bias_table)$')
+
+
+def warn_if_pretrained_does_not_fit(backbone: nn.Module) -> None:
+    """Before ``init_cfg=dict(type='Pretrained', ...)`` loads a local file:
+    a framed warning listing the backbone weights it leaves at their random
+    initialisation or holds in another shape (mmengine loads with
+    ``strict=False`` and says so in one easily missed line)."""
+    cfg = backbone.init_cfg
+    if isinstance(cfg, list):
+        cfg = next((c for c in cfg if isinstance(c, dict)
+                    and c.get('type') == 'Pretrained'), None)
+    if not isinstance(cfg, dict) or cfg.get('type') != 'Pretrained':
+        return
+    path, prefix = cfg.get('checkpoint'), cfg.get('prefix')
+    if not isinstance(path, str) or not osp.isfile(path):
+        return  # URLs and missing files: mmengine's loader reports them
+    from mmengine.logging import print_log
+
+    from ...checkpoint_safety import (describe_mismatches,
+                                      load_checkpoint_file, weight_mismatches)
+    ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state = {k[len(prefix):]: v for k, v in state.items()
+                 if k.startswith(prefix)}
+    found = weight_mismatches(backbone, {'state_dict': state})
+    found = {
+        'missing': [k for k in found['missing'] if not _NEW_IN_DENSE.match(k)],
+        'size mismatch': [s for s in found['size mismatch']
+                          if not _RESIZED_ON_LOAD.search(s.split(':')[0])],
+    }
+    if found['missing'] or found['size mismatch']:
+        print_log(
+            '!' * 72 + f'\n{type(backbone).__name__}: init_cfg Pretrained '
+            f'{path}' + (f' (prefix {prefix!r})' if prefix else '')
+            + ' leaves these weights at their random initialisation:\n'
+            + describe_mismatches(found) + '\n' + '!' * 72,
+            logger='current', level=logging.WARNING)
 
 
 def init_linear_and_norms(model: nn.Module) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import os.path as osp
 import re
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -109,6 +111,24 @@ def check_norm_cfg(model: str, norm_cfg) -> dict:
     return norm_cfg
 
 
+def pretrained_init_cfg(model: str, pretrained, init_cfg):
+    """``init_cfg`` for the deprecated ``pretrained=`` argument that mmdet's
+    and mmseg's base configs still pass (``model.pretrained`` goes to the
+    backbone), mapped as their own backbones map it."""
+    if pretrained is None:
+        return init_cfg
+    if init_cfg is not None:
+        raise ValueError(f'{model}: init_cfg and pretrained={pretrained!r} '
+                         'are both set; keep init_cfg=dict(type='
+                         "'Pretrained', checkpoint=...) alone")
+    if not isinstance(pretrained, str):
+        raise ValueError(f'{model}: pretrained={pretrained!r}; expected a '
+                         'checkpoint path or URL, or None')
+    warnings.warn(f'{model}: pretrained is deprecated, please use "init_cfg" '
+                  'instead', DeprecationWarning)
+    return dict(type='Pretrained', checkpoint=pretrained)
+
+
 def check_common(model: str, in_channels, drop_path_rate,
                  frozen_stages, num_stages: int = 4) -> None:
     """The arguments every backbone here takes."""
@@ -198,6 +218,8 @@ class StagedBackbone(BaseModule):
 
     frozen_stages: int = -1
     norm_eval: bool = False
+    # the converter (under tools/model_converters/) of its reference weights
+    CONVERTER: str | None = None
 
     def init_weights(self) -> None:
         if not self._is_init:
@@ -234,8 +256,17 @@ def warn_if_pretrained_does_not_fit(backbone: nn.Module) -> None:
     if not isinstance(cfg, dict) or cfg.get('type') != 'Pretrained':
         return
     path, prefix = cfg.get('checkpoint'), cfg.get('prefix')
-    if not isinstance(path, str) or not osp.isfile(path):
-        return  # URLs and missing files: mmengine's loader reports them
+    if not isinstance(path, str) or '://' in path:
+        return  # URLs: mmengine's loader reports them
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'{type(backbone).__name__}: init_cfg Pretrained checkpoint '
+            f'{path!r} does not exist (relative paths start from '
+            f'{os.getcwd()}).' + (
+                ' Convert the reference ImageNet weights to it with:\n  '
+                f'python tools/model_converters/{backbone.CONVERTER} '
+                f'<reference checkpoint> {path}' if backbone.CONVERTER
+                else ''))
     from mmengine.logging import print_log
 
     from ...checkpoint_safety import (describe_mismatches,

@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.cot import CoTLayer, SEConv
 from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe,
+                     empty_batch_safe, pretrained_init_cfg,
                      check_norm_cfg, freeze, maybe_checkpoint, parse_arch,
                      parse_out_indices)
 
@@ -104,12 +104,15 @@ class CoTNet(StagedBackbone):
         norm_cfg (dict): BatchNorm config.
         zero_init_residual (bool): Zero the last BN of every block.
         init_cfg (dict | list[dict], optional): e.g. ``Pretrained``.
+        pretrained (str, optional): deprecated, as in mmdet / mmseg: the
+            same as ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
     Shapes:
         input (B, in_channels, H, W); outputs (B, 256 * 2**i,
         ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) for each ``out_indices``.
     """
 
+    CONVERTER = 'peer2mm.py cotnet'
     arch_zoo = {
         'cotnet50': {
             'depths': [3, 4, 6, 3], 'cardinality': 1, 'base_width': 64,
@@ -137,8 +140,10 @@ class CoTNet(StagedBackbone):
                  with_cp: bool = False,
                  norm_cfg: dict = dict(type='BN'),
                  zero_init_residual: bool = True,
-                 init_cfg: dict | list | None = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg: dict | list | None = None,
+                 pretrained: str | None = None) -> None:
+        super().__init__(init_cfg=pretrained_init_cfg(
+            'CoTNet', pretrained, init_cfg))
         s = self.arch_settings = parse_arch(
             'CoTNet', self.arch_zoo, self.ARCH_KEYS, arch,
             lengths=dict(depths=4, se_blocks=4))

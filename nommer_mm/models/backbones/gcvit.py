@@ -29,7 +29,7 @@ from mmengine.registry import MODELS
 from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
 from ..layers.mlp import Mlp
 from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe,
+                     empty_batch_safe, pretrained_init_cfg,
                      check_ints, freeze, init_linear_and_norms,
                      maybe_checkpoint, parse_arch, parse_out_indices)
 
@@ -214,12 +214,15 @@ class GCViT(StagedBackbone):
             embedding and levels 0..k (with the ReduceSize into them).
         with_cp (bool): Activation checkpointing per block.
         init_cfg (dict | list[dict], optional): e.g. ``Pretrained``.
+        pretrained (str, optional): deprecated, as in mmdet / mmseg: the
+            same as ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
     Shapes:
         input (B, in_channels, H, W); outputs (B, C * 2**i,
         ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) for each ``out_indices``.
     """
 
+    CONVERTER = 'peer2mm.py gcvit'
     arch_zoo = {
         **dict.fromkeys(['xxt', 'xxtiny'], {
             'embed_dims': 64, 'depths': [2, 2, 6, 2],
@@ -249,8 +252,10 @@ class GCViT(StagedBackbone):
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
                  with_cp: bool = False,
-                 init_cfg: dict | list | None = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg: dict | list | None = None,
+                 pretrained: str | None = None) -> None:
+        super().__init__(init_cfg=pretrained_init_cfg(
+            'GCViT', pretrained, init_cfg))
         self.arch_settings = parse_arch(
             'GCViT', self.arch_zoo, self.ARCH_KEYS, arch,
             lengths=dict(depths=4, num_heads=4))

@@ -32,7 +32,7 @@ from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from ..layers.inplace import add_into
 from ..layers.mlp import Mlp
 from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe,
+                     empty_batch_safe, pretrained_init_cfg,
                      check_int, check_ints, check_norm_cfg, check_size, freeze,
                      init_linear_and_norms, interpolate_pos_embed,
                      maybe_checkpoint, parse_arch, parse_out_indices,
@@ -210,6 +210,8 @@ class NomMer(StagedBackbone):
             training.
         init_cfg (dict | list[dict], optional): e.g.
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+        pretrained (str, optional): deprecated, as in mmdet / mmseg: the
+            same as ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
     Shapes:
         input (B, in_channels, H, W); output a tuple with one entry per
@@ -217,6 +219,7 @@ class NomMer(StagedBackbone):
         for feature maps.
     """
 
+    CONVERTER = 'nommer2mm.py'
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], {
             'embed_dims': 96,
@@ -257,8 +260,10 @@ class NomMer(StagedBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  norm_cfg: dict = dict(type='BN'),
-                 init_cfg: dict | list | None = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg: dict | list | None = None,
+                 pretrained: str | None = None) -> None:
+        super().__init__(init_cfg=pretrained_init_cfg(
+            'NomMer', pretrained, init_cfg))
         self.arch_settings = self.parse_arch(arch)
         check_arch_values('NomMer', self.arch_settings, ints=('embed_dims', ),
                           int_lists=('depths', 'num_heads',

@@ -32,7 +32,7 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe,
+                     empty_batch_safe, pretrained_init_cfg,
                      check_int, check_norm_cfg, check_size, freeze,
                      interpolate_pos_embed, maybe_checkpoint, parse_arch,
                      parse_out_indices, resize_pos_embed_on_load)
@@ -153,12 +153,15 @@ class Visformer(StagedBackbone):
         with_cp (bool): Activation checkpointing per block.
         norm_cfg (dict): BatchNorm config (``SyncBN`` for multi-GPU).
         init_cfg (dict | list[dict], optional): e.g. ``Pretrained``.
+        pretrained (str, optional): deprecated, as in mmdet / mmseg: the
+            same as ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
     Shapes:
         input (B, in_channels, H, W); outputs (B, dims[i], ceil(H/2**(i+2)),
         ceil(W/2**(i+2))) with ``dims = [C/2, C/2, C, 2C]``.
     """
 
+    CONVERTER = 'peer2mm.py visformer'
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], {
             'stem_channels': 16, 'embed_dims': 192, 'depths': [7, 4, 4],
@@ -181,8 +184,10 @@ class Visformer(StagedBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  norm_cfg: dict = dict(type='BN'),
-                 init_cfg: dict | list | None = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg: dict | list | None = None,
+                 pretrained: str | None = None) -> None:
+        super().__init__(init_cfg=pretrained_init_cfg(
+            'Visformer', pretrained, init_cfg))
         self.arch_settings = parse_arch('Visformer', self.arch_zoo,
                                         self.ARCH_KEYS, arch,
                                         lengths=dict(depths=3))

@@ -109,3 +109,64 @@ def test_a_stopped_rank_ends_the_run_within_the_timeout(shapes, tmp_path):
     assert f'timeout = {timeout} s' in log
     # start-up, the timeout, and torchrun's 30 s grace before SIGKILL
     assert elapsed < timeout + 150, elapsed
+
+
+def _two_nodes(cfg, ckpt, tmp_path, port, *extra):
+    """tools/dist_test.sh as two 'nodes' (one process each) that share no
+    working directory; returns both CompletedProcess-like results."""
+    import os
+    import subprocess
+    env = dict(os.environ, NNODES='2', PORT=str(port),
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / 'tests'),
+                                           os.environ.get('PYTHONPATH', '')]))
+    procs = []
+    for rank in (0, 1):
+        node = tmp_path / f'node{rank}'
+        node.mkdir(exist_ok=True)
+        procs.append(subprocess.Popen(
+            ['bash', str(ROOT / 'tools/dist_test.sh'), str(cfg), str(ckpt),
+             '1', '--work-dir', str(node / 'work'), '--out',
+             str(node / 'metrics.json'), *extra],
+            cwd=node, env=dict(env, NODE_RANK=str(rank)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        outs.append((proc.returncode, out))
+    return outs
+
+
+def test_two_nodes_without_a_shared_file_system(shapes, tmp_path):
+    """Our configs gather evaluation results through the process group:
+    two nodes in separate directories give the single-process metrics.
+    mmengine's default (a temporary directory under the working directory,
+    collect_device='cpu') fails there, which shows the two are apart."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    cfg = write_config(tmp_path / 'cfg.py', shapes, iters=2)
+    init_default_scope('mmpretrain')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(cfg)).model)
+    ckpt = tmp_path / 'model.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+
+    single = run_tool([ROOT / 'tools/test.py', cfg, ckpt, '--work-dir',
+                       tmp_path / 'single', '--out', tmp_path / 'single.json'],
+                      cwd=tmp_path)
+    assert single.returncode == 0, failure_report(single)
+    expect = json.loads((tmp_path / 'single.json').read_text())
+
+    (rc0, out0), (rc1, out1) = _two_nodes(cfg, ckpt, tmp_path, 29621)
+    assert rc0 == 0 and rc1 == 0, (out0[-3000:], out1[-3000:])
+    got = json.loads((tmp_path / 'node0/metrics.json').read_text())
+    assert got == expect  # every held-out image counted once, same result
+
+    (rc0, out0), (rc1, out1) = _two_nodes(
+        cfg, ckpt, tmp_path, 29622, '--cfg-options',
+        'test_evaluator.collect_device=cpu')
+    assert rc0 != 0 or rc1 != 0, 'a shared-directory gather cannot work here'

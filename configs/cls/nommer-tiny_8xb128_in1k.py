@@ -69,3 +69,7 @@ custom_hooks = [dict(type='RNGStateHook')]
 # a peer that stops answering ends the run after 10 minutes, not 30.
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 env_cfg = dict(dist_cfg=dict(timeout=600))
+# Results are gathered through the process group, not a shared temporary
+# directory: evaluation on several nodes needs no shared file system.
+val_evaluator = dict(collect_device='gpu')
+test_evaluator = dict(collect_device='gpu')

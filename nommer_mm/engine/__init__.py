@@ -1,4 +1,6 @@
 from .checkpoint_hook import SafeCheckpointHook
 from .hooks import FiniteLossHook, RNGStateHook
+from .optim import LayerDecayOptimWrapperConstructor
 
-__all__ = ['FiniteLossHook', 'RNGStateHook', 'SafeCheckpointHook']
+__all__ = ['FiniteLossHook', 'LayerDecayOptimWrapperConstructor',
+           'RNGStateHook', 'SafeCheckpointHook']

@@ -229,6 +229,24 @@ class StagedBackbone(BaseModule):
     def _freeze_stages(self) -> None:
         raise NotImplementedError
 
+    def _layer_depth(self, name: str) -> int | None:
+        """Depth of parameter ``name`` (no prefix): 0 for the stem, one per
+        block; None for what comes after the last block (output norms)."""
+        raise NotImplementedError
+
+    def get_layer_depth(self, param_name: str,
+                        prefix: str = '') -> tuple[int, int]:
+        """(depth, number of depths) of a parameter, as mmpretrain's
+        layer-wise lr decay reads it: the stem is depth 0, every block one
+        depth, and the output norms and anything outside the backbone
+        (names without ``prefix``: necks, heads) the last,
+        ``sum(depths) + 1``."""
+        num_layers = sum(self.arch_settings['depths']) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        depth = self._layer_depth(param_name[len(prefix):])
+        return (num_layers - 1 if depth is None else depth), num_layers
+
     def train(self, mode: bool = True) -> 'StagedBackbone':
         super().train(mode)
         self._freeze_stages()

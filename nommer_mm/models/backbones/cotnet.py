@@ -15,6 +15,7 @@ reference does. Module names follow the reference (JDAI-CV/CoTNet).
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import torch
@@ -204,6 +205,15 @@ class CoTNet(StagedBackbone):
             for m in self.modules():
                 if isinstance(m, CoTBottleneck):
                     nn.init.zeros_(m.bn3.weight)
+
+    def _layer_depth(self, name: str) -> int | None:
+        d, parts = self.arch_settings['depths'], name.split('.')
+        if parts[0] in ('conv1', 'bn1'):
+            return 0
+        match = re.fullmatch(r'layer([1-4])', parts[0])
+        if match:
+            return sum(d[:int(match.group(1)) - 1]) + int(parts[1]) + 1
+        return None
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:

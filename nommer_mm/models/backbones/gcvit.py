@@ -292,6 +292,20 @@ class GCViT(StagedBackbone):
         # PyTorch's default.
         init_linear_and_norms(self)
 
+    def _layer_depth(self, name: str) -> int | None:
+        d, parts = self.arch_settings['depths'], name.split('.')
+        if parts[0] == 'patch_embed':
+            return 0
+        if parts[0] == 'levels':
+            level = int(parts[1])
+            if parts[2] == 'blocks':
+                return sum(d[:level]) + int(parts[3]) + 1
+            if parts[2] == 'q_global_gen':  # serves every block of the level
+                return sum(d[:level]) + 1
+            if parts[2] == 'downsample':
+                return sum(d[:level + 1])
+        return None
+
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return

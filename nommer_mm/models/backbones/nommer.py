@@ -363,6 +363,20 @@ class NomMer(StagedBackbone):
         return interpolate_pos_embed(pos, size, channels_last=True)
 
     # ---------------------------------------------------------- train mode
+    def _layer_depth(self, name: str) -> int | None:
+        d, parts = self.arch_settings['depths'], name.split('.')
+        if parts[0] == 'stem':
+            return 0
+        if parts[0] == 'stages':
+            return sum(d[:int(parts[1])]) + int(parts[3]) + 1
+        if parts[0] == 'merges':  # ends stage i, as Swin's downsample
+            return sum(d[:int(parts[1]) + 1])
+        if parts[0] == 'pos_embed':  # added to stage 2's input
+            return sum(d[:2])
+        if parts[0] == 'cls_token':  # joins the tokens at stage 3
+            return sum(d[:3])
+        return None
+
     def _freeze_stages(self) -> None:
         frozen = []
         if self.frozen_stages >= 0:

@@ -20,6 +20,7 @@ BatchNorm wrapper, i.e. timm's names.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
@@ -274,6 +275,18 @@ class Visformer(StagedBackbone):
                                      getattr(self, f'pos_embed{i}'))
 
     # ---------------------------------------------------------- train mode
+    def _layer_depth(self, name: str) -> int | None:
+        d, parts = self.arch_settings['depths'], name.split('.')
+        if parts[0] == 'stem':
+            return 0
+        match = re.fullmatch(r'(patch_embed|pos_embed|stage)([123])', parts[0])
+        if match:
+            start = sum(d[:int(match.group(2)) - 1])
+            if match.group(1) == 'stage':
+                return start + int(parts[1]) + 1
+            return start  # the stage's patch and position embedding
+        return None
+
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return

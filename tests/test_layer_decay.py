@@ -1,0 +1,170 @@
+"""Layer-wise lr decay with our backbones from the mmpretrain, mmdet and
+mmseg scopes: mmpretrain's contract (stem 0, one depth per block, norms
+and heads last) and learning rates that fall with depth."""
+import warnings
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+
+import nommer_mm  # noqa: F401  (backbones, LayerDecayOptimWrapperConstructor)
+from nommer_mm import CoTNet, GCViT, NomMer, Visformer
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    NomMer: dict(arch=dict(embed_dims=16, depths=[1, 2, 2, 1],
+                           num_heads=[1, 1, 2, 2], bottleneck_ratios=[2, 2])),
+    GCViT: dict(arch=dict(embed_dims=16, depths=[1, 2, 2, 1],
+                          num_heads=[1, 1, 2, 2], mlp_ratio=2,
+                          layer_scale=None)),
+    Visformer: dict(arch=dict(stem_channels=8, embed_dims=32,
+                              depths=[2, 1, 2], num_heads=2)),
+    CoTNet: dict(arch=dict(depths=[1, 2, 1, 1], cardinality=1, base_width=8,
+                           stem='deep', stem_width=16, avg_down=True,
+                           se_blocks=[[0], [1], [], []])),
+}
+
+
+# the stem's first weight, and the prefix of block b of stage s
+LAYOUT = {
+    NomMer: ('stem.conv.weight', 'stages.{s}.blocks.{b}.'),
+    GCViT: ('patch_embed.proj.weight', 'levels.{s}.blocks.{b}.'),
+    Visformer: ('stem.0.weight', 'stage{s1}.{b}.'),
+    CoTNet: ('conv1.0.weight', 'layer{s1}.{b}.'),
+}
+
+
+@pytest.mark.parametrize('cls', list(SMALL), ids=lambda c: c.__name__)
+def test_depths_follow_the_blocks(cls):
+    model = cls(**SMALL[cls])
+    stage_depths = SMALL[cls]['arch']['depths']
+    total = sum(stage_depths)
+    found = {n: model.get_layer_depth(n) for n, _ in model.named_parameters()}
+    assert {num for _, num in found.values()} == {total + 2}
+    stem, block = LAYOUT[cls]
+    assert found[stem][0] == 0
+    k = 0
+    for s, n in enumerate(stage_depths):
+        for b in range(n):
+            k += 1
+            prefix = block.format(s=s, s1=s + 1, b=b)
+            depths = {d for name, (d, _) in found.items()
+                      if name.startswith(prefix)}
+            assert depths == {k}, (prefix, depths)
+    assert all(0 <= d <= total + 1 for d, _ in found.values())
+    for name, (depth, _) in found.items():
+        if name.startswith(('norm', 'upsample0', 'final_norm')):
+            assert depth == total + 1, name
+    assert model.get_layer_depth('head.fc.weight', 'backbone.') == \
+        (total + 1, total + 2)
+    assert model.get_layer_depth('backbone.' + stem, 'backbone.')[0] == 0
+
+
+def test_nommer_depths_by_part():
+    model = NomMer(**SMALL[NomMer])  # depths 1, 2, 2, 1
+    depth = lambda n: model.get_layer_depth(n)[0]  # noqa: E731
+    assert depth('stem.conv.weight') == 0
+    assert depth('stages.0.blocks.0.norm1.weight') == 1
+    assert depth('stages.1.blocks.1.mlp.fc1.weight') == 3
+    assert depth('merges.1.conv.weight') == 3  # ends stage 1
+    assert depth('pos_embed') == 3  # added to stage 2's input
+    assert depth('stages.2.blocks.0.attn.qkv.weight') == 4
+    assert depth('cls_token') == 5  # joins at stage 3
+    assert depth('stages.3.blocks.0.mlp.fc2.weight') == 6
+    assert depth('norm3.weight') == 7
+
+
+def _check_falling(model, wrapper, prefix):
+    """lr grows with depth; the stem gets base * r ** (D - 1)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    base = wrapper.optimizer.defaults['lr']
+    by_depth = {}
+    for group in wrapper.optimizer.param_groups:
+        name = names[id(group['params'][0])]
+        depth, num = (model.get_layer_depth(name) if hasattr(
+            model, 'get_layer_depth') else model.backbone.get_layer_depth(
+                name, prefix))
+        by_depth.setdefault(depth, set()).add(round(group['lr'], 12))
+    assert all(len(lrs) == 1 for lrs in by_depth.values()), by_depth
+    lrs = [by_depth[d].pop() for d in sorted(by_depth)]
+    assert lrs == sorted(lrs) and len(set(lrs)) == len(lrs)
+    assert lrs[0] == pytest.approx(base * 0.5**(num - 1))
+    assert lrs[-1] == pytest.approx(base)
+
+
+def test_mmpretrain_classifier_with_mmpretrains_constructor():
+    from mmpretrain.registry import MODELS
+    init_default_scope('mmpretrain')
+    model = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='NomMer', out_type='cls_token', out_indices=(3, ),
+                      **SMALL[NomMer]),
+        head=dict(type='LinearClsHead', num_classes=3, in_channels=128)))
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+        constructor='LearningRateDecayOptimWrapperConstructor',
+        paramwise_cfg=dict(layer_decay_rate=0.5)))
+    _check_falling(model, wrapper, 'backbone.')
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_dense_models_with_our_constructor(scope):
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        cfg = dict(type='RetinaNet', data_preprocessor=dict(
+            type='DetDataPreprocessor'),
+            backbone=dict(type='GCViT', out_indices=(1, 2, 3),
+                          **SMALL[GCViT]),
+            neck=dict(type='FPN', in_channels=[32, 64, 128], out_channels=16,
+                      num_outs=3),
+            bbox_head=dict(type='RetinaHead', num_classes=2, in_channels=16,
+                           feat_channels=16, anchor_generator=dict(
+                               type='AnchorGenerator', octave_base_scale=4,
+                               scales_per_octave=1, ratios=[1.0],
+                               strides=[8, 16, 32]),
+                           bbox_coder=dict(type='DeltaXYWHBBoxCoder')))
+    else:
+        from mmseg.registry import MODELS
+        cfg = dict(type='EncoderDecoder', backbone=dict(
+            type='NomMer', **SMALL[NomMer]),
+            decode_head=dict(type='FCNHead', in_channels=128, channels=8,
+                             in_index=3, num_convs=1, num_classes=2))
+    init_default_scope(scope)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = MODELS.build(ConfigDict(cfg))
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+        constructor='LayerDecayOptimWrapperConstructor',
+        paramwise_cfg=dict(layer_decay_rate=0.5)))
+    _check_falling(model, wrapper, 'backbone.')
+    assert isinstance(model.backbone, nn.Module)
+
+
+def test_example_config_builds_its_optimizer():
+    cfg = Config.fromfile(str(
+        ROOT / 'configs/seg/upernet_nommer-t-layer-decay_8xb2-160k_'
+        'ade20k-512x512.py'))
+    from mmseg.registry import MODELS
+    init_default_scope('mmseg')
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.arch = SMALL[NomMer]['arch']
+    cfg.model.decode_head.in_channels = [16, 32, 64, 128]
+    cfg.model.auxiliary_head.in_channels = 64
+    cfg.model.decode_head.norm_cfg = cfg.model.auxiliary_head.norm_cfg = \
+        dict(type='BN')
+    cfg.model.backbone.norm_cfg = dict(type='BN')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    groups = wrapper.optimizer.param_groups
+    stem = next(g for g in groups if g['layer_depth'] == 0)
+    assert stem['lr'] == pytest.approx(6e-5 * 0.9**(sum([1, 2, 2, 1]) + 1))
+    # the config's no-decay keys still apply
+    norms = [g for g in groups if g['params'][0].ndim == 1
+             and g.get('weight_decay', 0.01) == 0]
+    assert norms

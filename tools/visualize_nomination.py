@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nommer_mm.checkpoint_safety import \
+    mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
 
 COLOURS = {'conv': (220, 40, 40), 'window': (40, 180, 40),
@@ -97,7 +99,8 @@ def main():
     from mmengine.runner import load_checkpoint
     cfg.model.get('backbone', {}).pop('init_cfg', None)
     model = MODELS.build(cfg.model)
-    load_checkpoint(model, args.checkpoint, map_location='cpu')
+    with mmengine_loads_through_plugin():
+        load_checkpoint(model, args.checkpoint, map_location='cpu')
     model.eval()
     if type(model.backbone).__name__ != 'NomMer':
         raise SystemExit(f'{args.config}: the backbone is '

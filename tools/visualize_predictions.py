@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nommer_mm.checkpoint_safety import \
+    mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
 
 
@@ -29,7 +31,8 @@ def main():
     if scope == 'mmdet':
         from mmdet.apis import inference_detector, init_detector
         from mmdet.visualization import DetLocalVisualizer
-        model = init_detector(cfg, args.checkpoint, device='cpu')
+        with mmengine_loads_through_plugin():
+            model = init_detector(cfg, args.checkpoint, device='cpu')
         result = inference_detector(model, args.image)
         vis = DetLocalVisualizer()
         vis.dataset_meta = model.dataset_meta
@@ -41,7 +44,8 @@ def main():
         print(f'wrote {args.out} ({kept} detections >= {args.score_thr})')
     elif scope == 'mmseg':
         from mmseg.apis import inference_model, init_model, show_result_pyplot
-        model = init_model(cfg, args.checkpoint, device='cpu')
+        with mmengine_loads_through_plugin():
+            model = init_model(cfg, args.checkpoint, device='cpu')
         result = inference_model(model, args.image)
         show_result_pyplot(model, args.image, result, show=False,
                            out_file=args.out, opacity=0.6)

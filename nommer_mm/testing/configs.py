@@ -25,8 +25,8 @@ def _iter_schedule(cfg: Config, iters: int, lr: float | None) -> None:
              end=max(iters, warmup + 1), eta_min=0.0)]
     if lr is not None:
         cfg.optim_wrapper.optimizer.lr = lr
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
-                                        interval=iters)
+    cfg.default_hooks.checkpoint = dict(type='SafeCheckpointHook',
+                                        by_epoch=False, interval=iters)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     cfg.log_processor = dict(by_epoch=False)
     cfg.randomness = dict(seed=0)

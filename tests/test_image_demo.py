@@ -1,0 +1,80 @@
+"""tools/image_demo.py on a real photograph (matplotlib's sample of Grace
+Hopper) for the three tasks, through the codebases' own inferencers."""
+import subprocess
+import sys
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cls_helpers import DEMO, ROOT
+from nommer_mm.testing.configs import small_det_config, small_seg_config
+
+PHOTO = matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
+CLASSES = ['stripes', 'dots', 'checks', 'noise']
+
+
+def _checkpoint(cfg_path, scope, path, meta):
+    """Random weights of the config's model, saved as a run would."""
+    import importlib
+
+    from mmengine.config import Config
+    importlib.import_module(f'{scope}.utils').register_all_modules(
+        init_default_scope=True)
+    models = importlib.import_module(f'{scope}.registry').MODELS
+    cfg = Config.fromfile(str(cfg_path))
+    cfg.model.get('backbone', {}).pop('init_cfg', None)
+    torch.manual_seed(0)
+    torch.save({'state_dict': models.build(cfg.model).state_dict(),
+                'meta': meta}, path)
+    return path
+
+
+def _demo(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / 'tools/image_demo.py'), PHOTO,
+         *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_classification_prints_the_top_classes(tmp_path):
+    ckpt = _checkpoint(DEMO, 'mmpretrain', tmp_path / 'cls.pth',
+                       {'dataset_meta': {'classes': CLASSES}})
+    proc = _demo(DEMO, '--weights', ckpt, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln.split() for ln in proc.stdout.splitlines()
+             if ln.strip()[:2] in ('1.', '2.', '3.', '4.')]
+    assert [ln[0] for ln in lines] == ['1.', '2.', '3.', '4.']
+    assert sorted(ln[1] for ln in lines) == sorted(CLASSES)
+    scores = [float(ln[2]) for ln in lines]
+    assert scores == sorted(scores, reverse=True)
+    assert sum(scores) == pytest.approx(1.0, abs=1e-3)  # softmax over 4
+
+
+@pytest.mark.parametrize('task', ['det', 'seg'])
+def test_dense_tasks_draw_a_png(task, tmp_path):
+    make = small_det_config if task == 'det' else small_seg_config
+    cfg = make(tmp_path / 'data', tmp_path / f'{task}.py')
+    scope = 'mmdet' if task == 'det' else 'mmseg'
+    ckpt = _checkpoint(cfg, scope, tmp_path / f'{task}.pth', {})
+    out = tmp_path / 'out'
+    proc = _demo(cfg, '--weights', ckpt, '--out-dir', out, '--score-thr',
+                 '0.0', cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png = out / 'grace_hopper.png'
+    assert f'wrote {png}' in proc.stdout
+    drawn = np.asarray(Image.open(png).convert('RGB'))
+    photo = np.asarray(Image.open(PHOTO).convert('RGB'))
+    assert drawn.shape == photo.shape
+    assert np.abs(drawn.astype(int) - photo).mean() > 1  # something drawn
+    if task == 'det':
+        assert 'detections >= 0.0' in proc.stdout
+    else:
+        assert 'classes present:' in proc.stdout
+
+
+def test_without_weights_it_says_so(tmp_path):
+    proc = _demo(DEMO, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'initial (random) weights' in proc.stderr

@@ -39,6 +39,20 @@ default_hooks = dict(logger=dict(interval=1),
     return path
 
 
+def check_curves(work: Path, keys: list[str], out: Path) -> str:
+    """tools/analysis_tools/analyze_logs.py on a run's work dir: a PNG and a
+    line per key; returns its output."""
+    proc = run_tool([ROOT / 'tools/analysis_tools/analyze_logs.py', work,
+                     '--keys', *keys, '--out', out], cwd=out.parent)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    from PIL import Image
+    width, height = Image.open(out).size
+    assert width > 200 and height > 100 * len(keys)
+    for key in keys:
+        assert f'{key}: ' in proc.stdout, proc.stdout
+    return proc.stdout
+
+
 def failure_report(proc: subprocess.CompletedProcess) -> str:
     """The lines that explain a failed run (tracebacks, aborts), then the
     tail of the log."""

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from cls_helpers import ROOT, failure_report, run_tool, write_config
+from cls_helpers import (ROOT, check_curves, failure_report, run_tool,
+                         write_config)
 from nommer_mm.testing import make_imagenet_layout
 
 
@@ -27,6 +28,10 @@ def test_distributed_train_then_test(shapes, tmp_path):
     assert 'Iter(train) [4/4]' in log
     ckpt = work / 'iter_4.pth'
     assert ckpt.exists()
+    said = check_curves(work, ['loss', 'lr', 'accuracy/top1'],
+                        tmp_path / 'curves.png')
+    assert 'loss: 4 points' in said  # one per iteration
+    assert 'accuracy/top1: 1 points' in said and 'at iteration 4' in said
 
     out = tmp_path / 'metrics.json'
     test = run_tool([ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir',
@@ -161,12 +166,12 @@ def test_two_nodes_without_a_shared_file_system(shapes, tmp_path):
     assert single.returncode == 0, failure_report(single)
     expect = json.loads((tmp_path / 'single.json').read_text())
 
-    (rc0, out0), (rc1, out1) = _two_nodes(cfg, ckpt, tmp_path, 29621)
+    (rc0, out0), (rc1, out1) = _two_nodes(cfg, ckpt, tmp_path, 29641)
     assert rc0 == 0 and rc1 == 0, (out0[-3000:], out1[-3000:])
     got = json.loads((tmp_path / 'node0/metrics.json').read_text())
     assert got == expect  # every held-out image counted once, same result
 
     (rc0, out0), (rc1, out1) = _two_nodes(
-        cfg, ckpt, tmp_path, 29622, '--cfg-options',
+        cfg, ckpt, tmp_path, 29642, '--cfg-options',
         'test_evaluator.collect_device=cpu')
     assert rc0 != 0 or rc1 != 0, 'a shared-directory gather cannot work here'

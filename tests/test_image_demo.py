@@ -78,3 +78,23 @@ def test_without_weights_it_says_so(tmp_path):
     proc = _demo(DEMO, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'initial (random) weights' in proc.stderr
+
+
+def test_demo_progress_lines():
+    """tools/demo.py prints training progress as it comes: iteration,
+    loss, lr and ETA from mmengine's log lines, and the evaluation
+    metrics."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo',
+                                                  ROOT / 'tools/demo.py')
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    log = ('11/29 10:19:58 - mmengine - INFO - Iter(train) [ 25/300]  '
+           'base_lr: 2.0000e-04 lr: 1.9000e-04  eta: 0:01:02  time: 0.2176'
+           '  data_time: 0.0090  memory: 0  loss: 1.3812')
+    assert demo.progress_line(log) == \
+        '  Iter(train) [ 25/300]  loss 1.3812  lr 1.9000e-04  eta 0:01:02'
+    val = ('11/29 10:20:58 - mmengine - INFO - Iter(val) [13/13]    '
+           'accuracy/top1: 45.0000  data_time: 0.0100  time: 0.1000')
+    assert demo.progress_line(val) == '  Iter(val) [13/13]  accuracy/top1 45.0000'
+    assert demo.progress_line('Loads checkpoint by local backend') is None

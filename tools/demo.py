@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +26,41 @@ sys.path.insert(0, str(ROOT))
 CLS_CONFIG = ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py'
 
 
+# mmengine's progress lines: "... - INFO - Iter(train) [ 25/300]  ... eta:
+# 0:01:02  ... loss: 1.3812 ..."
+PROGRESS = re.compile(r'((?:Iter|Epoch)\((?:train|val|test)\)\s*'
+                      r'(?:\[\s*\d+\])?\s*\[\s*\d+/\d+\])(.*)')
+
+
+def progress_line(line: str) -> str | None:
+    """A short terminal line for a progress line of the log, else None."""
+    match = PROGRESS.search(line)
+    if not match:
+        return None
+    where, rest = match.groups()
+    if '(train)' in where:
+        fields = dict(re.findall(r'(eta|loss|lr): (\S+)', rest))
+        return '  ' + where + ''.join(f'  {k} {fields[k]}' for k in
+                                      ('loss', 'lr', 'eta') if k in fields)
+    metrics = re.findall(r'(\S+/\S+|mIoU|aAcc|mAcc): (\S+)', rest)
+    return ('  ' + where + ''.join(f'  {k} {v}' for k, v in metrics)
+            if metrics else None)
+
+
 def run(cmd: list[str], log: Path) -> None:
+    """Run ``cmd``, its whole output to ``log``, its progress to the
+    terminal as it comes."""
     print('$ ' + ' '.join(str(c) for c in cmd), flush=True)
     with open(log, 'w') as f:
-        proc = subprocess.run([str(c) for c in cmd], stdout=f,
-                              stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, cwd=ROOT, text=True,
+                                bufsize=1)
+        for line in proc.stdout:
+            f.write(line)
+            short = progress_line(line)
+            if short:
+                print(short, flush=True)
+        proc.wait()
     if proc.returncode:
         tail = log.read_text().splitlines()[-30:]
         sys.exit('\n'.join(tail) + f'\nfailed (exit {proc.returncode}); '
@@ -67,12 +98,17 @@ def classification(args, out: Path) -> None:
          ckpt, image, '--out', picture, '--short-side', '224'],
         work / 'visualize.log')
 
+    curves = work / 'curves.png'
+    run([sys.executable, ROOT / 'tools/analysis_tools/analyze_logs.py', work,
+         '--keys', 'loss', 'lr', '--out', curves], work / 'curves.log')
+
     chance = 100 / 4
     print(f'\nclassification: top-1 {top1:.1f}% on 200 held-out images '
           f'(chance {chance:.0f}%)')
     print(f'  checkpoint:      {ckpt}')
     print(f'  metrics:         {metrics}')
     print(f'  nomination maps: {picture}')
+    print(f'  training curves: {curves}')
     print(f'  logs:            {work}/train.log, test.log')
     if top1 < 2 * chance:
         sys.exit(f'top-1 {top1:.1f}% is not well above chance: the demo did '
@@ -113,6 +149,9 @@ def dense(task: str, args, out: Path) -> None:
     picture = work / 'predictions.png'
     run([sys.executable, ROOT / 'tools/visualize_predictions.py', config,
          ckpt, image, '--out', picture], work / 'visualize.log')
+    curves = work / 'curves.png'
+    run([sys.executable, ROOT / 'tools/analysis_tools/analyze_logs.py', work,
+         '--keys', 'loss', 'lr', '--out', curves], work / 'curves.log')
     values = json.loads(metrics.read_text())
     name = 'detection' if task == 'det' else 'segmentation'
     print(f'\n{name}: ' + ', '.join(f'{k} {values[k]:.3f}'
@@ -121,6 +160,7 @@ def dense(task: str, args, out: Path) -> None:
     print(f'  config:      {config}')
     print(f'  checkpoint:  {ckpt}')
     print(f'  predictions: {picture}')
+    print(f'  curves:      {curves}')
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ OPENMMLAB_PINS = {name: PINS[name] for name in
 # pinned, and installed with torch held, so it cannot swap torch).
 EXTRA_REQUIREMENTS = ['setuptools<81', 'ftfy', 'regex', 'pycocotools', 'scipy',
                       'shapely', 'terminaltables', 'matplotlib', 'pytest',
-                      'timm==1.0.22']
+                      'timm==1.0.22', 'onnx', 'onnxruntime']
 
 
 def log(msg: str) -> None:

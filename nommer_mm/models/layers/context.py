@@ -149,9 +149,10 @@ def select_nominated(feats: list, index: torch.Tensor,
     the last candidate's buffer (no new full-size allocation: 5% faster
     NomMer-T inference on CPU) unless that buffer is not contiguous or has
     not the candidates' common dtype. With autograd (e.g. input gradients of
-    an eval model) it selects out of place."""
+    an eval model), and in a trace (ONNX export: ``where`` has no ``out=``
+    there), it selects out of place."""
     index = index.unsqueeze(-1)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or torch.jit.is_tracing():
         selected = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
             selected = torch.where(index == i, feats[i], selected)

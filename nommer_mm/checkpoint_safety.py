@@ -139,7 +139,8 @@ def _stand_ins() -> list[tuple[Callable, str]]:
 # ---------------------------------------------------------------- reading
 def _numeric_dtype(record) -> np.dtype:
     if not isinstance(record, _DtypeRecord) or type(record.name) is not str:
-        raise UnsafeCheckpointError(f'bad numpy dtype in checkpoint: {record!r}')
+        raise UnsafeCheckpointError(
+            f'bad numpy dtype in checkpoint: {record!r}')
     try:
         dtype = np.dtype(record.name)
     except TypeError as err:
@@ -212,10 +213,12 @@ def to_runtime_checkpoint(obj: Any) -> Any:
     if isinstance(obj, _HistoryBufferRecord):
         state = getattr(obj, 'state', None)
         if not isinstance(state, dict):
-            raise UnsafeCheckpointError('malformed HistoryBuffer in checkpoint')
-        return _history_buffer(to_runtime_checkpoint(state.get('_log_history')),
-                               to_runtime_checkpoint(state.get('_count_history')),
-                               state.get('max_length'))
+            raise UnsafeCheckpointError(
+                'malformed HistoryBuffer in checkpoint')
+        return _history_buffer(
+            to_runtime_checkpoint(state.get('_log_history')),
+            to_runtime_checkpoint(state.get('_count_history')),
+            state.get('max_length'))
     if isinstance(obj, (_DtypeRecord, _Record)):
         raise UnsafeCheckpointError(
             f'stray {type(obj).__name__} in checkpoint')

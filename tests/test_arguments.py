@@ -4,19 +4,8 @@ import pytest
 import torch
 
 from nommer_mm import CoTNet, GCViT, NomMer, Visformer
+from small_archs import SMALL
 
-SMALL = {
-    NomMer: dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1],
-                           num_heads=[1, 1, 2, 2], bottleneck_ratios=[2, 2])),
-    GCViT: dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1],
-                          num_heads=[1, 1, 2, 2], mlp_ratio=2,
-                          layer_scale=None)),
-    Visformer: dict(arch=dict(stem_channels=8, embed_dims=32,
-                              depths=[1, 1, 1], num_heads=2)),
-    CoTNet: dict(arch=dict(depths=[1, 1, 1, 1], cardinality=1, base_width=8,
-                           stem='resnet', stem_width=64, avg_down=False,
-                           se_blocks=[[], [], [], []])),
-}
 COMMON = [
     ('frozen_stages', 7, r'frozen_stages=7; expected an int in \[-1, 3\]'),
     ('drop_path_rate', 1.5, r'drop_path_rate=1\.5; expected a number in '

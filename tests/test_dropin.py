@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from nommer_mm import CoTNet, GCViT, NomMer, Visformer
 

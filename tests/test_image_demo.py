@@ -96,5 +96,6 @@ def test_demo_progress_lines():
         '  Iter(train) [ 25/300]  loss 1.3812  lr 1.9000e-04  eta 0:01:02'
     val = ('11/29 10:20:58 - mmengine - INFO - Iter(val) [13/13]    '
            'accuracy/top1: 45.0000  data_time: 0.0100  time: 0.1000')
-    assert demo.progress_line(val) == '  Iter(val) [13/13]  accuracy/top1 45.0000'
+    assert demo.progress_line(val) == \
+        '  Iter(val) [13/13]  accuracy/top1 45.0000'
     assert demo.progress_line('Loads checkpoint by local backend') is None

@@ -64,7 +64,8 @@ def test_dynamic_shape_where_the_model_allows_it(tmp_path):
 @pytest.mark.parametrize('backbone,shape', [('nommer-t', ('224', )),
                                             ('cotnet-50', ('96', '128'))])
 def test_backbone_of_a_detector(backbone, shape, tmp_path):
-    config = ROOT / f'configs/det/cascade-mask-rcnn_{backbone}_fpn_ms-3x_coco.py'
+    config = (ROOT / 'configs/det' /
+              f'cascade-mask-rcnn_{backbone}_fpn_ms-3x_coco.py')
     proc = _export(config, '--out', tmp_path / 'bb.onnx', '--backbone-only',
                    '--shape', *shape, '--verify', cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

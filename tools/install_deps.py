@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_pins(path: Path = REPO_ROOT / 'requirements.txt') -> dict[str, str]:
-    """``name==version`` lines of requirements.txt, the one home of the pins."""
+    """``name==version`` lines of requirements.txt (the pins' one home)."""
     pins = {}
     for line in path.read_text().splitlines():
         line = line.split('#', 1)[0].strip()

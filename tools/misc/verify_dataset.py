@@ -26,7 +26,8 @@ def parse_args(argv=None):
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
-    parser.add_argument('--splits', nargs='+', default=['train', 'val', 'test'])
+    parser.add_argument('--splits', nargs='+',
+                        default=['train', 'val', 'test'])
     parser.add_argument('--workers', type=int,
                         default=min(8, os.cpu_count() or 1))
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)

@@ -39,6 +39,14 @@ default_hooks = dict(logger=dict(interval=1),
     return path
 
 
+def readme_converter_outputs() -> set:
+    """The ``checkpoints/*.pth`` files README's converter commands write."""
+    import re
+    return set(re.findall(
+        r'python tools/model_converters/(?:nommer2mm|peer2mm)\.py .*? '
+        r'(checkpoints/\S+\.pth)', (ROOT / 'README.md').read_text()))
+
+
 def check_curves(work: Path, keys: list[str], out: Path) -> str:
     """tools/analysis_tools/analyze_logs.py on a run's work dir: a PNG and a
     line per key; returns its output."""

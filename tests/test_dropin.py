@@ -1,15 +1,12 @@
 """The backbones as drop-ins for stock OpenMMLab configs: the deprecated
 ``pretrained=``, converter commands that write what the configs read, and
 a missing pretrained file that says how to make it."""
-import re
 import warnings
-from pathlib import Path
 
 import pytest
 
+from cls_helpers import ROOT, readme_converter_outputs
 from nommer_mm import CoTNet, GCViT, NomMer, Visformer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize('cls', [NomMer, GCViT, Visformer, CoTNet],
@@ -80,10 +77,7 @@ def _config_checkpoints() -> dict:
 
 
 def test_readme_converter_commands_write_what_the_configs_read():
-    readme = (ROOT / 'README.md').read_text()
-    written = set(re.findall(
-        r'python tools/model_converters/(?:nommer2mm|peer2mm)\.py .*? '
-        r'(checkpoints/\S+\.pth)', readme))
+    written = readme_converter_outputs()
     read = _config_checkpoints()
     assert read, 'no config reads a checkpoint?'
     missing = {p: cfgs for p, cfgs in read.items() if p not in written}

@@ -2,14 +2,13 @@
 listed once, and every Parameters / FLOPs figure equals what
 tools/analysis_tools/get_flops.py measures for it now."""
 import importlib.util
-import re
 import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from cls_helpers import ROOT, readme_converter_outputs
 
 
 def _get_flops():
@@ -48,9 +47,7 @@ def test_collections_cite_the_paper_and_weights_are_what_readme_writes():
     meta = yaml.safe_load((ROOT / 'configs/cls/metafile.yml').read_text())
     nommer = next(c for c in meta['Collections'] if c['Name'] == 'NomMer')
     assert 'NomMer' in nommer['Paper']['Title']
-    readme = (ROOT / 'README.md').read_text()
-    written = set(re.findall(r'model_converters/\S+\.py .*? (checkpoints/\S+)',
-                             readme))
+    written = readme_converter_outputs()
     weights = {m['Weights'] for m in MODELS.values() if 'Weights' in m}
     assert weights and weights <= written, weights - written
     tiny = MODELS['configs/cls/nommer-tiny_8xb128_in1k.py']

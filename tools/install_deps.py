@@ -746,8 +746,12 @@ def make_wheelhouse(dest: Path, python_version: str | None,
          constraints, *wanted])
     report = json.loads(report_file.read_text())
     provided = closure(report, image_has)
-    needed = closure(report, [w.split('=')[0].split('<')[0] for w in wanted
-                              if w not in image_has]) - provided
+    ours = [re.split(r'[=<>!~]', w)[0] for w in wanted if w not in image_has]
+    needed = closure(report, ours) - provided
+    # A version bound of ours is kept even where the image has the package
+    # (torch requires setuptools, which may be >= 81, without pkg_resources).
+    needed |= {canonical(re.split(r'[=<>!~]', w)[0]) for w in RUNTIME_EXTRAS
+               if re.search(r'[=<>!~]', w)}
     versions = {canonical(i['metadata']['name']): i['metadata']['version']
                 for i in report['install']}
     fetch = sorted(f'{n}=={versions[n]}' for n in needed if n != 'mmcv')
@@ -778,9 +782,15 @@ def mmcv_into(dest: Path, wheel_dirs: list[Path],
     """(Run by --wheelhouse in the target's interpreter.) A working mmcv
     wheel for this interpreter into ``dest``."""
     situation = torch_situation(cuda_archs)
-    pip('install', '-c', str(hold_constraints()), 'setuptools<81', 'wheel',
-        *MMCV_RUNTIME_REQUIREMENTS)
-    whl = working_wheel(wheel_dirs, situation)
+    known = [w for d in [*wheel_dirs, cache_dir(situation)] if d.is_dir()
+             for w in candidate_wheels(d, situation)]
+    installed = next((w for w in known if installed_is(w)), None)
+    if installed and mmcv_ok(situation)[0]:
+        whl = installed  # already installed here and working
+    else:
+        pip('install', '-c', str(hold_constraints()), 'setuptools<81',
+            'wheel', *MMCV_RUNTIME_REQUIREMENTS)
+        whl = working_wheel(wheel_dirs, situation)
     shutil.copy2(whl, dest / whl.name)
     (dest / 'mmcv-build.json').write_text(json.dumps(dict(
         cuda=situation['cuda'], archs=situation['archs'],

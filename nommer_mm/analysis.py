@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from .models.fast import fast_paths
+
 
 def _shape(value) -> list[int]:
     return list(value.type().sizes())
@@ -42,7 +44,8 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence,
 
     Returns the total, or with ``by_module`` the per-module counter.
     Like fvcore, elementwise ops (add, mul, softmax, GELU ...) are not
-    counted.
+    counted. The model runs its plain path (fast paths off), so what is
+    counted is the model's computation, once, whatever runs by default.
     """
     from mmengine.analysis import FlopAnalyzer
     if isinstance(inputs, torch.Tensor):
@@ -55,7 +58,7 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence,
                                sdpa_flop_jit)
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
-        with torch.no_grad():
+        with torch.no_grad(), fast_paths(False):
             result = analyzer.by_module() if by_module else analyzer.total()
     finally:
         model.train(was_training)
@@ -113,7 +116,8 @@ def count_flops_module_hooks(model: nn.Module,
     forward hooks on conv / linear / norm / activation / pooling modules
     (multiply-adds, plus bias adds and norm affine terms). Anything done by
     functional calls is invisible to it: attention matrix products, the
-    DCT, functional activations and pooling."""
+    DCT, functional activations and pooling. The model runs its plain path
+    (fast paths off), where every layer is a module call."""
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs, )
     total = [0]
@@ -133,7 +137,7 @@ def count_flops_module_hooks(model: nn.Module,
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), fast_paths(False):
             model(*inputs)
     finally:
         for h in handles:

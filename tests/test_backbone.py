@@ -462,7 +462,7 @@ def test_eval_selection_keeps_type_promotion():
             got = select_nominated([f.clone() for f in feats], index)
         assert got.dtype == expect.dtype
         assert torch.equal(got, expect)
-    from nommer_mm.models.layers.inplace import add_into
+    from nommer_mm.models.fast import add_into
     a, b = torch.randn(3, 4), torch.randn(3, 4).bfloat16()
     assert add_into(b.clone(), a).dtype == torch.float32  # promoted, new
     torch.testing.assert_close(add_into(b.clone(), a), b + a)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nommer_mm.models.layers import onednn as lin
+from nommer_mm.models.fast import onednn as lin
 from nommer_mm.models.layers.mlp import Mlp
 
 needs_onednn = pytest.mark.skipif(lin._OP is None or

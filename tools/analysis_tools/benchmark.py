@@ -43,6 +43,7 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from nommer_mm.models.fast import fast_paths  # noqa: E402
 
 DEFAULT_MODELS = ['configs/cls/nommer-tiny_8xb128_in1k.py',
                   'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py']
@@ -105,8 +106,11 @@ def _loss(out) -> torch.Tensor:
 class Runner:
     """One model prepared for timed steps."""
 
-    def __init__(self, spec: str, args) -> None:
+    def __init__(self, spec: str, args, fast: bool = True) -> None:
+        self.spec, self.fast = spec, fast
         self.module, self.name = build(spec, args.backbone_only)
+        if not fast:
+            self.name += ' [fast paths off]'
         self.device = torch.device(args.device)
         self.module.to(self.device)
         self.dtype = DTYPES[args.dtype]
@@ -119,12 +123,16 @@ class Runner:
             self.module.to(memory_format=torch.channels_last)
         self.onednn_changed = 0
         if args.onednn_linear_all:
-            from nommer_mm.models.layers.onednn import use_onednn_linear
+            from nommer_mm.models.fast import use_onednn_linear
             self.onednn_changed = use_onednn_linear(self.module)
         self.fn = torch.compile(self.module) if args.compile else self.module
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4)
 
     def step(self) -> None:
+        with fast_paths(self.fast):
+            self._step()
+
+    def _step(self) -> None:
         ctx = torch.autocast(self.device.type, dtype=self.dtype,
                              enabled=self.dtype is not None)
         if self.mode == 'infer':
@@ -192,7 +200,7 @@ def memory_note(args) -> str:
             '(includes memory freed but kept by the allocator)')
 
 
-def peak_memory(spec: str, args) -> float:
+def peak_memory(spec: str, args, fast: bool = True) -> float:
     """MiB of peak memory of one step, measured in a fresh process."""
     cmd = [sys.executable, __file__, '--_memory-of', spec,
            '--mode', args.mode, '--batch', str(args.batch), '--shape',
@@ -204,6 +212,8 @@ def peak_memory(spec: str, args) -> float:
         cmd.append('--channels-last')
     if args.onednn_linear_all:
         cmd.append('--onednn-linear-all')
+    if not fast:
+        cmd.append('--no-fast')
     env = dict(os.environ)
     if live_memory(args):
         env['MALLOC_MMAP_THRESHOLD_'] = str(LIVE_MMAP_THRESHOLD)
@@ -240,7 +250,7 @@ def _peak_rss() -> int:
 def _memory_probe(args) -> None:
     """Peak memory of the first step over the built model: activations,
     gradients and (training) the optimizer state."""
-    runner = Runner(args._memory_of, args)
+    runner = Runner(args._memory_of, args, fast=not args.no_fast)
     if runner.device.type == 'cuda':
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -311,6 +321,11 @@ def main() -> None:
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='after timing, profile one step of each model '
                         'and print its N ops with the most self time')
+    parser.add_argument('--no-fast', action='store_true',
+                        help='run every model with nommer_mm.fast_paths off')
+    parser.add_argument('--fast-vs-plain', action='store_true',
+                        help='run every model twice, fast paths on and off, '
+                        'side by side')
     parser.add_argument('--json', help='write the results here too')
     parser.add_argument('--_memory-of', dest='_memory_of',
                         help=argparse.SUPPRESS)
@@ -331,14 +346,16 @@ def main() -> None:
     results = []
     for mode in modes:
         args.mode = mode
-        runners = [Runner(spec, args) for spec in args.models]
+        variants = [True, False] if args.fast_vs_plain else [not args.no_fast]
+        runners = [Runner(spec, args, fast) for spec in args.models
+                   for fast in variants]
         if args.onednn_linear_all:
             print('  nn.Linear layers turned into oneDNN Linear: ' + ', '.join(
                 f'{r.name} {r.onednn_changed}' for r in runners))
         times = time_alternately(runners, args.warmup, args.reps)
         ips = [args.batch / statistics.median(t) for t in times]
-        mems = [None if args.no_memory else peak_memory(spec, args)
-                for spec in args.models]
+        mems = [None if args.no_memory else peak_memory(r.spec, args, r.fast)
+                for r in runners]
         label = 'inference' if mode == 'infer' else \
             'training step (fwd + bwd + AdamW)'
         print(f'\n{label}')
@@ -361,8 +378,11 @@ def main() -> None:
                 print(profile_step(r, args.profile))
         if mode == 'train' and args.saved:
             from nommer_mm.analysis import saved_for_backward_bytes
-            saved = [saved_for_backward_bytes(r.module.train(), r.x) / 2**20
-                     for r in runners]
+            saved = []
+            for r in runners:
+                with fast_paths(r.fast):
+                    saved.append(saved_for_backward_bytes(
+                        r.module.train(), r.x) / 2**20)
             for r, mib in zip(runners, saved):
                 ratio = '' if r is runners[0] else \
                     f'  ({mib / saved[0]:.2f}x of 1st)'

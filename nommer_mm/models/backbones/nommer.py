@@ -29,7 +29,7 @@ from mmengine.registry import MODELS
 
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
-from ..layers.inplace import add_into
+from ..fast import MaxPool2x2, add_into, fast_paths_enabled
 from ..layers.mlp import Mlp
 from .common import (StagedBackbone, check_arch_values, check_common,
                      empty_batch_safe, pretrained_init_cfg,
@@ -62,10 +62,11 @@ class _PreNormBlock(nn.Module):
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """``x + branch``. Without autograd, the sum is written into ``branch``,
-    the block's own freshly computed output (``add_into``); the input ``x``
-    is untouched. With autograd, ``branch`` may be saved by its producer."""
-    if torch.is_grad_enabled():
+    """``x + branch``. Fast path without autograd: the sum is written into
+    ``branch``, the block's own freshly computed output (``add_into``); the
+    input ``x`` is untouched. With autograd, ``branch`` may be saved by its
+    producer."""
+    if not fast_paths_enabled() or torch.is_grad_enabled():
         return x + branch
     return add_into(branch, x)
 
@@ -121,26 +122,6 @@ class ConvStem(nn.Module):
         return F.relu(self.norm(self.conv(x)), inplace=True).permute(0, 2, 3, 1)
 
 
-class _MaxPool2x2(torch.autograd.Function):
-    """2x2 max-pool (ceil mode) that keeps only the argmax indices for
-    backward: autograd's max-pool also keeps its input, a full map at twice
-    the pooled resolution (at batch 8 and 224, 32 MiB over NomMer-T's three
-    merges). The gradient is scattered back with ``max_unpool2d``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out, index = F.max_pool2d(x, 2, ceil_mode=True, return_indices=True)
-        ctx.save_for_backward(index)
-        ctx.size = x.shape[-2:]
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        index, = ctx.saved_tensors
-        return F.max_unpool2d(grad, index, 2, output_size=ctx.size)
-
-
 class TokenMerge(nn.Module):
     """Stage transition: conv 3x3 (bias) -> max-pool 2x2 (ceil) -> LN.
     (B, H, W, Cin) -> (B, ceil(H/2), ceil(W/2), Cout)."""
@@ -153,8 +134,8 @@ class TokenMerge(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x.permute(0, 3, 1, 2))
         # ceil_mode keeps the last row/column of odd maps (no-op when even).
-        if torch.is_grad_enabled():
-            x = _MaxPool2x2.apply(x)
+        if fast_paths_enabled() and torch.is_grad_enabled():
+            x = MaxPool2x2.apply(x)  # keeps indices only for backward
         else:
             x = F.max_pool2d(x, 2, ceil_mode=True)
         return self.norm(x.permute(0, 2, 3, 1))

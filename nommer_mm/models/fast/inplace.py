@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from .switch import fast_paths_enabled
+
 
 def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``fresh + other``, computed in ``fresh``'s memory when that gives the
     same result: same shape (no broadcast growth) and ``fresh``'s dtype is
     already the promoted one (so autocast's fp32 promotion is kept). The
     caller owns ``fresh`` and makes sure autograd does not need it."""
-    if fresh.shape != other.shape or \
+    if not fast_paths_enabled() or fresh.shape != other.shape or \
             torch.promote_types(fresh.dtype, other.dtype) != fresh.dtype:
         return fresh + other
     return fresh.add_(other)

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .switch import fast_paths_enabled
+
 ACTIVATIONS = ('none', 'gelu')
 
 
@@ -41,7 +43,8 @@ def onednn_applies(*tensors: torch.Tensor) -> bool:
     """Whether the oneDNN path computes ``F.linear`` for these tensors."""
     # is_compiling first: under dynamo it is a constant that ends the test
     # before calls dynamo would not trace
-    return (not torch.compiler.is_compiling() and _OP is not None
+    return (fast_paths_enabled() and not torch.compiler.is_compiling()
+            and _OP is not None
             and not torch.jit.is_tracing()
             and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled

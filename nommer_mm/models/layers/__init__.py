@@ -6,7 +6,7 @@ from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
                       gumbel_softmax, nominator_logits)
 from .cot import CoTLayer, SEConv, local_aggregation
 from .dct import BlockDCT, dct_basis, dct_kronecker_basis
-from .onednn import Linear, linear, use_onednn_linear
+from ..fast import Linear, linear, use_onednn_linear
 from .mlp import Mlp
 
 __all__ = [

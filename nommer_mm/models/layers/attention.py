@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 
-from . import onednn
-from .onednn import Linear
+from ..fast import onednn
+from ..fast import Linear, fast_paths_enabled
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -150,7 +150,7 @@ class WindowMSA(nn.Module):
 
     def forward(self, x: torch.Tensor,
                 query: torch.Tensor | None = None) -> torch.Tensor:
-        if not torch.is_grad_enabled() and \
+        if fast_paths_enabled() and not torch.is_grad_enabled() and \
                 x.numel() * x.element_size() > 2 * STRIP_BYTES:
             return self._forward_in_strips(x, query)
         return self._forward(x, query)
@@ -186,9 +186,14 @@ class WindowMSA(nn.Module):
         n = windows.shape[1]
         q, k, v = self._project(windows, query, B)  # each (B*nW, h, n, d)
         bias = self.relative_position_bias().to(q.dtype).unsqueeze(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        if pad_h or pad_w:
-            out = self._redo_border_windows(out, q, k, v, bias, B, H, W)
+        if (pad_h or pad_w) and not fast_paths_enabled():
+            # every window, its padded keys masked out
+            mask = bias + self._padding_mask(H, W, q).repeat(B, 1, 1, 1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            if pad_h or pad_w:  # fast path: only the border windows masked
+                out = self._redo_border_windows(out, q, k, v, bias, B, H, W)
         out = self.proj(out.transpose(1, 2).reshape(-1, n, C))
         out = window_reverse(out, w, Hp, Wp)
         if pad_h or pad_w:
@@ -225,9 +230,20 @@ class WindowMSA(nn.Module):
         mask = bias + mask.repeat(B, 1, 1, 1)  # (B*nb, h, n, n)
         redone = F.scaled_dot_product_attention(q[index], k[index],
                                                 v[index], attn_mask=mask)
-        if torch.is_grad_enabled():  # SDPA's backward may keep ``out``
+        if not fast_paths_enabled() or torch.is_grad_enabled():
+            # SDPA's backward may keep ``out``
             return out.index_copy(0, index, redone)
         return out.index_copy_(0, index, redone)
+
+    def _padding_mask(self, H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
+        """(nW, 1, 1, w*w) additive mask of one image's windows: -inf on
+        padded keys, 0 elsewhere."""
+        border, border_mask = self._border_windows(H, W, ref)
+        w = self.window_size
+        num_windows = -(-H // w) * -(-W // w)
+        mask = border_mask.new_zeros(num_windows, *border_mask.shape[1:])
+        mask[border] = border_mask
+        return mask
 
     def _border_windows(self, H: int, W: int, ref: torch.Tensor) -> tuple:
         """Windows of one image that hold padding, as (nb,) indices in

@@ -15,7 +15,7 @@ from mmcv.cnn import build_norm_layer
 
 from .attention import MultiheadSelfAttention, WindowMSA
 from .dct import BlockDCT
-from .inplace import add_into
+from ..fast import add_into, fast_paths_enabled
 
 
 class ConvContext(nn.Module):
@@ -152,7 +152,8 @@ def select_nominated(feats: list, index: torch.Tensor,
     an eval model), and in a trace (ONNX export: ``where`` has no ``out=``
     there), it selects out of place."""
     index = index.unsqueeze(-1)
-    if torch.is_grad_enabled() or torch.jit.is_tracing():
+    if not fast_paths_enabled() or torch.is_grad_enabled() \
+            or torch.jit.is_tracing():
         selected = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
             selected = torch.where(index == i, feats[i], selected)
@@ -272,9 +273,20 @@ class ContextNominator(nn.Module):
         if len(feats) != self.fc.out_features:
             raise ValueError(f'expected {self.fc.out_features} candidates, '
                              f'got {len(feats)}')
-        if self.training:
+        if self.training and fast_paths_enabled():
             out, index = _NominateAndCombine.apply(
                 self.tau, self.fc.weight, self.fc.bias, *feats)
+        elif self.training:
+            # hard Gumbel-softmax with straight-through gradients: the
+            # forward takes the one-hot sample, the backward the soft one's
+            soft = gumbel_softmax(
+                nominator_logits(_sum(feats), self.fc.weight, self.fc.bias),
+                self.tau)
+            index = soft.argmax(-1)
+            hard = F.one_hot(index, len(feats)).to(soft.dtype)
+            weights = hard - soft.detach() + soft
+            out = _sum([weights[..., p, None] * f
+                        for p, f in enumerate(feats)])
         else:
             index = nominator_logits(_sum(feats), self.fc.weight,
                                      self.fc.bias).argmax(-1)

@@ -39,6 +39,7 @@ Offline machines (a cluster's compute nodes, a GPU box without network):
 Usage: ``python tools/install_deps.py [--wheels DIR] [--cuda-archs 8.0,9.0]
 [--no-self]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,20 +79,30 @@ TORCH_PIN = ('torch', PINS['torch'])
 TORCHVISION_PIN = ('torchvision', PINS['torchvision'])
 MMCV_VERSION = PINS['mmcv']
 # Frozen by the users' stack: mmdet 3.3 / mmseg 1.2.2 refuse mmcv >= 2.2.
-OPENMMLAB_PINS = {name: PINS[name] for name in
-                  ('mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain')}
+OPENMMLAB_PINS = {
+    name: PINS[name] for name in ('mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain')
+}
 # Needed at import or run time but not declared (mmseg: ftfy, regex;
 # mmengine resolves `mmdet::` config bases through pkg_resources, which
 # setuptools >= 81 no longer ships; mmdet's COCO metric: pycocotools).
-RUNTIME_EXTRAS = ['setuptools<81', 'ftfy', 'regex', 'pycocotools', 'scipy',
-                  'shapely', 'terminaltables', 'matplotlib']
+RUNTIME_EXTRAS = [
+    'setuptools<81',
+    'ftfy',
+    'regex',
+    'pycocotools',
+    'scipy',
+    'shapely',
+    'terminaltables',
+    'matplotlib',
+]
 # Used by our tests and tools (timm: the independent GC ViT / Visformer the
 # converter tests compare against; pinned, and installed with torch held,
 # so it cannot swap torch), not needed to train or evaluate.
-DEV_EXTRAS = ['pytest', 'timm==1.0.22', 'onnx', 'onnxruntime']
+DEV_EXTRAS = ['pytest', 'timm==1.0.22', 'onnx', 'onnxruntime', 'ruff==0.17.6']
 EXTRA_REQUIREMENTS = RUNTIME_EXTRAS + DEV_EXTRAS
-CACHE_ROOT = Path(os.environ.get('XDG_CACHE_HOME',
-                                 Path.home() / '.cache')) / 'nommer_mm'
+CACHE_ROOT = (
+    Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'nommer_mm'
+)
 
 
 def log(msg: str) -> None:
@@ -104,8 +115,7 @@ def run(cmd: list, env: dict | None = None, cwd: str | None = None) -> None:
 
 
 def pip(*args: str, env: dict | None = None) -> None:
-    run([sys.executable, '-m', 'pip', '--disable-pip-version-check', *args],
-        env=env)
+    run([sys.executable, '-m', 'pip', '--disable-pip-version-check', *args], env=env)
 
 
 def probe(code: str, python: str | None = None) -> tuple[bool, str]:
@@ -113,9 +123,12 @@ def probe(code: str, python: str | None = None) -> tuple[bool, str]:
     this process (and a freshly installed package must be seen)."""
     # Run outside the checkout, or `import nommer_mm` would succeed from the
     # working directory without the package being installed.
-    proc = subprocess.run([python or sys.executable, '-c', code],
-                          capture_output=True, text=True,
-                          cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [python or sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
@@ -140,8 +153,9 @@ def sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------- torch
 def torch_pair_ok() -> tuple[bool, str]:
-    return probe('import torch, torchvision; '
-                 'print(torch.__version__, torchvision.__version__)')
+    return probe(
+        'import torch, torchvision; print(torch.__version__, torchvision.__version__)'
+    )
 
 
 def ensure_torch() -> None:
@@ -149,10 +163,15 @@ def ensure_torch() -> None:
     if ok:
         log(f'torch/torchvision present: {out}')
         return
-    log(f'no importable torch + torchvision pair ({out.splitlines()[-1:]}); '
-        'installing the pinned PyPI pair')
-    pip('install', f'{TORCH_PIN[0]}=={TORCH_PIN[1]}',
-        f'{TORCHVISION_PIN[0]}=={TORCHVISION_PIN[1]}')
+    log(
+        f'no importable torch + torchvision pair ({out.splitlines()[-1:]}); '
+        'installing the pinned PyPI pair'
+    )
+    pip(
+        'install',
+        f'{TORCH_PIN[0]}=={TORCH_PIN[1]}',
+        f'{TORCHVISION_PIN[0]}=={TORCHVISION_PIN[1]}',
+    )
     ok, out = torch_pair_ok()
     if not ok:
         sys.exit(f'torch/torchvision still do not import:\n{out}')
@@ -164,11 +183,12 @@ def parse_archs(text: str) -> list[str]:
     archs = [a.strip() for a in re.split(r'[,; ]+', text) if a.strip()]
     for arch in archs:
         if not re.fullmatch(r'\d+\.\d+a?(\+PTX)?', arch):
-            sys.exit(f'--cuda-archs {text!r}: {arch!r} is not a compute '
-                     'capability; give them like 8.0,9.0 (A100, H100)')
+            sys.exit(
+                f'--cuda-archs {text!r}: {arch!r} is not a compute '
+                'capability; give them like 8.0,9.0 (A100, H100)'
+            )
     if not archs:
-        sys.exit(f'--cuda-archs {text!r} names no architecture; give them '
-                 'like 8.0,9.0')
+        sys.exit(f'--cuda-archs {text!r} names no architecture; give them like 8.0,9.0')
     return archs
 
 
@@ -187,7 +207,8 @@ def torch_situation(cuda_archs: list[str] | None = None) -> dict:
         'cap = "%d.%d" % torch.cuda.get_device_capability(0) if gpu else "-"\n'
         'print("SITUATION", sys.version_info[0], sys.version_info[1], '
         'torch.__version__.split("+")[0], torch.version.cuda or "none", '
-        'int(gpu), cap, os.path.dirname(os.path.dirname(torch.__file__)))')
+        'int(gpu), cap, os.path.dirname(os.path.dirname(torch.__file__)))'
+    )
     if not ok:
         sys.exit(f'cannot inspect torch:\n{out}')
     # torch may print warnings (e.g. about CUDA) around the line we want.
@@ -198,22 +219,35 @@ def torch_situation(cuda_archs: list[str] | None = None) -> dict:
     else:
         archs = cuda_archs
         if archs and cuda == 'none':
-            sys.exit(f'--cuda-archs {",".join(archs)}: this torch '
-                     f'({tv}) is a CPU-only build (torch.version.cuda is '
-                     'None), so CUDA kernels cannot be built against it; '
-                     'install a CUDA build of torch or leave out --cuda-archs')
+            sys.exit(
+                f'--cuda-archs {",".join(archs)}: this torch '
+                f'({tv}) is a CPU-only build (torch.version.cuda is '
+                'None), so CUDA kernels cannot be built against it; '
+                'install a CUDA build of torch or leave out --cuda-archs'
+            )
         if int(cuda.split('.')[0]) >= 13:
             old = [a for a in archs if float(a.rstrip('a').split('+')[0]) < 7.5]
             if old:
-                sys.exit(f'--cuda-archs {",".join(archs)}: CUDA {cuda} '
-                         f'(torch {tv}) cannot compile for {old}; it '
-                         'supports compute capability 7.5 and newer')
-    kernels = ('cu' + cuda.replace('.', '') + '-'
-               + '-'.join(arch_tag(a) for a in archs)) if archs else 'cpu'
-    return dict(py=f'cp{major}{minor}', torch=tv, cuda=cuda,
-                gpu=gpu == '1', archs=archs, site_packages=site,
-                want_cuda_ops=bool(archs),
-                key=f'cp{major}{minor}-torch{tv}-{kernels}')
+                sys.exit(
+                    f'--cuda-archs {",".join(archs)}: CUDA {cuda} '
+                    f'(torch {tv}) cannot compile for {old}; it '
+                    'supports compute capability 7.5 and newer'
+                )
+    kernels = (
+        ('cu' + cuda.replace('.', '') + '-' + '-'.join(arch_tag(a) for a in archs))
+        if archs
+        else 'cpu'
+    )
+    return dict(
+        py=f'cp{major}{minor}',
+        torch=tv,
+        cuda=cuda,
+        gpu=gpu == '1',
+        archs=archs,
+        site_packages=site,
+        want_cuda_ops=bool(archs),
+        key=f'cp{major}{minor}-torch{tv}-{kernels}',
+    )
 
 
 # ------------------------------------------------------- CUDA toolchain
@@ -222,8 +256,12 @@ def torch_situation(cuda_archs: list[str] | None = None) -> dict:
 # front-end headers, the NVVM back end and the CCCL headers (thrust, cub,
 # nv/target), at torch's CUDA version. cuobjdump (any version) lists the
 # kernels a build holds.
-CUDA_TOOL_PACKAGES = ('nvidia-cuda-nvcc', 'nvidia-cuda-crt', 'nvidia-nvvm',
-                      'nvidia-cuda-cccl')
+CUDA_TOOL_PACKAGES = (
+    'nvidia-cuda-nvcc',
+    'nvidia-cuda-crt',
+    'nvidia-nvvm',
+    'nvidia-cuda-cccl',
+)
 CUOBJDUMP_PACKAGE = 'nvidia-cuda-cuobjdump'
 # --pypi-cuda: use those packages even where a system toolkit exists.
 PYPI_CUDA = False
@@ -231,8 +269,9 @@ PYPI_CUDA = False
 
 def nvcc_version(nvcc: Path) -> str | None:
     try:
-        out = subprocess.run([str(nvcc), '--version'], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            [str(nvcc), '--version'], capture_output=True, text=True
+        ).stdout
     except OSError:
         return None
     found = re.search(r'release (\d+\.\d+)', out)
@@ -250,8 +289,9 @@ def system_cuda_home(cuda: str) -> Path | None:
     for home in map(Path, filter(None, candidates)):
         # A toolkit has its headers beside nvcc (a wrapper script in
         # /usr/local/bin does not make /usr/local one).
-        if (home / 'include' / 'cuda_runtime.h').exists() \
-                and nvcc_version(home / 'bin' / 'nvcc') == cuda:
+        if (home / 'include' / 'cuda_runtime.h').exists() and nvcc_version(
+            home / 'bin' / 'nvcc'
+        ) == cuda:
             return home
     return None
 
@@ -295,13 +335,14 @@ def cuda_home_from_pypi(cuda: str, site_packages: str) -> Path:
         pip_target(CUOBJDUMP_PACKAGE, root / 'pkgs' / CUOBJDUMP_PACKAGE)
         pkgs.append(root / 'pkgs' / CUOBJDUMP_PACKAGE / 'nvidia' / f'cu{major}')
     except subprocess.CalledProcessError:
-        log(f'{CUOBJDUMP_PACKAGE} did not install; the kernel listing '
-            'will be skipped')
+        log(f'{CUOBJDUMP_PACKAGE} did not install; the kernel listing will be skipped')
     torch_cuda = Path(site_packages) / 'nvidia' / f'cu{major}'
     if not (torch_cuda / 'include' / 'cuda_runtime.h').exists():
-        sys.exit(f'torch {cuda} CUDA headers not found under {torch_cuda}: '
-                 'the torch in this environment was not installed with '
-                 "NVIDIA's CUDA wheels (pip install torch from PyPI does)")
+        sys.exit(
+            f'torch {cuda} CUDA headers not found under {torch_cuda}: '
+            'the torch in this environment was not installed with '
+            "NVIDIA's CUDA wheels (pip install torch from PyPI does)"
+        )
     # Assembled afresh each time: it points into one environment's torch.
     home = root / 'home'
     shutil.rmtree(home, ignore_errors=True)
@@ -337,8 +378,10 @@ def cuda_home_from_pypi(cuda: str, site_packages: str) -> Path:
     found = nvcc_version(home / 'bin' / 'nvcc')
     if found != cuda:
         sys.exit(f'the assembled nvcc reports CUDA {found}, torch needs {cuda}')
-    log(f'CUDA {cuda} toolchain for building: {home} (build-only, from '
-        f"NVIDIA's PyPI packages; nothing installed into this environment)")
+    log(
+        f'CUDA {cuda} toolchain for building: {home} (build-only, from '
+        f"NVIDIA's PyPI packages; nothing installed into this environment)"
+    )
     return home
 
 
@@ -359,18 +402,26 @@ def kernel_archs(wheel: Path, cuda_home: Path) -> list[str] | None:
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as z:
         name = next(n for n in z.namelist() if re.match(r'mmcv/_ext.*\.so$', n))
         lib = z.extract(name, tmp)
-        out = subprocess.run([str(cuobjdump), '--list-elf', lib],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [str(cuobjdump), '--list-elf', lib], capture_output=True, text=True
+        ).stdout
     return sorted(set(re.findall(r'\.(sm_\d+a?)\.cubin', out)))
 
 
 # ------------------------------------------------------------------ mmcv
 # mmcv 2.1.0's own runtime requirements: wheels are installed with --no-deps
 # (so pip cannot pull another mmcv or torch), hence these come first.
-MMCV_RUNTIME_REQUIREMENTS = ['addict', 'numpy', 'packaging', 'Pillow',
-                             'pyyaml', 'yapf', 'opencv-python',
-                             f'mmengine=={OPENMMLAB_PINS["mmengine"]}']
-MMCV_CHECK = '''
+MMCV_RUNTIME_REQUIREMENTS = [
+    'addict',
+    'numpy',
+    'packaging',
+    'Pillow',
+    'pyyaml',
+    'yapf',
+    'opencv-python',
+    f'mmengine=={OPENMMLAB_PINS["mmengine"]}',
+]
+MMCV_CHECK = """
 import torch, mmcv
 from mmcv.ops import RoIAlign, nms
 from mmcv.ops import get_compiling_cuda_version
@@ -383,17 +434,19 @@ feat = torch.arange(16.).view(1, 1, 4, 4)
 out = RoIAlign((2, 2), 1.0, 0)(feat, torch.tensor([[0., 0., 0., 3., 3.]]))
 assert out.shape == (1, 1, 2, 2)
 if {need_cuda}:
-    assert get_compiling_cuda_version() != "not available", "mmcv built without CUDA ops"
+    assert get_compiling_cuda_version() != "not available", \\
+        "mmcv built without CUDA ops"
 if {need_cuda} and torch.cuda.is_available():
     _, keep = nms(boxes.cuda(), scores.cuda(), 0.5)
     assert keep.tolist() == [0, 2]
 print("mmcv", mmcv.__version__, "ops OK, cuda:", get_compiling_cuda_version())
-'''
+"""
 
 
 def mmcv_ok(situation: dict) -> tuple[bool, str]:
-    return probe(MMCV_CHECK.format(ver=MMCV_VERSION,
-                                   need_cuda=situation['want_cuda_ops']))
+    return probe(
+        MMCV_CHECK.format(ver=MMCV_VERSION, need_cuda=situation['want_cuda_ops'])
+    )
 
 
 def cache_dir(situation: dict) -> Path:
@@ -450,8 +503,12 @@ def try_wheel(whl: Path, situation: dict) -> bool:
 # replacement, reason). Applied with re.subn; a pattern that no longer
 # matches is reported, so a changed source does not pass silently.
 SOURCE_PATCHES = [
-    ('setup.py', r'-std=c\+\+1[47]', '-std=c++20',
-     'torch >= 2.10 headers need C++20; the source hard-codes c++14/c++17'),
+    (
+        'setup.py',
+        r'-std=c\+\+1[47]',
+        '-std=c++20',
+        'torch >= 2.10 headers need C++20; the source hard-codes c++14/c++17',
+    ),
 ]
 
 
@@ -460,55 +517,90 @@ def patch_sources(src: Path) -> None:
         path = src / rel
         text, count = re.subn(pattern, replacement, path.read_text())
         if not count:
-            sys.exit(f'mmcv source patch no longer applies to {rel} '
-                     f'({pattern!r}): {reason}')
+            sys.exit(
+                f'mmcv source patch no longer applies to {rel} ({pattern!r}): {reason}'
+            )
         path.write_text(text)
         log(f'patched {rel} ({count}x): {reason}')
 
 
 def build_mmcv(situation: dict) -> Path:
     """Build mmcv from the PyPI source distribution; return the wheel."""
-    kernels = (f'CUDA {situation["cuda"]} kernels for '
-               f'{",".join(situation["archs"])}' if situation['archs']
-               else 'CPU ops only')
-    log(f'building mmcv {MMCV_VERSION} from source with {kernels} (2 cores: '
-        'about 20 min for CPU ops, 25 min more per CUDA architecture)')
+    kernels = (
+        f'CUDA {situation["cuda"]} kernels for {",".join(situation["archs"])}'
+        if situation['archs']
+        else 'CPU ops only'
+    )
+    log(
+        f'building mmcv {MMCV_VERSION} from source with {kernels} (2 cores: '
+        'about 20 min for CPU ops, 25 min more per CUDA architecture)'
+    )
     # pkg_resources is gone from setuptools >= 81; mmcv's setup.py needs it.
     pip('install', 'setuptools<81', 'wheel', 'ninja', 'packaging')
     work = Path(tempfile.mkdtemp(prefix='mmcv-build-'))
     # No build isolation here either: an isolated setup.py run would get
     # the newest setuptools, without pkg_resources.
-    pip('download', '--no-deps', '--no-build-isolation', '--no-binary',
-        ':all:', f'mmcv=={MMCV_VERSION}', '-d', str(work))
+    pip(
+        'download',
+        '--no-deps',
+        '--no-build-isolation',
+        '--no-binary',
+        ':all:',
+        f'mmcv=={MMCV_VERSION}',
+        '-d',
+        str(work),
+    )
     sdist = next(work.glob('mmcv-*.tar.gz'))
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter='data')
     src = next(p for p in work.iterdir() if p.is_dir())
     patch_sources(src)
     # -g0: no debug info (a much smaller library, a faster link).
-    env = dict(os.environ, MMCV_WITH_OPS='1', CFLAGS='-O2 -g0',
-               CXXFLAGS='-O2 -g0',
-               MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count() or 2)))
+    env = dict(
+        os.environ,
+        MMCV_WITH_OPS='1',
+        CFLAGS='-O2 -g0',
+        CXXFLAGS='-O2 -g0',
+        MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count() or 2)),
+    )
     cuda_home = None
     if situation['archs']:
         cuda_home = cuda_home_for(situation)
-        env.update(FORCE_CUDA='1', CUDA_HOME=str(cuda_home),
-                   TORCH_CUDA_ARCH_LIST=';'.join(situation['archs']),
-                   PATH=f'{cuda_home / "bin"}{os.pathsep}{env["PATH"]}')
+        env.update(
+            FORCE_CUDA='1',
+            CUDA_HOME=str(cuda_home),
+            TORCH_CUDA_ARCH_LIST=';'.join(situation['archs']),
+            PATH=f'{cuda_home / "bin"}{os.pathsep}{env["PATH"]}',
+        )
     else:
         env['FORCE_CUDA'] = '0'
     out_dir = work / 'dist'
     start = time.time()
-    run([sys.executable, '-m', 'pip', 'wheel', '--no-build-isolation',
-         '--no-deps', '-w', str(out_dir), str(src)], env=env)
+    run(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'wheel',
+            '--no-build-isolation',
+            '--no-deps',
+            '-w',
+            str(out_dir),
+            str(src),
+        ],
+        env=env,
+    )
     whl = next(out_dir.glob('mmcv-*.whl'))
-    log(f'built {whl.name} in {(time.time() - start) / 60:.1f} min on '
+    log(
+        f'built {whl.name} in {(time.time() - start) / 60:.1f} min on '
         f'{os.cpu_count()} cores ({kernels}), '
-        f'{whl.stat().st_size / 2**20:.1f} MiB')
+        f'{whl.stat().st_size / 2**20:.1f} MiB'
+    )
     if cuda_home:
         found = kernel_archs(whl, cuda_home)
-        wanted = sorted(arch_tag(a).replace('sm', 'sm_').split('-')[0]
-                        for a in situation['archs'])
+        wanted = sorted(
+            arch_tag(a).replace('sm', 'sm_').split('-')[0] for a in situation['archs']
+        )
         log(f'cuobjdump --list-elf on mmcv/_ext: {found}')
         if found is not None and not set(wanted) <= set(found):
             sys.exit(f'the build lacks kernels for {wanted}: it has {found}')
@@ -544,8 +636,9 @@ def installed_is(wheel: Path) -> bool:
     installed = Path(out.splitlines()[-1])
     with zipfile.ZipFile(wheel) as z:
         names = [n for n in z.namelist() if n == f'mmcv/{installed.name}']
-        return bool(names) and hashlib.sha256(
-            z.read(names[0])).hexdigest() == sha256(installed)
+        return bool(names) and hashlib.sha256(z.read(names[0])).hexdigest() == sha256(
+            installed
+        )
 
 
 def ensure_mmcv(wheel_dirs: list[Path], cuda_archs: list[str] | None) -> None:
@@ -553,8 +646,10 @@ def ensure_mmcv(wheel_dirs: list[Path], cuda_archs: list[str] | None) -> None:
     ok, out = mmcv_ok(situation)
     # An explicit --cuda-archs asks for a build for those architectures: the
     # installed mmcv counts only if it is the cached build for them.
-    if ok and (cuda_archs is None or any(
-            installed_is(whl) for whl in cache_dir(situation).glob('*.whl'))):
+    if ok and (
+        cuda_archs is None
+        or any(installed_is(whl) for whl in cache_dir(situation).glob('*.whl'))
+    ):
         log(f'mmcv present: {out.splitlines()[-1]}')
         return
     log(f'mmcv {MMCV_VERSION} with ops for {situation["key"]} wanted')
@@ -574,8 +669,7 @@ def hold_constraints() -> Path:
 
 
 def pins_satisfied() -> list[str]:
-    missing = [f'{d}=={v}' for d, v in OPENMMLAB_PINS.items()
-               if version_of(d) != v]
+    missing = [f'{d}=={v}' for d, v in OPENMMLAB_PINS.items() if version_of(d) != v]
     missing += [r for r in EXTRA_REQUIREMENTS if not requirement_met(r)]
     return missing
 
@@ -587,18 +681,25 @@ def requirement_met(requirement: str) -> bool:
         from pip._vendor.packaging.requirements import Requirement
     req = Requirement(requirement)
     installed = version_of(req.name)
-    return installed is not None and req.specifier.contains(
-        installed, prereleases=True)
+    return installed is not None and req.specifier.contains(installed, prereleases=True)
 
 
 def install_self(*pip_options: str) -> None:
-    ok, out = probe('import nommer_mm, os; print(os.path.dirname('
-                    'os.path.dirname(nommer_mm.__file__)))')
+    ok, out = probe(
+        'import nommer_mm, os; print(os.path.dirname('
+        'os.path.dirname(nommer_mm.__file__)))'
+    )
     if ok and Path(out.splitlines()[-1]).resolve() == REPO_ROOT:
         log('nommer_mm installed from this checkout')
     else:
-        pip('install', *pip_options, '--no-deps', '--no-build-isolation',
-            '-e', str(REPO_ROOT))
+        pip(
+            'install',
+            *pip_options,
+            '--no-deps',
+            '--no-build-isolation',
+            '-e',
+            str(REPO_ROOT),
+        )
 
 
 def ensure_rest(with_self: bool) -> None:
@@ -613,16 +714,18 @@ def ensure_rest(with_self: bool) -> None:
 
 
 def final_check() -> None:
-    ok, out = probe('import mmdet, mmseg, mmpretrain, mmengine, mmcv\n'
-                    'from mmcv.ops import RoIAlign, nms\n'
-                    'from mmengine.config import Config\n'
-                    'import tempfile, os\n'
-                    'f = os.path.join(tempfile.mkdtemp(), "c.py")\n'
-                    'open(f, "w").write("_base_ = [\'mmdet::_base_/'
-                    'default_runtime.py\']")\n'
-                    'assert Config.fromfile(f).default_scope == "mmdet"\n'
-                    'print("stack:", mmengine.__version__, mmcv.__version__, '
-                    'mmdet.__version__, mmseg.__version__, mmpretrain.__version__)')
+    ok, out = probe(
+        'import mmdet, mmseg, mmpretrain, mmengine, mmcv\n'
+        'from mmcv.ops import RoIAlign, nms\n'
+        'from mmengine.config import Config\n'
+        'import tempfile, os\n'
+        'f = os.path.join(tempfile.mkdtemp(), "c.py")\n'
+        'open(f, "w").write("_base_ = [\'mmdet::_base_/'
+        'default_runtime.py\']")\n'
+        'assert Config.fromfile(f).default_scope == "mmdet"\n'
+        'print("stack:", mmengine.__version__, mmcv.__version__, '
+        'mmdet.__version__, mmseg.__version__, mmpretrain.__version__)'
+    )
     if not ok:
         sys.exit(f'the stack does not import:\n{out}')
     log(next(ln for ln in out.splitlines() if ln.startswith('stack:')))
@@ -633,8 +736,20 @@ def final_check() -> None:
 # the stack of this project's GPU machines and of the common CUDA images
 # (NGC PyTorch). The wheelhouse holds the rest of the stack's closure.
 # numpy 2 is asked for, so compiled wheels that support it are chosen.
-IMAGE_HAS = ['torch', 'torchvision', 'numpy', 'opencv-python', 'matplotlib',
-             'scipy', 'pyyaml', 'rich', 'tqdm', 'regex', 'einops', 'pillow']
+IMAGE_HAS = [
+    'torch',
+    'torchvision',
+    'numpy',
+    'opencv-python',
+    'matplotlib',
+    'scipy',
+    'pyyaml',
+    'rich',
+    'tqdm',
+    'regex',
+    'einops',
+    'pillow',
+]
 WHEELHOUSE_BUDGET_MIB = 60
 MANIFEST = 'wheelhouse.json'
 
@@ -644,17 +759,21 @@ def find_interpreter(version: str) -> Path:
     names = [f'python{version}']
     found = [shutil.which(n) for n in names]
     pyenv_root = Path(os.environ.get('PYENV_ROOT', Path.home() / '.pyenv'))
-    found += sorted(str(p) for p in
-                    pyenv_root.glob(f'versions/{version}.*/bin/python{version}'))
+    found += sorted(
+        str(p) for p in pyenv_root.glob(f'versions/{version}.*/bin/python{version}')
+    )
     for candidate in filter(None, found):
-        ok, out = probe('import sys; print("%d.%d" % sys.version_info[:2])',
-                        python=candidate)
+        ok, out = probe(
+            'import sys; print("%d.%d" % sys.version_info[:2])', python=candidate
+        )
         if ok and out.splitlines()[-1] == version:
             return Path(candidate)
-    sys.exit(f'--for-python {version}: no CPython {version} on this machine '
-             f'(looked for python{version} on PATH and under '
-             f'{pyenv_root}/versions); install one, e.g. '
-             f'`pyenv install {version}`')
+    sys.exit(
+        f'--for-python {version}: no CPython {version} on this machine '
+        f'(looked for python{version} on PATH and under '
+        f'{pyenv_root}/versions); install one, e.g. '
+        f'`pyenv install {version}`'
+    )
 
 
 def side_environment(python_version: str, torch_version: str) -> Path:
@@ -663,16 +782,30 @@ def side_environment(python_version: str, torch_version: str) -> Path:
     name = f'cp{python_version.replace(".", "")}-torch{torch_version}'
     env_dir = CACHE_ROOT / 'envs' / name
     python = env_dir / 'bin' / 'python'
-    check = ('import torch; assert torch.__version__.split("+")[0] == '
-             f'"{torch_version}", torch.__version__; print(torch.__version__)')
+    check = (
+        'import torch; assert torch.__version__.split("+")[0] == '
+        f'"{torch_version}", torch.__version__; print(torch.__version__)'
+    )
     if python.exists() and probe(check, python=str(python))[0]:
         log(f'side environment {env_dir} present')
         return python
     interpreter = find_interpreter(python_version)
     run([interpreter, '-m', 'venv', '--clear', env_dir])
-    run([python, '-m', 'pip', '--disable-pip-version-check', 'install',
-         f'torch=={torch_version}', 'numpy>=2', 'setuptools<81', 'wheel',
-         'ninja', 'packaging'])
+    run(
+        [
+            python,
+            '-m',
+            'pip',
+            '--disable-pip-version-check',
+            'install',
+            f'torch=={torch_version}',
+            'numpy>=2',
+            'setuptools<81',
+            'wheel',
+            'ninja',
+            'packaging',
+        ]
+    )
     ok, out = probe(check, python=str(python))
     if not ok:
         sys.exit(f'torch {torch_version} does not import in {env_dir}:\n{out}')
@@ -705,16 +838,22 @@ def closure(report: dict, roots: list[str]) -> set[str]:
     return seen
 
 
-def make_wheelhouse(dest: Path, python_version: str | None,
-                    torch_version: str | None, cuda_archs: list[str] | None,
-                    image_has: list[str], wheel_dirs: list[Path]) -> None:
+def make_wheelhouse(
+    dest: Path,
+    python_version: str | None,
+    torch_version: str | None,
+    cuda_archs: list[str] | None,
+    image_has: list[str],
+    wheel_dirs: list[Path],
+) -> None:
     here = '%d.%d' % sys.version_info[:2]
     this_torch = (version_of('torch') or '').split('+')[0]
     python_version = python_version or here
     torch_version = torch_version or this_torch
     if not torch_version:
-        sys.exit('--wheelhouse: no torch here; name the target one with '
-                 '--for-torch VERSION')
+        sys.exit(
+            '--wheelhouse: no torch here; name the target one with --for-torch VERSION'
+        )
     if python_version == here and torch_version == this_torch:
         python = Path(sys.executable)
     else:
@@ -734,67 +873,123 @@ def make_wheelhouse(dest: Path, python_version: str | None,
     # 2. Resolve the stack for that interpreter, mmcv from the folder.
     work = Path(tempfile.mkdtemp(prefix='wheelhouse-'))
     constraints = work / 'constraints.txt'
-    constraints.write_text(f'torch=={torch_version}\nnumpy>=2\n'
-                           f'mmcv=={MMCV_VERSION}\n')
-    wanted = [f'mmcv=={MMCV_VERSION}',
-              *(f'{n}=={v}' for n, v in OPENMMLAB_PINS.items()),
-              *RUNTIME_EXTRAS, *image_has]
+    constraints.write_text(f'torch=={torch_version}\nnumpy>=2\nmmcv=={MMCV_VERSION}\n')
+    wanted = [
+        f'mmcv=={MMCV_VERSION}',
+        *(f'{n}=={v}' for n, v in OPENMMLAB_PINS.items()),
+        *RUNTIME_EXTRAS,
+        *image_has,
+    ]
     report_file = work / 'report.json'
-    run([python, '-m', 'pip', '--disable-pip-version-check', 'install',
-         '--dry-run', '--ignore-installed', '--quiet', '--report',
-         report_file, '--find-links', dest, '--prefer-binary', '-c',
-         constraints, *wanted])
+    run(
+        [
+            python,
+            '-m',
+            'pip',
+            '--disable-pip-version-check',
+            'install',
+            '--dry-run',
+            '--ignore-installed',
+            '--quiet',
+            '--report',
+            report_file,
+            '--find-links',
+            dest,
+            '--prefer-binary',
+            '-c',
+            constraints,
+            *wanted,
+        ]
+    )
     report = json.loads(report_file.read_text())
     provided = closure(report, image_has)
     ours = [re.split(r'[=<>!~]', w)[0] for w in wanted if w not in image_has]
     needed = closure(report, ours) - provided
     # A version bound of ours is kept even where the image has the package
     # (torch requires setuptools, which may be >= 81, without pkg_resources).
-    needed |= {canonical(re.split(r'[=<>!~]', w)[0]) for w in RUNTIME_EXTRAS
-               if re.search(r'[=<>!~]', w)}
-    versions = {canonical(i['metadata']['name']): i['metadata']['version']
-                for i in report['install']}
+    needed |= {
+        canonical(re.split(r'[=<>!~]', w)[0])
+        for w in RUNTIME_EXTRAS
+        if re.search(r'[=<>!~]', w)
+    }
+    versions = {
+        canonical(i['metadata']['name']): i['metadata']['version']
+        for i in report['install']
+    }
     fetch = sorted(f'{n}=={versions[n]}' for n in needed if n != 'mmcv')
     # 3. Wheels for that interpreter (pure-Python sdists are built).
-    run([python, '-m', 'pip', '--disable-pip-version-check', 'wheel',
-         '--no-deps', '--prefer-binary', '-w', dest, *fetch])
+    run(
+        [
+            python,
+            '-m',
+            'pip',
+            '--disable-pip-version-check',
+            'wheel',
+            '--no-deps',
+            '--prefer-binary',
+            '-w',
+            dest,
+            *fetch,
+        ]
+    )
     wheels = sorted(dest.glob('*.whl'))
     total = sum(w.stat().st_size for w in wheels) / 2**20
-    manifest = dict(python=python_version, torch=torch_version,
-                    cuda=facts['cuda'], cuda_archs=facts['archs'],
-                    mmcv_key=facts['key'], image_has=image_has,
-                    made_by='tools/install_deps.py --wheelhouse',
-                    wheels={w.name: sha256(w) for w in wheels})
+    manifest = dict(
+        python=python_version,
+        torch=torch_version,
+        cuda=facts['cuda'],
+        cuda_archs=facts['archs'],
+        mmcv_key=facts['key'],
+        image_has=image_has,
+        made_by='tools/install_deps.py --wheelhouse',
+        wheels={w.name: sha256(w) for w in wheels},
+    )
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + '\n')
-    log(f'wheelhouse {dest}: {len(wheels)} wheels, {total:.1f} MiB, for '
+    log(
+        f'wheelhouse {dest}: {len(wheels)} wheels, {total:.1f} MiB, for '
         f'CPython {python_version} + torch {torch_version} '
         f'({facts["key"]}); the target must already have '
-        f'{", ".join(image_has)}')
+        f'{", ".join(image_has)}'
+    )
     if total > WHEELHOUSE_BUDGET_MIB:
         biggest = sorted(wheels, key=lambda w: -w.stat().st_size)[:3]
-        log(f'over the {WHEELHOUSE_BUDGET_MIB} MiB budget; largest: '
-            + ', '.join(f'{w.name} ({w.stat().st_size / 2**20:.1f} MiB)'
-                        for w in biggest))
+        log(
+            f'over the {WHEELHOUSE_BUDGET_MIB} MiB budget; largest: '
+            + ', '.join(
+                f'{w.name} ({w.stat().st_size / 2**20:.1f} MiB)' for w in biggest
+            )
+        )
 
 
-def mmcv_into(dest: Path, wheel_dirs: list[Path],
-              cuda_archs: list[str] | None) -> None:
+def mmcv_into(dest: Path, wheel_dirs: list[Path], cuda_archs: list[str] | None) -> None:
     """(Run by --wheelhouse in the target's interpreter.) A working mmcv
     wheel for this interpreter into ``dest``."""
     situation = torch_situation(cuda_archs)
-    known = [w for d in [*wheel_dirs, cache_dir(situation)] if d.is_dir()
-             for w in candidate_wheels(d, situation)]
+    known = [
+        w
+        for d in [*wheel_dirs, cache_dir(situation)]
+        if d.is_dir()
+        for w in candidate_wheels(d, situation)
+    ]
     installed = next((w for w in known if installed_is(w)), None)
     if installed and mmcv_ok(situation)[0]:
         whl = installed  # already installed here and working
     else:
-        pip('install', '-c', str(hold_constraints()), 'setuptools<81',
-            'wheel', *MMCV_RUNTIME_REQUIREMENTS)
+        pip(
+            'install',
+            '-c',
+            str(hold_constraints()),
+            'setuptools<81',
+            'wheel',
+            *MMCV_RUNTIME_REQUIREMENTS,
+        )
         whl = working_wheel(wheel_dirs, situation)
     shutil.copy2(whl, dest / whl.name)
-    (dest / 'mmcv-build.json').write_text(json.dumps(dict(
-        cuda=situation['cuda'], archs=situation['archs'],
-        key=situation['key'])))
+    (dest / 'mmcv-build.json').write_text(
+        json.dumps(
+            dict(cuda=situation['cuda'], archs=situation['archs'], key=situation['key'])
+        )
+    )
 
 
 def externally_managed() -> bool:
@@ -802,53 +997,67 @@ def externally_managed() -> bool:
     return marker.exists() and sys.prefix == sys.base_prefix
 
 
-def install_offline(dest: Path, with_self: bool,
-                    break_system_packages: bool) -> None:
+def install_offline(dest: Path, with_self: bool, break_system_packages: bool) -> None:
     """Install the stack from a wheelhouse alone, keeping this machine's
     torch, torchvision and numpy."""
     os.environ['PIP_NO_INDEX'] = '1'
     manifest_file = dest / MANIFEST
     if not manifest_file.exists():
-        sys.exit(f'--wheelhouse {dest}: no {MANIFEST} there; make the '
-                 'folder with tools/install_deps.py --wheelhouse DIR '
-                 '[--for-python X.Y --for-torch VERSION] on a machine with '
-                 'network')
+        sys.exit(
+            f'--wheelhouse {dest}: no {MANIFEST} there; make the '
+            'folder with tools/install_deps.py --wheelhouse DIR '
+            '[--for-python X.Y --for-torch VERSION] on a machine with '
+            'network'
+        )
     manifest = json.loads(manifest_file.read_text())
     here = '%d.%d' % sys.version_info[:2]
     if manifest['python'] != here:
-        sys.exit(f'--wheelhouse {dest} was made for CPython '
-                 f'{manifest["python"]}, this is {here}: make one with '
-                 f'--for-python {here}')
+        sys.exit(
+            f'--wheelhouse {dest} was made for CPython '
+            f'{manifest["python"]}, this is {here}: make one with '
+            f'--for-python {here}'
+        )
     ok, out = probe('import torch; print(torch.__version__)')
     if not ok:
-        sys.exit(f'--offline keeps the machine\'s torch, but torch does not '
-                 f'import here:\n{out}')
+        sys.exit(
+            f"--offline keeps the machine's torch, but torch does not "
+            f'import here:\n{out}'
+        )
     this_torch = out.splitlines()[-1].split('+')[0]
     if this_torch != manifest['torch']:
-        sys.exit(f'--wheelhouse {dest} was made for torch '
-                 f'{manifest["torch"]}, this machine has {this_torch}: make '
-                 f'one with --for-torch {this_torch}')
+        sys.exit(
+            f'--wheelhouse {dest} was made for torch '
+            f'{manifest["torch"]}, this machine has {this_torch}: make '
+            f'one with --for-torch {this_torch}'
+        )
     wheels = []
     for name, digest in sorted(manifest['wheels'].items()):
         path = dest / name
         if not path.exists() or sha256(path) != digest:
-            sys.exit(f'{path} is missing or differs from {MANIFEST}; '
-                     'copy the wheelhouse again')
+            sys.exit(
+                f'{path} is missing or differs from {MANIFEST}; '
+                'copy the wheelhouse again'
+            )
         wheels.append(str(path))
     options = ['--no-index']
     if externally_managed():
         if not break_system_packages:
-            sys.exit(f'{sys.executable} is an externally managed (system) '
-                     'Python. Either use a virtual environment that sees '
-                     'its torch (python3 -m venv --system-site-packages '
-                     '.venv, then .venv/bin/python tools/install_deps.py '
-                     '...), or pass --break-system-packages')
+            sys.exit(
+                f'{sys.executable} is an externally managed (system) '
+                'Python. Either use a virtual environment that sees '
+                'its torch (python3 -m venv --system-site-packages '
+                '.venv, then .venv/bin/python tools/install_deps.py '
+                '...), or pass --break-system-packages'
+            )
         options.append('--break-system-packages')
-    log(f'installing {len(wheels)} wheels from {dest} (no index; torch '
-        f'{this_torch} and the image\'s packages kept)')
+    log(
+        f'installing {len(wheels)} wheels from {dest} (no index; torch '
+        f"{this_torch} and the image's packages kept)"
+    )
     pip('install', *options, '--no-deps', *wheels)
-    proc = subprocess.run([sys.executable, '-m', 'pip', 'check'],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pip', 'check'], capture_output=True, text=True
+    )
     ours = {canonical(n.split('-')[0]) for n in manifest['wheels']}
     for line in proc.stdout.splitlines():
         # "mmdet 3.3.0 requires shapely, which is not installed."
@@ -868,37 +1077,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split('\n', 2)[2])
-    parser.add_argument('--wheels', action='append', default=[],
-                        help='folder with prebuilt mmcv wheels (repeatable); '
-                        'NOMMER_MMCV_WHEELS (os.pathsep-separated) adds more')
-    parser.add_argument('--cuda-archs', type=parse_archs,
-                        help='build mmcv\'s CUDA kernels for these compute '
-                        'capabilities, e.g. 8.0,9.0 (default: the GPU\'s own '
-                        'when one is present, else CPU ops only)')
-    parser.add_argument('--pypi-cuda', action='store_true',
-                        help="build CUDA kernels with NVIDIA's PyPI nvcc "
-                        'packages even where a CUDA toolkit is installed')
-    parser.add_argument('--no-self', action='store_true',
-                        help='do not pip install -e this repository')
-    parser.add_argument('--wheelhouse', type=Path, metavar='DIR',
-                        help='fill DIR with the stack as wheels for an '
-                        'offline machine (with --offline: install from it)')
-    parser.add_argument('--for-python', metavar='X.Y',
-                        help='--wheelhouse: the target CPython (default: '
-                        'this one)')
-    parser.add_argument('--for-torch', metavar='VERSION',
-                        help='--wheelhouse: the target\'s torch (default: '
-                        'this one)')
-    parser.add_argument('--image-has', nargs='+', default=IMAGE_HAS,
-                        metavar='NAME', help='--wheelhouse: distributions '
-                        'the target already has, left out with everything '
-                        f'they need (default: {" ".join(IMAGE_HAS)})')
-    parser.add_argument('--offline', action='store_true',
-                        help='install from --wheelhouse DIR alone')
-    parser.add_argument('--break-system-packages', action='store_true',
-                        help='--offline into a system Python marked '
-                        'externally managed')
+        epilog=__doc__.split('\n', 2)[2],
+    )
+    parser.add_argument(
+        '--wheels',
+        action='append',
+        default=[],
+        help='folder with prebuilt mmcv wheels (repeatable); '
+        'NOMMER_MMCV_WHEELS (os.pathsep-separated) adds more',
+    )
+    parser.add_argument(
+        '--cuda-archs',
+        type=parse_archs,
+        help="build mmcv's CUDA kernels for these compute "
+        "capabilities, e.g. 8.0,9.0 (default: the GPU's own "
+        'when one is present, else CPU ops only)',
+    )
+    parser.add_argument(
+        '--pypi-cuda',
+        action='store_true',
+        help="build CUDA kernels with NVIDIA's PyPI nvcc "
+        'packages even where a CUDA toolkit is installed',
+    )
+    parser.add_argument(
+        '--no-self', action='store_true', help='do not pip install -e this repository'
+    )
+    parser.add_argument(
+        '--wheelhouse',
+        type=Path,
+        metavar='DIR',
+        help='fill DIR with the stack as wheels for an '
+        'offline machine (with --offline: install from it)',
+    )
+    parser.add_argument(
+        '--for-python',
+        metavar='X.Y',
+        help='--wheelhouse: the target CPython (default: this one)',
+    )
+    parser.add_argument(
+        '--for-torch',
+        metavar='VERSION',
+        help="--wheelhouse: the target's torch (default: this one)",
+    )
+    parser.add_argument(
+        '--image-has',
+        nargs='+',
+        default=IMAGE_HAS,
+        metavar='NAME',
+        help='--wheelhouse: distributions '
+        'the target already has, left out with everything '
+        f'they need (default: {" ".join(IMAGE_HAS)})',
+    )
+    parser.add_argument(
+        '--offline', action='store_true', help='install from --wheelhouse DIR alone'
+    )
+    parser.add_argument(
+        '--break-system-packages',
+        action='store_true',
+        help='--offline into a system Python marked externally managed',
+    )
     parser.add_argument('--mmcv-into', type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global PYPI_CUDA
@@ -906,21 +1143,24 @@ def main() -> None:
     wheel_dirs = [Path(p) for p in args.wheels]
     env_dirs = os.environ.get('NOMMER_MMCV_WHEELS', '')
     wheel_dirs += [Path(p) for p in env_dirs.split(os.pathsep) if p]
-    if (args.for_python or args.for_torch or args.offline) \
-            and not args.wheelhouse:
-        parser.error('--for-python, --for-torch and --offline go with '
-                     '--wheelhouse DIR')
+    if (args.for_python or args.for_torch or args.offline) and not args.wheelhouse:
+        parser.error('--for-python, --for-torch and --offline go with --wheelhouse DIR')
     if args.for_python and not re.fullmatch(r'3\.\d+', args.for_python):
         parser.error(f'--for-python {args.for_python!r}: give X.Y, e.g. 3.12')
 
     if args.mmcv_into:
         mmcv_into(args.mmcv_into, wheel_dirs, args.cuda_archs)
     elif args.wheelhouse and args.offline:
-        install_offline(args.wheelhouse, not args.no_self,
-                        args.break_system_packages)
+        install_offline(args.wheelhouse, not args.no_self, args.break_system_packages)
     elif args.wheelhouse:
-        make_wheelhouse(args.wheelhouse, args.for_python, args.for_torch,
-                        args.cuda_archs, args.image_has, wheel_dirs)
+        make_wheelhouse(
+            args.wheelhouse,
+            args.for_python,
+            args.for_torch,
+            args.cuda_archs,
+            args.image_has,
+            wheel_dirs,
+        )
     else:
         ensure_torch()
         ensure_mmcv(wheel_dirs, args.cuda_archs)

@@ -4,14 +4,16 @@ The heavy, environment-specific dependencies (torch/torchvision pair, mmcv
 with compiled ops) are brought by ``tools/install_deps.py``; they are listed
 here loosely so ``pip install -e .`` never swaps an installed torch.
 """
+
 import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
-version = re.search(r"__version__ = '([^']+)'",
-                    (here / 'nommer_mm' / 'version.py').read_text()).group(1)
+version = re.search(
+    r"__version__ = '([^']+)'", (here / 'nommer_mm' / 'version.py').read_text()
+).group(1)
 
 setup(
     name='nommer-mm',

@@ -10,12 +10,21 @@ torch loads files: see :mod:`nommer_mm.checkpoint_safety`.
 ``nommer_mm.fast_paths(False)`` (or ``NOMMER_FAST=0``) turns off every
 execution trick: see :mod:`nommer_mm.models.fast`.
 """
+
 from .checkpoint_safety import load_checkpoint_file
 from .engine import RNGStateHook, SafeCheckpointHook
 from .models import CoTNet, GCViT, NomMer, Visformer
 from .models.fast import fast_paths
 from .version import __version__
 
-__all__ = ['CoTNet', 'GCViT', 'NomMer', 'Visformer', 'RNGStateHook',
-           'SafeCheckpointHook', 'fast_paths', 'load_checkpoint_file',
-           '__version__']
+__all__ = [
+    'CoTNet',
+    'GCViT',
+    'NomMer',
+    'Visformer',
+    'RNGStateHook',
+    'SafeCheckpointHook',
+    'fast_paths',
+    'load_checkpoint_file',
+    '__version__',
+]

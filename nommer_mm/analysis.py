@@ -7,6 +7,7 @@ through mmengine's port of fvcore's counter, with one handle added: fused
 two matrix products it replaces (Q K^T and A V), as fvcore counts them when
 written out.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -34,12 +35,14 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters()
-               if p.requires_grad or not trainable_only)
+    return sum(
+        p.numel() for p in model.parameters() if p.requires_grad or not trainable_only
+    )
 
 
-def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence,
-                by_module: bool = False) -> int | dict:
+def count_flops(
+    model: nn.Module, inputs: torch.Tensor | Sequence, by_module: bool = False
+) -> int | dict:
     """FLOPs (multiply-adds) of ``model(*inputs)`` in fvcore's convention.
 
     Returns the total, or with ``by_module`` the per-module counter.
@@ -48,14 +51,14 @@ def count_flops(model: nn.Module, inputs: torch.Tensor | Sequence,
     counted is the model's computation, once, whatever runs by default.
     """
     from mmengine.analysis import FlopAnalyzer
+
     if isinstance(inputs, torch.Tensor):
-        inputs = (inputs, )
+        inputs = (inputs,)
     was_training = model.training
     model.eval()
     try:
         analyzer = FlopAnalyzer(model, tuple(inputs))
-        analyzer.set_op_handle('aten::scaled_dot_product_attention',
-                               sdpa_flop_jit)
+        analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         with torch.no_grad(), fast_paths(False):
@@ -79,13 +82,11 @@ def _conv_flops(m: nn.Conv2d, inp, out) -> int:
 
 
 def _linear_flops(m: nn.Linear, inp, out) -> int:
-    return inp[0].numel() * m.out_features + (
-        out.numel() if m.bias is not None else 0)
+    return inp[0].numel() * m.out_features + (out.numel() if m.bias is not None else 0)
 
 
 def _norm_flops(m: nn.Module, inp, out) -> int:
-    affine = getattr(m, 'affine', None) or getattr(
-        m, 'elementwise_affine', False)
+    affine = getattr(m, 'affine', None) or getattr(m, 'elementwise_affine', False)
     return inp[0].numel() * (2 if affine else 1)
 
 
@@ -99,19 +100,26 @@ def _pool_flops(m: nn.Module, inp, out) -> int:
 
 _HOOK_RULES = (
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d), _conv_flops),
-    ((nn.Linear, ), _linear_flops),
-    ((nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-      nn.modules.instancenorm._InstanceNorm), _norm_flops),
-    ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU),
-     _elementwise_flops),
-    ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-      nn.AdaptiveMaxPool2d), _pool_flops),
-    ((nn.Upsample, ), _elementwise_flops),
+    ((nn.Linear,), _linear_flops),
+    (
+        (
+            nn.modules.batchnorm._BatchNorm,
+            nn.GroupNorm,
+            nn.LayerNorm,
+            nn.modules.instancenorm._InstanceNorm,
+        ),
+        _norm_flops,
+    ),
+    ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU), _elementwise_flops),
+    (
+        (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
+        _pool_flops,
+    ),
+    ((nn.Upsample,), _elementwise_flops),
 )
 
 
-def count_flops_module_hooks(model: nn.Module,
-                             inputs: torch.Tensor | Sequence) -> int:
+def count_flops_module_hooks(model: nn.Module, inputs: torch.Tensor | Sequence) -> int:
     """FLOPs counted the way mmcv 1.x's ``get_model_complexity_info`` did:
     forward hooks on conv / linear / norm / activation / pooling modules
     (multiply-adds, plus bias adds and norm affine terms). Anything done by
@@ -119,7 +127,7 @@ def count_flops_module_hooks(model: nn.Module,
     DCT, functional activations and pooling. The model runs its plain path
     (fast paths off), where every layer is a module call."""
     if isinstance(inputs, torch.Tensor):
-        inputs = (inputs, )
+        inputs = (inputs,)
     total = [0]
     handles = []
 
@@ -127,6 +135,7 @@ def count_flops_module_hooks(model: nn.Module,
         def hook(m, inp, out):
             if isinstance(out, torch.Tensor):
                 total[0] += rule(m, inp, out)
+
         return hook
 
     for m in model.modules():
@@ -146,15 +155,14 @@ def count_flops_module_hooks(model: nn.Module,
     return total[0]
 
 
-def saved_for_backward_bytes(model: nn.Module,
-                             inputs: torch.Tensor | Sequence) -> int:
+def saved_for_backward_bytes(model: nn.Module, inputs: torch.Tensor | Sequence) -> int:
     """Bytes of the distinct tensors autograd keeps from the forward of
     ``model(*inputs)`` for the backward (activations, and parameters where an
     op saves them): the part of training memory a model's design decides,
     free of allocator and optimizer effects. Tensors sharing storage count
     once."""
     if isinstance(inputs, torch.Tensor):
-        inputs = (inputs, )
+        inputs = (inputs,)
     seen: set = set()
     total = [0]
 

@@ -26,6 +26,7 @@ reconstructor builds object arrays from raw bytes.
 
 Nothing here is registered with torch at import.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,8 @@ class _Record:
     def __new__(cls, *args):
         if args:
             raise UnsafeCheckpointError(
-                f'{cls.__name__} takes no constructor arguments in a '
-                'checkpoint')
+                f'{cls.__name__} takes no constructor arguments in a checkpoint'
+            )
         return super().__new__(cls)
 
     def __setstate__(self, state) -> None:
@@ -105,7 +106,8 @@ class _StatisticsRef(str):
 def _reconstruct(cls, shape=None, typecode=None) -> _ArrayRecord:
     if cls is not _ArrayRecord:
         raise UnsafeCheckpointError(
-            f'numpy _reconstruct of {cls!r} is not allowed in a checkpoint')
+            f'numpy _reconstruct of {cls!r} is not allowed in a checkpoint'
+        )
     return _ArrayRecord()
 
 
@@ -114,45 +116,53 @@ def _scalar(dtype, data=None) -> _ScalarRecord:
 
 
 def _getattr(obj, name):
-    if (obj is _HistoryBufferRecord and type(name) is str
-            and name.isidentifier() and not name.startswith('_')):
+    if (
+        obj is _HistoryBufferRecord
+        and type(name) is str
+        and name.isidentifier()
+        and not name.startswith('_')
+    ):
         return _StatisticsRef(name)
     raise UnsafeCheckpointError(
         f'getattr(..., {name!r}) is not allowed in a checkpoint; only '
-        'getattr(HistoryBuffer, <statistics method>) is')
+        'getattr(HistoryBuffer, <statistics method>) is'
+    )
 
 
 def _stand_ins() -> list[tuple[Callable, str]]:
     """Names older mmengine checkpoints pickle, each mapped to a record of
     this module (``torch.serialization.safe_globals`` form)."""
-    found = [(_HistoryBufferRecord,
-              'mmengine.logging.history_buffer.HistoryBuffer'),
-             (_getattr, 'builtins.getattr'),
-             (_ArrayRecord, 'numpy.ndarray'),
-             (_DtypeRecord, 'numpy.dtype')]
+    found = [
+        (_HistoryBufferRecord, 'mmengine.logging.history_buffer.HistoryBuffer'),
+        (_getattr, 'builtins.getattr'),
+        (_ArrayRecord, 'numpy.ndarray'),
+        (_DtypeRecord, 'numpy.dtype'),
+    ]
     for prefix in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        found += [(_reconstruct, f'{prefix}._reconstruct'),
-                  (_scalar, f'{prefix}.scalar')]
+        found += [
+            (_reconstruct, f'{prefix}._reconstruct'),
+            (_scalar, f'{prefix}.scalar'),
+        ]
     return found
 
 
 # ---------------------------------------------------------------- reading
 def _numeric_dtype(record) -> np.dtype:
     if not isinstance(record, _DtypeRecord) or type(record.name) is not str:
-        raise UnsafeCheckpointError(
-            f'bad numpy dtype in checkpoint: {record!r}')
+        raise UnsafeCheckpointError(f'bad numpy dtype in checkpoint: {record!r}')
     try:
         dtype = np.dtype(record.name)
     except TypeError as err:
         raise UnsafeCheckpointError(
-            f'unknown numpy dtype {record.name!r} in checkpoint') from err
+            f'unknown numpy dtype {record.name!r} in checkpoint'
+        ) from err
     if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
         raise UnsafeCheckpointError(
             f'numpy dtype {dtype} in a checkpoint: only numbers and bools '
-            'are allowed (object arrays could build objects from raw bytes)')
+            'are allowed (object arrays could build objects from raw bytes)'
+        )
     state = record.state
-    if (isinstance(state, tuple) and len(state) > 1
-            and state[1] in ('<', '>', '=')):
+    if isinstance(state, tuple) and len(state) > 1 and state[1] in ('<', '>', '='):
         dtype = dtype.newbyteorder(state[1])
     return dtype
 
@@ -163,14 +173,16 @@ def _array(record: _ArrayRecord) -> np.ndarray:
         raise UnsafeCheckpointError('malformed numpy array in checkpoint')
     _, shape, dtype, fortran, data = state
     dtype = _numeric_dtype(dtype)
-    if not (isinstance(shape, tuple)
-            and all(type(s) is int and s >= 0 for s in shape)
-            and type(data) is bytes):
+    if not (
+        isinstance(shape, tuple)
+        and all(type(s) is int and s >= 0 for s in shape)
+        and type(data) is bytes
+    ):
         raise UnsafeCheckpointError('malformed numpy array in checkpoint')
     if len(data) != math.prod(shape) * dtype.itemsize:
         raise UnsafeCheckpointError(
-            f'numpy array in checkpoint: {len(data)} bytes for shape {shape} '
-            f'of {dtype}')
+            f'numpy array in checkpoint: {len(data)} bytes for shape {shape} of {dtype}'
+        )
     array = np.frombuffer(data, dtype=dtype).copy()
     return array.reshape(shape, order='F' if fortran else 'C')
 
@@ -184,11 +196,14 @@ def _scalar_value(record: _ScalarRecord):
 
 def _history_buffer(log_history, count_history, max_length):
     from mmengine.logging import HistoryBuffer
+
     log_history = _as_numeric_array(log_history)
     count_history = _as_numeric_array(count_history)
-    if type(max_length) is not int or max_length <= 0 or (
-            log_history.shape != count_history.shape
-            or log_history.ndim != 1):
+    if (
+        type(max_length) is not int
+        or max_length <= 0
+        or (log_history.shape != count_history.shape or log_history.ndim != 1)
+    ):
         raise UnsafeCheckpointError('malformed HistoryBuffer in checkpoint')
     return HistoryBuffer(log_history, count_history, max_length)
 
@@ -199,7 +214,8 @@ def _as_numeric_array(value) -> np.ndarray:
     if isinstance(value, np.ndarray) and value.dtype.kind in _NUMERIC_KINDS:
         return value
     raise UnsafeCheckpointError(
-        f'HistoryBuffer history of type {type(value).__name__} in checkpoint')
+        f'HistoryBuffer history of type {type(value).__name__} in checkpoint'
+    )
 
 
 def to_runtime_checkpoint(obj: Any) -> Any:
@@ -213,18 +229,18 @@ def to_runtime_checkpoint(obj: Any) -> Any:
     if isinstance(obj, _HistoryBufferRecord):
         state = getattr(obj, 'state', None)
         if not isinstance(state, dict):
-            raise UnsafeCheckpointError(
-                'malformed HistoryBuffer in checkpoint')
+            raise UnsafeCheckpointError('malformed HistoryBuffer in checkpoint')
         return _history_buffer(
             to_runtime_checkpoint(state.get('_log_history')),
             to_runtime_checkpoint(state.get('_count_history')),
-            state.get('max_length'))
+            state.get('max_length'),
+        )
     if isinstance(obj, (_DtypeRecord, _Record)):
-        raise UnsafeCheckpointError(
-            f'stray {type(obj).__name__} in checkpoint')
+        raise UnsafeCheckpointError(f'stray {type(obj).__name__} in checkpoint')
     if isinstance(obj, dict) and obj.get(HISTORY_TAG) is True:
-        return _history_buffer(obj.get('log_history'),
-                               obj.get('count_history'), obj.get('max_length'))
+        return _history_buffer(
+            obj.get('log_history'), obj.get('count_history'), obj.get('max_length')
+        )
     return _map_items(obj, to_runtime_checkpoint)
 
 
@@ -233,8 +249,7 @@ def _map_items(obj: Any, fn: Callable) -> Any:
     tuple; anything else as it is."""
     if isinstance(obj, dict):
         converted = {k: fn(v) for k, v in obj.items()}
-        return OrderedDict(converted) if isinstance(obj, OrderedDict) \
-            else converted
+        return OrderedDict(converted) if isinstance(obj, OrderedDict) else converted
     if isinstance(obj, list):
         return [fn(v) for v in obj]
     if isinstance(obj, tuple):
@@ -250,12 +265,12 @@ def load_checkpoint_file(filename, map_location=None, **kwargs) -> Any:
     ``mmap=True``)."""
     try:
         with torch.serialization.safe_globals(_stand_ins()):
-            obj = torch.load(filename, map_location=map_location,
-                             weights_only=True, **kwargs)
+            obj = torch.load(
+                filename, map_location=map_location, weights_only=True, **kwargs
+            )
         return to_runtime_checkpoint(obj)
     except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f'{filename}: refused to load: {err}') from None
+        raise UnsafeCheckpointError(f'{filename}: refused to load: {err}') from None
 
 
 def _load_from_local(filename, map_location):
@@ -273,6 +288,7 @@ def mmengine_loads_through_plugin() -> Iterator[None]:
     ``load_from``, ``init_cfg=Pretrained``) go through
     :func:`load_checkpoint_file`; torch itself is left as it is."""
     from mmengine.runner.checkpoint import CheckpointLoader
+
     schemes = CheckpointLoader._schemes
     previous = schemes.get('')
     schemes[''] = _load_from_local
@@ -291,11 +307,15 @@ def to_plain_checkpoint(obj: Any) -> Any:
     arrays and numpy scalars replaced by tensors and Python numbers, so
     that ``torch.load(weights_only=True)`` reads it anywhere."""
     from mmengine.logging import HistoryBuffer
+
     if isinstance(obj, HistoryBuffer):
         log, count = obj.data
-        return {HISTORY_TAG: True, 'log_history': _plain_array(log),
-                'count_history': _plain_array(count),
-                'max_length': int(obj.max_length)}
+        return {
+            HISTORY_TAG: True,
+            'log_history': _plain_array(log),
+            'count_history': _plain_array(count),
+            'max_length': int(obj.max_length),
+        }
     if isinstance(obj, np.ndarray):
         return _plain_array(obj)
     if isinstance(obj, np.generic):
@@ -314,18 +334,21 @@ def weight_mismatches(model, checkpoint) -> dict[str, list[str]]:
     """Keys of ``model`` a checkpoint leaves unfilled (``missing``), fills
     with another shape (``size mismatch``) or has in excess
     (``unexpected``), after mmengine's own ``module.`` prefix removal."""
-    state = checkpoint.get('state_dict', checkpoint) \
-        if isinstance(checkpoint, dict) else {}
+    state = (
+        checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    )
     state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
     model = getattr(model, 'module', model)  # DDP or TTA wrapper
     own = model.state_dict()
     return {
         'missing': [k for k in own if k not in state],
         'size mismatch': [
-            f'{k}: checkpoint {tuple(state[k].shape)}, model '
-            f'{tuple(v.shape)}' for k, v in own.items()
-            if k in state and hasattr(state[k], 'shape')
-            and tuple(state[k].shape) != tuple(v.shape)],
+            f'{k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}'
+            for k, v in own.items()
+            if k in state
+            and hasattr(state[k], 'shape')
+            and tuple(state[k].shape) != tuple(v.shape)
+        ],
         'unexpected': [k for k in state if k not in own],
     }
 

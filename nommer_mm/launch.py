@@ -1,5 +1,6 @@
 """What tools/train.py and tools/test.py share: pick the codebase of a
 config, and make distributed runs work on CPU as well as GPU."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,11 @@ from typing import Iterator
 import torch
 from mmengine.config import Config
 
-from .checkpoint_safety import (describe_mismatches, load_checkpoint_file,
-                                weight_mismatches)
+from .checkpoint_safety import (
+    describe_mismatches,
+    load_checkpoint_file,
+    weight_mismatches,
+)
 
 # Used when a config sets no env_cfg.dist_cfg.timeout: long enough for a
 # slow evaluation or checkpoint write, short enough that a hung peer does
@@ -34,10 +38,16 @@ CODEBASES = {
 def add_launch_args(parser) -> None:
     """The arguments train.py and test.py share."""
     from mmengine.config import DictAction
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value',
+    )
+    parser.add_argument(
+        '--launcher', default='none', choices=['none', 'pytorch', 'slurm', 'mpi']
+    )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
@@ -64,13 +74,17 @@ def setup_codebase(cfg: Config) -> str:
     import importlib
 
     import nommer_mm  # noqa: F401  (NomMer, hooks, checkpoint allow-list)
+
     scope = cfg.get('default_scope')
     if scope not in CODEBASES:
-        raise ValueError(f'config default_scope is {scope!r}; expected one of '
-                         f'{sorted(CODEBASES)} (set it in the config or '
-                         'inherit a base of that codebase)')
+        raise ValueError(
+            f'config default_scope is {scope!r}; expected one of '
+            f'{sorted(CODEBASES)} (set it in the config or '
+            'inherit a base of that codebase)'
+        )
     importlib.import_module(CODEBASES[scope]).register_all_modules(
-        init_default_scope=True)
+        init_default_scope=True
+    )
     return scope
 
 
@@ -78,8 +92,9 @@ def set_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> None:
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(config_path))[0])
+        cfg.work_dir = osp.join(
+            './work_dirs', osp.splitext(osp.basename(config_path))[0]
+        )
 
 
 def prepare_launcher(cfg: Config, launcher: str) -> None:
@@ -99,15 +114,21 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
     if torch.cuda.is_available():
         return  # mmengine's init_dist passes dist_cfg.timeout on
     import torch.distributed as dist
+
     if launcher != 'pytorch':
-        raise RuntimeError(f'launcher {launcher!r} needs GPUs; on CPU use '
-                           'tools/dist_train.sh (torchrun, gloo)')
+        raise RuntimeError(
+            f'launcher {launcher!r} needs GPUs; on CPU use '
+            'tools/dist_train.sh (torchrun, gloo)'
+        )
     if not dist.is_initialized():
-        dist.init_process_group(backend='gloo', timeout=datetime.timedelta(
-            seconds=dist_timeout(cfg)))
+        dist.init_process_group(
+            backend='gloo', timeout=datetime.timedelta(seconds=dist_timeout(cfg))
+        )
     wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False),
+    )
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
     cfg.env_cfg = cfg.get('env_cfg', {})
@@ -119,12 +140,16 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
 def dist_timeout(cfg: Config) -> int:
     """Seconds a collective may wait for a peer: ``env_cfg.dist_cfg.timeout``
     of the config, else :data:`DEFAULT_DIST_TIMEOUT_S`."""
-    value = (cfg.get('env_cfg') or {}).get('dist_cfg', {}).get(
-        'timeout', DEFAULT_DIST_TIMEOUT_S)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or value <= 0:
-        raise ValueError(f'env_cfg.dist_cfg.timeout is {value!r}; expected '
-                         'a positive number of seconds, e.g. 600')
+    value = (
+        (cfg.get('env_cfg') or {})
+        .get('dist_cfg', {})
+        .get('timeout', DEFAULT_DIST_TIMEOUT_S)
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(
+            f'env_cfg.dist_cfg.timeout is {value!r}; expected '
+            'a positive number of seconds, e.g. 600'
+        )
     return int(value)
 
 
@@ -138,12 +163,13 @@ def watch_peers(timeout_s: int | None = None) -> Iterator[None]:
     run inside fails (a collective timed out waiting for a peer), the error
     names the ranks whose stamps stopped, and how long ago."""
     import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()):
         yield
         return
     from torch.distributed.distributed_c10d import _get_default_store
-    store, rank, world = (_get_default_store(), dist.get_rank(),
-                          dist.get_world_size())
+
+    store, rank, world = (_get_default_store(), dist.get_rank(), dist.get_world_size())
     stop = threading.Event()
 
     def beat() -> None:
@@ -154,8 +180,7 @@ def watch_peers(timeout_s: int | None = None) -> Iterator[None]:
                 return
             stop.wait(HEARTBEAT_S)
 
-    thread = threading.Thread(target=beat, name='nommer-heartbeat',
-                              daemon=True)
+    thread = threading.Thread(target=beat, name='nommer-heartbeat', daemon=True)
     thread.start()
     try:
         yield
@@ -163,12 +188,12 @@ def watch_peers(timeout_s: int | None = None) -> Iterator[None]:
         silent = _silent_peers(store, rank, world)
         if not silent:
             raise
-        names = ', '.join(f'rank {r} (last heard {age:.0f} s ago)'
-                          for r, age in silent)
+        names = ', '.join(f'rank {r} (last heard {age:.0f} s ago)' for r, age in silent)
         raise SystemExit(
             f'rank {rank}: a collective operation failed ({type(err).__name__}'
             f'); {names} stopped answering. The wait was bounded by '
-            f'env_cfg.dist_cfg.timeout = {timeout_s} s.') from err
+            f'env_cfg.dist_cfg.timeout = {timeout_s} s.'
+        ) from err
     finally:
         stop.set()
 
@@ -179,8 +204,7 @@ def _silent_peers(store, rank: int, world: int) -> list[tuple[int, float]]:
         if peer == rank:
             continue
         try:
-            store.wait([f'nommer_mm/heartbeat/{peer}'],
-                       datetime.timedelta(seconds=1))
+            store.wait([f'nommer_mm/heartbeat/{peer}'], datetime.timedelta(seconds=1))
             age = now - float(store.get(f'nommer_mm/heartbeat/{peer}'))
         except Exception:
             age = float('inf')  # never beat, or the store cannot say
@@ -205,6 +229,7 @@ def shutdown_distributed() -> None:
     background threads can abort the process (SIGABRT) after a run that
     itself succeeded."""
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -223,12 +248,18 @@ def _resume_problem(path: str) -> str | None:
     except Exception as err:  # torn, truncated, not a checkpoint, refused
         return f'it does not load ({type(err).__name__}: {err})'
     meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
-    if not (isinstance(meta, dict) and 'epoch' in meta and 'iter' in meta
-            and 'message_hub' in ckpt):
-        return ('it holds weights only (no training state: meta.epoch, '
-                'meta.iter, message_hub), as a converted checkpoint does; '
-                f'to start a run from these weights use '
-                f'--cfg-options load_from={path} instead of --resume')
+    if not (
+        isinstance(meta, dict)
+        and 'epoch' in meta
+        and 'iter' in meta
+        and 'message_hub' in ckpt
+    ):
+        return (
+            'it holds weights only (no training state: meta.epoch, '
+            'meta.iter, message_hub), as a converted checkpoint does; '
+            f'to start a run from these weights use '
+            f'--cfg-options load_from={path} instead of --resume'
+        )
     return None
 
 
@@ -257,8 +288,7 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
     if resume != 'auto':
         problem = _resume_problem(resume)
         if problem:
-            raise SystemExit(f'--resume {resume}: cannot resume from it: '
-                             f'{problem}')
+            raise SystemExit(f'--resume {resume}: cannot resume from it: {problem}')
         cfg.load_from = resume
         return
     marker = osp.join(cfg.work_dir, 'last_checkpoint')
@@ -267,14 +297,19 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
         with open(marker) as f:
             named = f.read().strip()
         if not named:
-            _say(f'{marker} is empty (a run killed while writing it?); '
-                 'looking for the newest checkpoint in the work dir')
+            _say(
+                f'{marker} is empty (a run killed while writing it?); '
+                'looking for the newest checkpoint in the work dir'
+            )
         elif not osp.isfile(named):
-            _say(f'{marker} names {named}, which does not exist; looking '
-                 'for the newest checkpoint in the work dir')
+            _say(
+                f'{marker} names {named}, which does not exist; looking '
+                'for the newest checkpoint in the work dir'
+            )
         else:
-            candidates = [named] + [c for c in candidates
-                                    if osp.abspath(c) != osp.abspath(named)]
+            candidates = [named] + [
+                c for c in candidates if osp.abspath(c) != osp.abspath(named)
+            ]
     elif not candidates:
         cfg.load_from = None  # nothing to resume: mmengine starts afresh
         return
@@ -288,20 +323,24 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
     raise SystemExit(
         f'--resume: no checkpoint in {cfg.work_dir} can resume this run '
         f'(tried {len(candidates)}). Pass one with --resume CKPT, or remove '
-        f'{marker} and the broken checkpoints to start afresh.')
+        f'{marker} and the broken checkpoints to start afresh.'
+    )
 
 
 def check_weights_fit(model, path: str) -> None:
     """Stop before evaluating a model that ``path`` does not fill: missing
     keys or size mismatches would leave random weights in it."""
     found = weight_mismatches(
-        model, load_checkpoint_file(path, map_location='cpu', mmap=True))
+        model, load_checkpoint_file(path, map_location='cpu', mmap=True)
+    )
     if found['missing'] or found['size mismatch']:
         raise SystemExit(
             f'{path} does not fit the model of this config; evaluating it '
-            'would use random weights for:\n' + describe_mismatches(found)
+            'would use random weights for:\n'
+            + describe_mismatches(found)
             + '\nIs it the checkpoint of this config? (A backbone-only '
-            'checkpoint belongs in model.backbone.init_cfg, not here.)')
+            'checkpoint belongs in model.backbone.init_cfg, not here.)'
+        )
 
 
 def add_finite_loss_check(cfg: Config) -> None:
@@ -315,6 +354,7 @@ def add_finite_loss_check(cfg: Config) -> None:
 def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

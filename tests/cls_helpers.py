@@ -1,4 +1,5 @@
 """Small classification runs through the real tools."""
+
 import os
 import subprocess
 import sys
@@ -8,8 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py'
 
 
-def write_config(path: Path, data_root: Path, iters: int, extra: str = '',
-                 ckpt_interval: int | None = None, batch: int = 4) -> Path:
+def write_config(
+    path: Path,
+    data_root: Path,
+    iters: int,
+    extra: str = '',
+    ckpt_interval: int | None = None,
+    batch: int = 4,
+) -> Path:
     """A config inheriting the demo config, shrunk to 32x32 images."""
     path.write_text(f"""
 _base_ = {str(DEMO)!r}
@@ -42,18 +49,33 @@ default_hooks = dict(logger=dict(interval=1),
 def readme_converter_outputs() -> set:
     """The ``checkpoints/*.pth`` files README's converter commands write."""
     import re
-    return set(re.findall(
-        r'python tools/model_converters/(?:nommer2mm|peer2mm)\.py .*? '
-        r'(checkpoints/\S+\.pth)', (ROOT / 'README.md').read_text()))
+
+    return set(
+        re.findall(
+            r'python tools/model_converters/(?:nommer2mm|peer2mm)\.py .*? '
+            r'(checkpoints/\S+\.pth)',
+            (ROOT / 'README.md').read_text(),
+        )
+    )
 
 
 def check_curves(work: Path, keys: list[str], out: Path) -> str:
     """tools/analysis_tools/analyze_logs.py on a run's work dir: a PNG and a
     line per key; returns its output."""
-    proc = run_tool([ROOT / 'tools/analysis_tools/analyze_logs.py', work,
-                     '--keys', *keys, '--out', out], cwd=out.parent)
+    proc = run_tool(
+        [
+            ROOT / 'tools/analysis_tools/analyze_logs.py',
+            work,
+            '--keys',
+            *keys,
+            '--out',
+            out,
+        ],
+        cwd=out.parent,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     from PIL import Image
+
     width, height = Image.open(out).size
     assert width > 200 and height > 100 * len(keys)
     for key in keys:
@@ -65,22 +87,38 @@ def failure_report(proc: subprocess.CompletedProcess) -> str:
     """The lines that explain a failed run (tracebacks, aborts), then the
     tail of the log."""
     log = proc.stdout + proc.stderr
-    keys = ('Error', 'error', 'Traceback', 'terminate', 'abort', 'Abort',
-            'exitcode', 'Signal')
+    keys = (
+        'Error',
+        'error',
+        'Traceback',
+        'terminate',
+        'abort',
+        'Abort',
+        'exitcode',
+        'Signal',
+    )
     hits = [ln for ln in log.splitlines() if any(k in ln for k in keys)]
     return '\n'.join(hits[:40]) + '\n----- tail -----\n' + log[-3000:]
 
 
-def run_tool(args, cwd: Path, port: int | None = None,
-             timeout: int = 600) -> subprocess.CompletedProcess:
+def run_tool(
+    args, cwd: Path, port: int | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
-        [str(ROOT / 'tests'), str(ROOT), env.get('PYTHONPATH', '')])
+        [str(ROOT / 'tests'), str(ROOT), env.get('PYTHONPATH', '')]
+    )
     if port:
         env['PORT'] = str(port)
     if str(args[0]).endswith('.py'):
         args = [sys.executable] + list(args)
     else:
         args = ['bash'] + list(args)
-    return subprocess.run([str(a) for a in args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,5 +1,6 @@
 """A hook that kills the training process abruptly (no cleanup) right after
 iteration ``at`` and its checkpoint: a stand-in for a crash or preemption."""
+
 import os
 import signal
 
@@ -14,8 +15,9 @@ class KillAtIterHook(Hook):
     def __init__(self, at: int) -> None:
         self.at = at
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
-                         outputs=None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx, data_batch=None, outputs=None
+    ) -> None:
         if runner.iter + 1 == self.at:
             os._exit(17)
 
@@ -29,8 +31,9 @@ class StopRankHook(Hook):
     def __init__(self, rank: int, at: int, pid_file: str) -> None:
         self.rank, self.at, self.pid_file = rank, at, pid_file
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
-                         outputs=None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx, data_batch=None, outputs=None
+    ) -> None:
         if runner.rank == self.rank and runner.iter + 1 == self.at:
             with open(self.pid_file, 'w') as f:
                 f.write(str(os.getpid()))

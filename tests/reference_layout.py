@@ -8,6 +8,7 @@ inputs, eval mode. Its state dict has the reference's key names, so it stands
 in for a reference checkpoint when testing the converter, and its logits are
 the oracle for "the forward equals the reference".
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,11 @@ def dct_conv_weight(channels: int, n: int) -> torch.Tensor:
             for y in range(n):
                 for x in range(n):
                     w[u + v * l, 0, y, x] = (
-                        _alpha(u, n) * _alpha(v, n)
+                        _alpha(u, n)
+                        * _alpha(v, n)
                         * math.cos((2 * y + 1) * v * math.pi / (2 * n))
-                        * math.cos((2 * x + 1) * u * math.pi / (2 * n)))
+                        * math.cos((2 * x + 1) * u * math.pi / (2 * n))
+                    )
     return w.repeat(channels, 1, 1, 1)
 
 
@@ -46,14 +49,15 @@ def idct_conv_weight(channels: int, n: int) -> torch.Tensor:
             for y in range(n):
                 for x in range(n):
                     w[x + y * n, u + v * l, 0, 0] = (
-                        _alpha(u, n) * _alpha(v, n)
+                        _alpha(u, n)
+                        * _alpha(v, n)
                         * math.cos((2 * y + 1) * v * math.pi / (2 * n))
-                        * math.cos((2 * x + 1) * u * math.pi / (2 * n)))
+                        * math.cos((2 * x + 1) * u * math.pi / (2 * n))
+                    )
     return w.repeat(channels, 1, 1, 1)
 
 
 class PreNorm(nn.Module):
-
     def __init__(self, dim, fn):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
@@ -64,25 +68,24 @@ class PreNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-
     def __init__(self, dim, hidden):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(),
-                                 nn.Identity(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim)
+        )
 
     def forward(self, x):
         return self.net(x)
 
 
 def softmax_attention(q, k, v, bias=None):
-    attn = (q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if bias is not None:
         attn = attn + bias
     return attn.softmax(-1) @ v
 
 
 class GlobalAttention(nn.Module):
-
     def __init__(self, dim, heads):
         super().__init__()
         self.heads = heads
@@ -92,14 +95,12 @@ class GlobalAttention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        q, k, v = (t.view(B, N, self.heads, -1).transpose(1, 2)
-                   for t in (q, k, v))
+        q, k, v = (t.view(B, N, self.heads, -1).transpose(1, 2) for t in (q, k, v))
         out = softmax_attention(q, k, v).transpose(1, 2).reshape(B, N, C)
         return self.to_out(out)
 
 
 class Bottleneck(nn.Module):
-
     def __init__(self, dim, reduction):
         super().__init__()
         w = dim // reduction
@@ -117,12 +118,12 @@ class Bottleneck(nn.Module):
 
 
 class WindowAttention(nn.Module):
-
     def __init__(self, dim, heads, w):
         super().__init__()
         self.heads, self.w = heads, w
         self.relative_position_bias_table = nn.Parameter(
-            torch.randn((2 * w - 1)**2, heads) * 0.02)
+            torch.randn((2 * w - 1) ** 2, heads) * 0.02
+        )
         idx = torch.zeros(w * w, w * w, dtype=torch.long)
         for i in range(w * w):
             for j in range(w * w):
@@ -138,10 +139,14 @@ class WindowAttention(nn.Module):
         w = self.w
         win = x.view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5)
         win = win.reshape(-1, w * w, C)
-        q, k, v = self.qkv(win).view(-1, w * w, 3, self.heads,
-                                     C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(win)
+            .view(-1, w * w, 3, self.heads, C // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         bias = self.relative_position_bias_table[
-            self.relative_position_index.view(-1)].view(w * w, w * w, -1)
+            self.relative_position_index.view(-1)
+        ].view(w * w, w * w, -1)
         out = softmax_attention(q, k, v, bias.permute(2, 0, 1))
         out = self.proj(out.transpose(1, 2).reshape(-1, w * w, C))
         out = out.view(B, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
@@ -149,21 +154,26 @@ class WindowAttention(nn.Module):
 
 
 class DCTAttention(nn.Module):
-
     def __init__(self, dim, n, heads):
         super().__init__()
         l = (n + 1) // 2
-        self.dct_conv_8x8 = nn.Conv2d(dim, dim * l * l, n, stride=n,
-                                      groups=dim, bias=False)
-        self.dct_conv_8x8.weight.data = dct_conv_weight(dim, n).to(torch.get_default_dtype())
+        self.dct_conv_8x8 = nn.Conv2d(
+            dim, dim * l * l, n, stride=n, groups=dim, bias=False
+        )
+        self.dct_conv_8x8.weight.data = dct_conv_weight(dim, n).to(
+            torch.get_default_dtype()
+        )
         self.dw = nn.Conv2d(dim * l * l, dim, 1, groups=8, bias=False)
         self.bn1 = nn.BatchNorm2d(dim)
         self.attn = GlobalAttention(dim, heads)
         self.up = nn.Conv2d(dim, dim * l * l, 1, groups=8, bias=False)
         self.idct_conv = nn.Sequential(
             nn.Conv2d(dim * l * l, dim * n * n, 1, groups=dim, bias=False),
-            nn.PixelShuffle(n))
-        self.idct_conv[0].weight.data = idct_conv_weight(dim, n).to(torch.get_default_dtype())
+            nn.PixelShuffle(n),
+        )
+        self.idct_conv[0].weight.data = idct_conv_weight(dim, n).to(
+            torch.get_default_dtype()
+        )
 
     def forward(self, x):  # (B, C, H, W)
         coeffs = self.dct_conv_8x8(x)
@@ -175,7 +185,6 @@ class DCTAttention(nn.Module):
 
 
 class HybridMixer(nn.Module):
-
     def __init__(self, dim, heads, w, n, reduction):
         super().__init__()
         self.cnn = Bottleneck(dim, reduction)
@@ -194,13 +203,14 @@ class HybridMixer(nn.Module):
 
 
 class Stage(nn.Module):
-
     def __init__(self, make_mixer, dim, depth, hidden):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([PreNorm(dim, make_mixer()),
-                           PreNorm(dim, FeedForward(dim, hidden))])
-            for _ in range(depth))
+            nn.ModuleList(
+                [PreNorm(dim, make_mixer()), PreNorm(dim, FeedForward(dim, hidden))]
+            )
+            for _ in range(depth)
+        )
 
     def forward(self, x):
         for mix, ff in self.layers:
@@ -210,7 +220,6 @@ class Stage(nn.Module):
 
 
 class Merge(nn.Module):
-
     def __init__(self, dim, out):
         super().__init__()
         self.conv = nn.Conv2d(dim, out, 3, padding=1)
@@ -224,31 +233,56 @@ class Merge(nn.Module):
 class ReferenceLayoutNomMer(nn.Module):
     """Eval-mode NomMer classifier with the reference key names."""
 
-    def __init__(self, embed_dims=96, depths=(2, 2, 8, 2), num_heads=(2, 2, 4, 8),
-                 bottleneck_ratios=(2, 2), window=7, dct_blocks=(8, 4),
-                 num_classes=1000, img_size=224):
+    def __init__(
+        self,
+        embed_dims=96,
+        depths=(2, 2, 8, 2),
+        num_heads=(2, 2, 4, 8),
+        bottleneck_ratios=(2, 2),
+        window=7,
+        dct_blocks=(8, 4),
+        num_classes=1000,
+        img_size=224,
+    ):
         super().__init__()
         C = embed_dims
         self.cnn1 = nn.Conv2d(3, C, 4, stride=4, bias=False)
         self.bn1 = nn.BatchNorm2d(C)
         self.pos_embedding = nn.Parameter(
-            torch.randn(1, img_size // 16, img_size // 16, 4 * C))
+            torch.randn(1, img_size // 16, img_size // 16, 4 * C)
+        )
         self.cls_token = nn.Parameter(torch.randn(1, 1, 8 * C))
         for i in range(2):
             d = C * 2**i
-            setattr(self, f'transformer{i + 1}', Stage(
-                lambda d=d, i=i: HybridMixer(d, num_heads[i], window,
-                                             dct_blocks[i], bottleneck_ratios[i]),
-                d, depths[i], 2 * d))
+            setattr(
+                self,
+                f'transformer{i + 1}',
+                Stage(
+                    lambda d=d, i=i: HybridMixer(
+                        d, num_heads[i], window, dct_blocks[i], bottleneck_ratios[i]
+                    ),
+                    d,
+                    depths[i],
+                    2 * d,
+                ),
+            )
         for i in range(2, 4):
             d = C * 2**i
-            setattr(self, f'transformer{i + 1}', Stage(
-                lambda d=d, i=i: GlobalAttention(d, num_heads[i]),
-                d, depths[i], 2 * d if i == 2 else d))
+            setattr(
+                self,
+                f'transformer{i + 1}',
+                Stage(
+                    lambda d=d, i=i: GlobalAttention(d, num_heads[i]),
+                    d,
+                    depths[i],
+                    2 * d if i == 2 else d,
+                ),
+            )
         for i in range(3):
-            setattr(self, f'merge{i + 1}', Merge(C * 2**i, C * 2**(i + 1)))
-        self.mlp_head = nn.Sequential(nn.LayerNorm(8 * C),
-                                      nn.Linear(8 * C, num_classes))
+            setattr(self, f'merge{i + 1}', Merge(C * 2**i, C * 2 ** (i + 1)))
+        self.mlp_head = nn.Sequential(
+            nn.LayerNorm(8 * C), nn.Linear(8 * C, num_classes)
+        )
 
     def forward(self, img):
         x = F.relu(self.bn1(self.cnn1(img))).permute(0, 2, 3, 1)
@@ -259,8 +293,7 @@ class ReferenceLayoutNomMer(nn.Module):
         x = self.transformer3(x.reshape(B, H * W, C)).view(B, H, W, C)
         x = self.merge3(x)
         B, H, W, C = x.shape
-        x = torch.cat([self.cls_token.expand(B, -1, -1),
-                       x.reshape(B, H * W, C)], 1)
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], 1)
         x = self.transformer4(x)
         return self.mlp_head(x[:, 0])
 

@@ -1,5 +1,6 @@
 """Bad arguments fail at construction with the argument, the value and
 what is allowed; odd inputs (an empty batch, CPU bf16 autocast) work."""
+
 import pytest
 import torch
 
@@ -8,32 +9,45 @@ from small_archs import SMALL
 
 COMMON = [
     ('frozen_stages', 7, r'frozen_stages=7; expected an int in \[-1, 3\]'),
-    ('drop_path_rate', 1.5, r'drop_path_rate=1\.5; expected a number in '
-     r'\[0, 1\)'),
+    (
+        'drop_path_rate',
+        1.5,
+        r'drop_path_rate=1\.5; expected a number in '
+        r'\[0, 1\)',
+    ),
     ('drop_path_rate', -0.1, r'drop_path_rate=-0\.1'),
     ('in_channels', 0, r'in_channels=0; expected an int >= 1'),
 ]
 OWN = {
-    NomMer: [('window_size', 0, r'window_size=0; expected an int >= 1'),
-             ('img_size', 0, r'img_size=0; expected a positive int'),
-             ('img_size', (224, ), r'img_size=\(224,\)'),
-             ('img_size', 8, r'img_size=\(8, 8\).*must be >= 16'),
-             ('dct_blocks', (0, 4), r'dct_blocks=\(0, 4\); expected 2 ints'),
-             ('dct_blocks', (8, ), r'dct_blocks=\(8,\)'),
-             ('dct_blocks', (-8, 4), r'dct_blocks=\(-8, 4\)'),
-             ('norm_cfg', dict(type='Foo'), r"norm_cfg=\{'type': 'Foo'\}")],
-    GCViT: [('window_size', (0, 7, 14, 7), r'window_size=\(0, 7, 14, 7\)'),
-            ('global_query_pools', (3, 2), r'global_query_pools')],
-    Visformer: [('img_size', 0, r'img_size=0'),
-                ('spatial_groups', 0, r'spatial_groups=0'),
-                ('norm_cfg', dict(type='Foo'), r"norm_cfg=\{'type': 'Foo'\}")],
+    NomMer: [
+        ('window_size', 0, r'window_size=0; expected an int >= 1'),
+        ('img_size', 0, r'img_size=0; expected a positive int'),
+        ('img_size', (224,), r'img_size=\(224,\)'),
+        ('img_size', 8, r'img_size=\(8, 8\).*must be >= 16'),
+        ('dct_blocks', (0, 4), r'dct_blocks=\(0, 4\); expected 2 ints'),
+        ('dct_blocks', (8,), r'dct_blocks=\(8,\)'),
+        ('dct_blocks', (-8, 4), r'dct_blocks=\(-8, 4\)'),
+        ('norm_cfg', dict(type='Foo'), r"norm_cfg=\{'type': 'Foo'\}"),
+    ],
+    GCViT: [
+        ('window_size', (0, 7, 14, 7), r'window_size=\(0, 7, 14, 7\)'),
+        ('global_query_pools', (3, 2), r'global_query_pools'),
+    ],
+    Visformer: [
+        ('img_size', 0, r'img_size=0'),
+        ('spatial_groups', 0, r'spatial_groups=0'),
+        ('norm_cfg', dict(type='Foo'), r"norm_cfg=\{'type': 'Foo'\}"),
+    ],
     CoTNet: [('norm_cfg', dict(type='Foo'), r"norm_cfg=\{'type': 'Foo'\}")],
 }
 CASES = [(cls, *case) for cls in SMALL for case in COMMON + OWN[cls]]
 
 
-@pytest.mark.parametrize('cls,name,value,message', CASES,
-                         ids=[f'{c[0].__name__}-{c[1]}={c[2]}' for c in CASES])
+@pytest.mark.parametrize(
+    'cls,name,value,message',
+    CASES,
+    ids=[f'{c[0].__name__}-{c[1]}={c[2]}' for c in CASES],
+)
 def test_bad_argument_fails_at_construction(cls, name, value, message):
     with pytest.raises(ValueError, match=f'{cls.__name__}: {message}'):
         cls(**SMALL[cls], **{name: value})
@@ -42,10 +56,18 @@ def test_bad_argument_fails_at_construction(cls, name, value, message):
 @pytest.mark.parametrize('cls', list(SMALL), ids=lambda c: c.__name__)
 def test_arch_dict_keys_and_values_are_checked(cls):
     arch = dict(SMALL[cls]['arch'])
-    first = next(iter(k for k in arch if isinstance(arch[k], int)
-                      and not isinstance(arch[k], bool)))
-    with pytest.raises(ValueError, match=rf"arch\['{first}'\]=0; expected "
-                       'an int >= 1'):
+    first = next(
+        iter(
+            k
+            for k in arch
+            if isinstance(arch[k], int) and not isinstance(arch[k], bool)
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"arch\['{first}'\]=0; expected "
+        'an int >= 1',
+    ):
         cls(arch=dict(arch, **{first: 0}))
     with pytest.raises(ValueError, match=r"unknown keys \['num_head'\]"):
         cls(arch=dict(arch, num_head=3))  # a typo is not dropped silently
@@ -64,8 +86,7 @@ def test_empty_batch(cls, training):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.training == training
     full = model.eval()(torch.zeros(2, 3, 64, 48))
-    assert [tuple(o.shape) for o in empty] == \
-        [(0, *o.shape[1:]) for o in full]
+    assert [tuple(o.shape) for o in empty] == [(0, *o.shape[1:]) for o in full]
 
 
 def test_visformer_patch_embedding_runs_fp32_under_cpu_bf16_autocast():
@@ -110,7 +131,6 @@ def test_training_stops_at_the_first_non_finite_loss(tmp_path):
     import nommer_mm  # noqa: F401  (registers FiniteLossHook)
 
     class Model(BaseModel):
-
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(2, 1)
@@ -119,22 +139,25 @@ def test_training_stops_at_the_first_non_finite_loss(tmp_path):
             return dict(loss=self.fc(torch.stack(inputs)).square().mean())
 
     class Data(torch.utils.data.Dataset):
-
         def __len__(self):
             return 8
 
         def __getitem__(self, i):
-            return dict(inputs=torch.full((2, ), float('nan') if i == 4
-                                          else float(i)))
+            return dict(inputs=torch.full((2,), float('nan') if i == 4 else float(i)))
 
     runner = Runner(
-        model=Model(), work_dir=str(tmp_path),
-        train_dataloader=dict(dataset=Data(), batch_size=2, sampler=dict(
-            type='DefaultSampler', shuffle=False)),
+        model=Model(),
+        work_dir=str(tmp_path),
+        train_dataloader=dict(
+            dataset=Data(),
+            batch_size=2,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+        ),
         train_cfg=dict(by_epoch=False, max_iters=4),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         custom_hooks=[dict(type='FiniteLossHook')],
         default_hooks=dict(checkpoint=None),
-        experiment_name=f'nan-{uuid.uuid4().hex}')
+        experiment_name=f'nan-{uuid.uuid4().hex}',
+    )
     with pytest.raises(FloatingPointError, match='loss is nan at iteration 3'):
         runner.train()

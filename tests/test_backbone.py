@@ -10,8 +10,9 @@ from nommer_mm.analysis import count_flops, count_params
 from nommer_mm.models.layers import WindowMSA, window_reverse
 
 # A small arch keeps CPU tests fast; groups=8 needs C divisible by 8.
-SMALL = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 4],
-             bottleneck_ratios=[2, 2])
+SMALL = dict(
+    embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 4], bottleneck_ratios=[2, 2]
+)
 
 
 def small_nommer(**kwargs) -> NomMer:
@@ -19,8 +20,9 @@ def small_nommer(**kwargs) -> NomMer:
     return NomMer(**kwargs)
 
 
-@pytest.mark.parametrize('size', [(224, 224), (32, 32), (65, 97), (97, 65),
-                                  (100, 150), (47, 33), (256, 320)])
+@pytest.mark.parametrize(
+    'size', [(224, 224), (32, 32), (65, 97), (97, 65), (100, 150), (47, 33), (256, 320)]
+)
 def test_featmap_shapes_any_size(size):
     model = small_nommer().eval()
     H, W = size
@@ -28,9 +30,13 @@ def test_featmap_shapes_any_size(size):
         outs = model(torch.randn(1, 3, H, W))
     assert len(outs) == 4
     for i, out in enumerate(outs):
-        stride = 2**(i + 2)
-        assert out.shape == (1, 32 * 2**i, math.ceil(H / stride),
-                             math.ceil(W / stride)), (i, out.shape)
+        stride = 2 ** (i + 2)
+        assert out.shape == (
+            1,
+            32 * 2**i,
+            math.ceil(H / stride),
+            math.ceil(W / stride),
+        ), (i, out.shape)
         assert torch.isfinite(out).all()
 
 
@@ -39,11 +45,11 @@ def test_out_indices_subset_and_negative():
     outs = model(torch.randn(2, 3, 64, 64))
     assert [o.shape for o in outs] == [(2, 64, 8, 8), (2, 256, 2, 2)]
     # stage 3 is not needed: the forward stops early and builds no norm3
-    model = small_nommer(out_indices=(0, )).eval()
+    model = small_nommer(out_indices=(0,)).eval()
     assert not hasattr(model, 'norm3')
     assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 32, 16, 16)
     with pytest.raises(ValueError, match='out_indices'):
-        small_nommer(out_indices=(4, ))
+        small_nommer(out_indices=(4,))
 
 
 @pytest.mark.parametrize('out_type', ['cls_token', 'avg_featmap'])
@@ -85,21 +91,26 @@ def test_gradients_reach_all_branches_and_nominator():
     out = model(torch.randn(2, 3, 64, 64))
     sum(o.square().mean() for o in out).backward()
     mixer = model.stages[0].blocks[0].mixer
-    for name in ('conv_context.conv1.weight', 'window_context.qkv.weight',
-                 'window_context.relative_position_bias_table',
-                 'global_context.compress.weight',
-                 'global_context.attn.qkv.weight',
-                 'global_context.expand.weight', 'nominator.fc.weight'):
+    for name in (
+        'conv_context.conv1.weight',
+        'window_context.qkv.weight',
+        'window_context.relative_position_bias_table',
+        'global_context.compress.weight',
+        'global_context.attn.qkv.weight',
+        'global_context.expand.weight',
+        'nominator.fc.weight',
+    ):
         grad = dict(mixer.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
-    missing = [n for n, p in model.named_parameters()
-               if p.requires_grad and p.grad is None]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and p.grad is None
+    ]
     assert not missing, missing
 
 
 def test_training_nomination_is_one_hot_and_stochastic():
     torch.manual_seed(0)
-    model = small_nommer(out_indices=(0, )).train()
+    model = small_nommer(out_indices=(0,)).train()
     x = torch.randn(2, 3, 64, 64)
     model(x)
     first = model.nomination_maps()['stages.0.blocks.0'].clone()
@@ -128,48 +139,47 @@ def test_dct_bases_are_buffers_not_parameters():
     names = [n for n, _ in model.named_parameters()]
     assert not any('dct' in n or 'relative_position_index' in n for n in names)
     state = model.state_dict()
-    assert not any(k.endswith('.basis') or k.endswith('position_index')
-                   for k in state)
+    assert not any(k.endswith('.basis') or k.endswith('position_index') for k in state)
 
 
-@pytest.mark.parametrize('arch,expected', [('tiny', 22.46e6),
-                                           ('small', 41.53e6),
-                                           ('base', 73.40e6)])
+@pytest.mark.parametrize(
+    'arch,expected', [('tiny', 22.46e6), ('small', 41.53e6), ('base', 73.40e6)]
+)
 def test_classifier_params_match_reference(arch, expected):
     from mmengine.registry import init_default_scope
     from mmpretrain.models import ImageClassifier
+
     init_default_scope('mmpretrain')  # earlier tests may leave another
     C = NomMer.arch_zoo[arch]['embed_dims']
     model = ImageClassifier(
-        backbone=dict(type='NomMer', arch=arch, out_indices=(3, ),
-                      out_type='cls_token'),
-        head=dict(type='LinearClsHead', num_classes=1000, in_channels=8 * C))
+        backbone=dict(type='NomMer', arch=arch, out_indices=(3,), out_type='cls_token'),
+        head=dict(type='LinearClsHead', num_classes=1000, in_channels=8 * C),
+    )
     n = count_params(model)
     assert abs(n - expected) / expected < 0.005, n
 
 
 class _Classifier(nn.Module):
-
     def __init__(self, arch):
         super().__init__()
         C = NomMer.arch_zoo[arch]['embed_dims']
-        self.backbone = NomMer(arch, out_indices=(3, ), out_type='cls_token')
+        self.backbone = NomMer(arch, out_indices=(3,), out_type='cls_token')
         self.fc = nn.Linear(8 * C, 1000)
 
     def forward(self, x):
         return self.fc(self.backbone(x)[-1])
 
 
-@pytest.mark.parametrize('arch,expected', [('tiny', 5.49e9),
-                                           ('small', 10.09e9),
-                                           ('base', 17.53e9)])
+@pytest.mark.parametrize(
+    'arch,expected', [('tiny', 5.49e9), ('small', 10.09e9), ('base', 17.53e9)]
+)
 def test_classifier_flops_match_reference(arch, expected):
     flops = count_flops(_Classifier(arch), torch.randn(1, 3, 224, 224))
     assert abs(flops - expected) / expected < 0.02, flops
 
 
 TABLE4 = {
-    'window_only': dict(contexts=('window', )),
+    'window_only': dict(contexts=('window',)),
     'window_conv_sum': dict(contexts=('conv', 'window'), fusion='sum'),
     'pooled_global_sum': dict(global_type='pooled', fusion='sum'),
     'dct_global_sum': dict(fusion='sum'),
@@ -186,8 +196,9 @@ def test_ablation_variants_build_and_run(name):
     mixer = model.stages[0].blocks[0].mixer
     wanted = TABLE4[name].get('contexts', ('conv', 'window', 'global'))
     assert set(mixer.contexts) == set(wanted)
-    has_nominator = (TABLE4[name].get('fusion', 'nominator') == 'nominator'
-                     and len(wanted) > 1)
+    has_nominator = (
+        TABLE4[name].get('fusion', 'nominator') == 'nominator' and len(wanted) > 1
+    )
     assert (mixer.nominator is not None) == has_nominator
     assert bool(model.nomination_maps()) == has_nominator
 
@@ -197,8 +208,9 @@ def test_ablation_sum_is_sum_of_candidates():
     mixer = small_nommer(fusion='sum').stages[0].blocks[0].mixer.eval()
     x = torch.randn(1, 16, 16, 32)
     with torch.no_grad():
-        expected = (mixer.conv_context(x) + mixer.window_context(x)
-                    + mixer.global_context(x))
+        expected = (
+            mixer.conv_context(x) + mixer.window_context(x) + mixer.global_context(x)
+        )
         assert torch.allclose(mixer(x), expected, atol=1e-6)
 
 
@@ -236,6 +248,7 @@ def test_padded_window_attention_equals_full_mask(size):
     with the bias alone): values and gradients equal one mask over every
     window, with interior windows, both pads and batch 2."""
     from nommer_mm.models.layers.attention import window_partition
+
     torch.manual_seed(0)
     attn = WindowMSA(8, 2, window_size=4)
     nn.init.normal_(attn.relative_position_bias_table)
@@ -250,8 +263,10 @@ def test_padded_window_attention_equals_full_mask(size):
         real = torch.zeros(1, Hp, Wp, 1, dtype=torch.bool)
         real[:, :H, :W] = True
         real = window_partition(real, 4)[..., 0].repeat(2, 1)
-        mask = attn.relative_position_bias()[None] + torch.zeros(
-            real.shape).masked_fill(~real, float('-inf'))[:, None, None]
+        mask = (
+            attn.relative_position_bias()[None]
+            + torch.zeros(real.shape).masked_fill(~real, float('-inf'))[:, None, None]
+        )
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = attn.proj(out.transpose(1, 2).reshape(-1, 16, 8))
         return window_reverse(out, 4, Hp, Wp)[:, :H, :W]
@@ -260,8 +275,9 @@ def test_padded_window_attention_equals_full_mask(size):
     out, ref = attn(x), full_mask(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(out)
-    for g, r in zip(torch.autograd.grad(out, params, grad),
-                    torch.autograd.grad(ref, params, grad)):
+    for g, r in zip(
+        torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)
+    ):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
     with torch.no_grad():  # the in-place path
         torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
@@ -272,6 +288,7 @@ def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
     """Inference on a large map runs strips of window rows: the same
     result as the whole map at once (the last strip partial and padded)."""
     from nommer_mm.models.layers import attention as attention_mod
+
     torch.manual_seed(0)
     attn = WindowMSA(8, 2, window_size=4).eval()
     x = torch.randn(2, *size, 8)
@@ -280,9 +297,9 @@ def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
         calls = []
         monkeypatch.setattr(attention_mod, 'STRIP_BYTES', 1000)
         forward = attn._forward
-        monkeypatch.setattr(attn, '_forward',
-                            lambda *a: calls.append(a[0].shape[1]) or
-                            forward(*a))
+        monkeypatch.setattr(
+            attn, '_forward', lambda *a: calls.append(a[0].shape[1]) or forward(*a)
+        )
         strips = attn(x)
     assert len(calls) > 1 and sum(calls) == size[0]
     assert all(rows % 4 == 0 for rows in calls[:-1])
@@ -293,8 +310,7 @@ def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
     with torch.no_grad():
         strips = gq(x, query)
         monkeypatch.setattr(attention_mod, 'STRIP_BYTES', 1 << 30)
-        torch.testing.assert_close(strips, gq(x, query), rtol=1e-6,
-                                   atol=1e-6)
+        torch.testing.assert_close(strips, gq(x, query), rtol=1e-6, atol=1e-6)
 
 
 def test_frozen_stages_and_norm_eval():
@@ -340,7 +356,8 @@ def test_syncbn_norm_cfg_is_used():
 
 def test_nominator_runs_in_fp32_under_autocast(monkeypatch):
     from nommer_mm.models.layers import context
-    model = small_nommer(out_indices=(0, )).train()
+
+    model = small_nommer(out_indices=(0,)).train()
     seen = []
     logits = context.nominator_logits
 
@@ -360,10 +377,12 @@ def test_fused_nomination_equals_straight_through_formula(dtype):
     """The training nominator (one autograd function) against the unfused
     formula it replaces: w = hard - soft.detach() + soft, sum_p w_p * F_p."""
     from nommer_mm.models.layers import ContextNominator
+
     torch.manual_seed(0)
     nominator = ContextNominator(16, 3, tau=0.7).to(dtype).train()
-    feats = [torch.randn(2, 5, 7, 16, dtype=dtype, requires_grad=True)
-             for _ in range(3)]
+    feats = [
+        torch.randn(2, 5, 7, 16, dtype=dtype, requires_grad=True) for _ in range(3)
+    ]
     probe = torch.randn(2, 5, 7, 16, dtype=dtype)
     params = [*feats, nominator.fc.weight, nominator.fc.bias]
 
@@ -377,7 +396,7 @@ def test_fused_nomination_equals_straight_through_formula(dtype):
     soft = ((logits + noise) / 0.7).softmax(-1)
     hard = F.one_hot(soft.argmax(-1), 3).to(dtype)
     weights = hard - soft.detach() + soft
-    expected = sum(f * weights[..., i:i + 1] for i, f in enumerate(feats))
+    expected = sum(f * weights[..., i : i + 1] for i, f in enumerate(feats))
     expected_grads = torch.autograd.grad((expected * probe).sum(), params)
 
     assert torch.equal(nominator.nomination, soft.argmax(-1))
@@ -400,16 +419,20 @@ def test_pos_embed_resized_on_load_and_interpolated_at_run_time():
 
 
 def test_pretrained_init_cfg_with_prefix(tmp_path):
-    src = small_nommer(out_indices=(3, ), out_type='cls_token')
+    src = small_nommer(out_indices=(3,), out_type='cls_token')
     state = {f'backbone.{k}': v for k, v in src.state_dict().items()}
     state['head.fc.weight'] = torch.zeros(10, 256)
     path = tmp_path / 'cls.pth'
     torch.save(dict(state_dict=state), path)
-    dense = small_nommer(init_cfg=dict(type='Pretrained', checkpoint=str(path),
-                                       prefix='backbone.'))
+    dense = small_nommer(
+        init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='backbone.')
+    )
     dense.init_weights()
-    for key in ('stem.conv.weight', 'pos_embed',
-                'stages.1.blocks.0.mixer.nominator.fc.weight'):
+    for key in (
+        'stem.conv.weight',
+        'pos_embed',
+        'stages.1.blocks.0.mixer.nominator.fc.weight',
+    ):
         assert torch.equal(dense.state_dict()[key], src.state_dict()[key])
 
 
@@ -418,6 +441,7 @@ def test_memory_saving_mlp_has_plain_values_and_gradients():
     all gradients equal the plain fc2(gelu(fc1(x))), and it saves one
     hidden-width tensor less."""
     from nommer_mm.models.layers import Mlp
+
     torch.manual_seed(0)
     mlp = Mlp(6, 12).double()
     x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
@@ -436,9 +460,11 @@ def test_memory_saving_mlp_has_plain_values_and_gradients():
     def saved_bytes(fn):
         total = []
         with torch.autograd.graph.saved_tensors_hooks(
-                lambda t: total.append(t.numel()) or t, lambda t: t):
+            lambda t: total.append(t.numel()) or t, lambda t: t
+        ):
             fn()
         return sum(total)
+
     xf = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     plain = saved_bytes(lambda: mlp.fc2(torch.nn.functional.gelu(mlp.fc1(xf))))
     ours = saved_bytes(lambda: mlp(xf))
@@ -449,11 +475,14 @@ def test_eval_selection_keeps_type_promotion():
     """The eval selection writes into a candidate's buffer only when that
     gives what the out-of-place chain gives, mixed dtypes (autocast) too."""
     from nommer_mm.models.layers.context import select_nominated
+
     torch.manual_seed(0)
     index = torch.randint(0, 3, (2, 5, 4))
-    for dtypes in [(torch.float32, ) * 3,
-                   (torch.float32, torch.bfloat16, torch.bfloat16),
-                   (torch.bfloat16, torch.bfloat16, torch.float32)]:
+    for dtypes in [
+        (torch.float32,) * 3,
+        (torch.float32, torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.bfloat16, torch.float32),
+    ]:
         feats = [torch.randn(2, 5, 4, 6).to(d) for d in dtypes]
         expect = feats[-1]
         for i in (1, 0):
@@ -463,6 +492,7 @@ def test_eval_selection_keeps_type_promotion():
         assert got.dtype == expect.dtype
         assert torch.equal(got, expect)
     from nommer_mm.models.fast import add_into
+
     a, b = torch.randn(3, 4), torch.randn(3, 4).bfloat16()
     assert add_into(b.clone(), a).dtype == torch.float32  # promoted, new
     torch.testing.assert_close(add_into(b.clone(), a), b + a)
@@ -473,18 +503,22 @@ def test_eval_selection_keeps_type_promotion():
 @pytest.mark.parametrize('size', [(56, 56), (57, 55)])
 def test_merge_max_pool_keeps_indices_only_with_equal_gradients(size):
     from nommer_mm.models.backbones.nommer import _MaxPool2x2
+
     x = torch.randn(2, 8, *size).to(memory_format=torch.channels_last)
     x.requires_grad_()
     expected = F.max_pool2d(x, 2, ceil_mode=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(
-            lambda t: saved.append(t) or t, lambda t: t):
+        lambda t: saved.append(t) or t, lambda t: t
+    ):
         got = _MaxPool2x2.apply(x)
     assert [t.dtype for t in saved] == [torch.int64]  # not the input
     probe = torch.randn_like(expected)
     assert torch.equal(got, expected)
-    assert torch.equal(torch.autograd.grad((got * probe).sum(), x)[0],
-                       torch.autograd.grad((expected * probe).sum(), x)[0])
+    assert torch.equal(
+        torch.autograd.grad((got * probe).sum(), x)[0],
+        torch.autograd.grad((expected * probe).sum(), x)[0],
+    )
 
 
 def test_eval_with_autograd_selects_out_of_place():

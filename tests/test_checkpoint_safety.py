@@ -1,6 +1,7 @@
 """A checkpoint is untrusted input: no loader of ours, and no bare
 ``torch.load`` after ``import nommer_mm``, may run code from it; our own
 checkpoints load everywhere, and no run loses its last good checkpoint."""
+
 import copyreg
 import io
 import os
@@ -15,9 +16,11 @@ import torch
 import torch.nn as nn
 
 import nommer_mm  # noqa: F401  (must not change how torch loads files)
-from nommer_mm.checkpoint_safety import (UnsafeCheckpointError,
-                                         load_checkpoint_file,
-                                         mmengine_loads_through_plugin)
+from nommer_mm.checkpoint_safety import (
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+    mmengine_loads_through_plugin,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +34,6 @@ def _run(work_dir, hook='SafeCheckpointHook', epochs=2, **hook_args):
     from mmengine.runner import Runner
 
     class Model(BaseModel):
-
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(2, 1)
@@ -49,28 +51,37 @@ def _run(work_dir, hook='SafeCheckpointHook', epochs=2, **hook_args):
             return 4
 
         def __getitem__(self, i):
-            return dict(inputs=torch.full((2, ), float(i)))
+            return dict(inputs=torch.full((2,), float(i)))
 
     class Metric(BaseMetric):
-
         def process(self, data_batch, data_samples):
             self.results.append(np.float64(len(self.results)))
 
         def compute_metrics(self, results):
             return dict(acc=np.float64(sum(results)))  # a numpy scalar
 
-    loader = dict(dataset=Data(), batch_size=2,
-                  sampler=dict(type='DefaultSampler', shuffle=False))
+    loader = dict(
+        dataset=Data(), batch_size=2, sampler=dict(type='DefaultSampler', shuffle=False)
+    )
     runner = Runner(
-        model=Model(), work_dir=str(work_dir), train_dataloader=loader,
-        val_dataloader=loader, val_cfg=dict(), val_evaluator=dict(type=Metric),
+        model=Model(),
+        work_dir=str(work_dir),
+        train_dataloader=loader,
+        val_dataloader=loader,
+        val_cfg=dict(),
+        val_evaluator=dict(type=Metric),
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=1),
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
-        param_scheduler=[dict(type='LinearLR', start_factor=0.1, end=1),
-                         dict(type='CosineAnnealingLR', begin=1, end=2)],
-        default_hooks=dict(checkpoint=dict(type=hook, interval=1,
-                                           save_best='acc', **hook_args)),
-        experiment_name=f'ckpt-{uuid.uuid4().hex}', randomness=dict(seed=0))
+        param_scheduler=[
+            dict(type='LinearLR', start_factor=0.1, end=1),
+            dict(type='CosineAnnealingLR', begin=1, end=2),
+        ],
+        default_hooks=dict(
+            checkpoint=dict(type=hook, interval=1, save_best='acc', **hook_args)
+        ),
+        experiment_name=f'ckpt-{uuid.uuid4().hex}',
+        randomness=dict(seed=0),
+    )
     runner.train()
     return runner
 
@@ -95,12 +106,15 @@ def _bare_load(path):
     """``torch.load`` in a fresh process that never imported nommer_mm."""
     return subprocess.run(
         [sys.executable, '-c', f'import torch; torch.load({str(path)!r})'],
-        capture_output=True, text=True)
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_our_checkpoints_load_with_a_bare_torch_load(ours):
     assert _bare_load(ours).returncode == 0
     from mmengine.logging import HistoryBuffer
+
     ckpt = load_checkpoint_file(ours)
     lr = ckpt['message_hub']['log_scalars']['train/lr']
     assert isinstance(lr, HistoryBuffer) and lr.current() > 0
@@ -121,10 +135,13 @@ def test_stock_checkpoints_read_as_plain_data(stock):
         for a, b in zip(got.data, buf.data):
             np.testing.assert_array_equal(a, b)
             assert a.dtype == b.dtype
-    assert ckpt['message_hub']['runtime_info']['best_score'] == \
-        trusted['message_hub']['runtime_info']['best_score']
+    assert (
+        ckpt['message_hub']['runtime_info']['best_score']
+        == trusted['message_hub']['runtime_info']['best_score']
+    )
     # exactly as mmengine loads it when resuming, inside our tools' scope
     from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+
     before = dict(CheckpointLoader._schemes)
     with mmengine_loads_through_plugin():
         assert _load_checkpoint(str(stock))['meta']['epoch'] == 2
@@ -154,13 +171,27 @@ class _Call:
 
 def _payloads(sentinel):
     from mmengine.logging import HistoryBuffer
+
     code = f'open({sentinel!r}, "w").write("ran")'
     # 1. widen HistoryBuffer's class-level statistics dict through
     #    __setstate__, then walk from its methods to exec
-    widen = _Call(copyreg.__newobj__, HistoryBuffer, cls=HistoryBuffer,
-                  state={'statistics_methods': {
-                      n: 0 for n in ('__init__', '__globals__', '__class__',
-                                     '__getattribute__', 'get')}})
+    widen = _Call(
+        copyreg.__newobj__,
+        HistoryBuffer,
+        cls=HistoryBuffer,
+        state={
+            'statistics_methods': {
+                n: 0
+                for n in (
+                    '__init__',
+                    '__globals__',
+                    '__class__',
+                    '__getattribute__',
+                    'get',
+                )
+            }
+        },
+    )
     init = _Call(getattr, HistoryBuffer, '__init__')
     glb = _Call(getattr, init, '__globals__')
     builtins = _Call(_Call(getattr, glb, 'get'), '__builtins__')
@@ -171,22 +202,29 @@ def _payloads(sentinel):
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct
-    object_array = _Call(_reconstruct, np.ndarray, (0, ), b'b',
-                         state=(1, (2, ), np.dtype(object), False,
-                                b'\x41' * 16))
+    object_array = _Call(
+        _reconstruct,
+        np.ndarray,
+        (0,),
+        b'b',
+        state=(1, (2,), np.dtype(object), False, b'\x41' * 16),
+    )
     # 3. the classic
     classic = _Call(os.system, f'touch {sentinel}')
     # 4. getattr beyond the statistics methods
     escape = _Call(getattr, HistoryBuffer, '__init__')
-    return {'setstate-widening': setstate_attack, 'object-array': object_array,
-            'reduce-os-system': classic, 'getattr-escape': escape}
+    return {
+        'setstate-widening': setstate_attack,
+        'object-array': object_array,
+        'reduce-os-system': classic,
+        'getattr-escape': escape,
+    }
 
 
 def _write(obj, path):
     """A torch.save zip checkpoint around ``obj``, as an attacker would
     ship it (a state_dict beside the payload)."""
-    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': obj}},
-               path)
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': obj}}, path)
     return path
 
 
@@ -197,6 +235,7 @@ def _loaders(tmp_path):
         def load(path):
             with mmengine_loads_through_plugin():
                 return fn(path)
+
         return load
 
     def converter(module, *args):
@@ -207,27 +246,31 @@ def _loaders(tmp_path):
             finally:
                 sys.path.pop(0)
             mod.main([*args, str(path), str(tmp_path / 'out.pth')])
+
         return load
 
     def resume_probe(path):
         from mmengine.config import Config
 
         from nommer_mm.launch import resolve_resume
+
         resolve_resume(Config(dict(work_dir=str(tmp_path))), str(path))
 
     def test_tool(path):
         from nommer_mm.launch import check_weights_fit
+
         check_weights_fit(nn.Linear(1, 1), str(path))
 
     return {
         'bare torch.load': lambda p: torch.load(p),
-        'torch.load weights_only=True': lambda p: torch.load(
-            p, weights_only=True),
+        'torch.load weights_only=True': lambda p: torch.load(p, weights_only=True),
         'load_checkpoint_file': load_checkpoint_file,
         'mmengine _load_checkpoint (resume, load_from)': scoped(
-            lambda p: _load_checkpoint(str(p))),
-        'init_cfg=Pretrained': scoped(lambda p: load_checkpoint(
-            nn.Linear(1, 1), str(p))),
+            lambda p: _load_checkpoint(str(p))
+        ),
+        'init_cfg=Pretrained': scoped(
+            lambda p: load_checkpoint(nn.Linear(1, 1), str(p))
+        ),
         'nommer2mm': converter('nommer2mm'),
         'peer2mm': converter('peer2mm', 'gcvit'),
         'train.py --resume': resume_probe,
@@ -235,10 +278,13 @@ def _loaders(tmp_path):
     }
 
 
-@pytest.mark.parametrize('payload', ['setstate-widening', 'object-array',
-                                     'reduce-os-system', 'getattr-escape'])
+@pytest.mark.parametrize(
+    'payload',
+    ['setstate-widening', 'object-array', 'reduce-os-system', 'getattr-escape'],
+)
 def test_payloads_are_refused_by_every_loader(payload, tmp_path):
     from mmengine.logging import HistoryBuffer
+
     sentinel = tmp_path / 'ran'
     path = _write(_payloads(str(sentinel))[payload], tmp_path / 'evil.pth')
     statistics = dict(HistoryBuffer._statistics_methods)
@@ -259,12 +305,21 @@ def test_payloads_are_refused_by_every_loader(payload, tmp_path):
 def test_test_tool_refuses_a_payload_checkpoint(tmp_path):
     """Through ``tools/test.py`` itself (a subprocess: its own imports)."""
     sentinel = tmp_path / 'ran'
-    path = _write(_payloads(str(sentinel))['setstate-widening'],
-                  tmp_path / 'evil.pth')
+    path = _write(_payloads(str(sentinel))['setstate-widening'], tmp_path / 'evil.pth')
     cfg = os.path.join(ROOT, 'configs/cls/nommer-tiny_2xb16_textures-demo.py')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/test.py'),
-                           cfg, str(path), '--work-dir', str(tmp_path)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'tools/test.py'),
+            cfg,
+            str(path),
+            '--work-dir',
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert 'refused to load' in proc.stderr
     assert not sentinel.exists()
@@ -273,14 +328,15 @@ def test_test_tool_refuses_a_payload_checkpoint(tmp_path):
 def test_import_registers_nothing_with_torch():
     # (importing torch.distributed.tensor, as mmengine does, makes torch
     # allow its own DTensor classes: torch's, not ours)
-    code = ('import torch; before = torch.serialization.get_safe_globals(); '
-            'import nommer_mm; '
-            'added = [g for g in torch.serialization.get_safe_globals() '
-            'if g not in before]; '
-            'print([g for g in added if not getattr(g, "__module__", "")'
-            '.startswith("torch.")])')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                          text=True)
+    code = (
+        'import torch; before = torch.serialization.get_safe_globals(); '
+        'import nommer_mm; '
+        'added = [g for g in torch.serialization.get_safe_globals() '
+        'if g not in before]; '
+        'print([g for g in added if not getattr(g, "__module__", "")'
+        '.startswith("torch.")])'
+    )
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc
 
 
@@ -290,8 +346,13 @@ def test_records_reject_odd_shapes_of_state(tmp_path):
         from numpy._core.multiarray import _reconstruct
     except ImportError:
         from numpy.core.multiarray import _reconstruct
-    short = _Call(_reconstruct, np.ndarray, (0, ), b'b',
-                  state=(1, (4, ), np.dtype('f8'), False, b'\0' * 8))
+    short = _Call(
+        _reconstruct,
+        np.ndarray,
+        (0,),
+        b'b',
+        state=(1, (4,), np.dtype('f8'), False, b'\0' * 8),
+    )
     buf = io.BytesIO()
     torch.save({'x': short}, buf)
     buf.seek(0)
@@ -305,6 +366,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     the earlier checkpoint survives and no torn file takes a checkpoint's
     name. (mmengine's CheckpointHook removes the old one first.)"""
     from mmengine.fileio.backends import LocalBackend
+
     real_put = LocalBackend.put
     calls = []
 
@@ -312,7 +374,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         calls.append(str(filepath))
         if str(filepath).endswith('epoch_2.pth.part'):
             with open(filepath, 'wb') as f:
-                f.write(obj[:len(obj) // 2])
+                f.write(obj[: len(obj) // 2])
             raise OSError(28, 'No space left on device')
         return real_put(self, obj, filepath)
 
@@ -336,6 +398,7 @@ def _resume(tmp_path, arg='auto'):
     from mmengine.config import Config
 
     from nommer_mm.launch import resolve_resume
+
     cfg = Config(dict(work_dir=str(tmp_path)))
     resolve_resume(cfg, arg)
     return cfg
@@ -345,7 +408,7 @@ def test_resume_skips_a_torn_newest_checkpoint(ours, tmp_path, capfd):
     good = tmp_path / 'epoch_2.pth'
     good.write_bytes(ours.read_bytes())
     data = ours.read_bytes()
-    (tmp_path / 'epoch_3.pth').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'epoch_3.pth').write_bytes(data[: len(data) // 2])
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
     assert _resume(tmp_path).load_from == str(good)
     err = capfd.readouterr().err
@@ -359,8 +422,7 @@ def test_resume_with_empty_or_dangling_marker(ours, tmp_path, capfd, marker):
     (tmp_path / 'last_checkpoint').write_text(text)
     with pytest.raises(SystemExit) as err:  # and nothing to fall back on
         _resume(tmp_path)
-    assert 'last_checkpoint' in str(err.value) and '--resume CKPT' in str(
-        err.value)
+    assert 'last_checkpoint' in str(err.value) and '--resume CKPT' in str(err.value)
     said = capfd.readouterr().err
     assert ('is empty' in said) if not marker else ('does not exist' in said)
     (tmp_path / 'epoch_1.pth').write_bytes(ours.read_bytes())
@@ -369,8 +431,9 @@ def test_resume_with_empty_or_dangling_marker(ours, tmp_path, capfd, marker):
 
 def test_resume_from_a_weights_only_checkpoint_points_to_load_from(tmp_path):
     path = tmp_path / 'converted.pth'
-    torch.save(dict(state_dict={'w': torch.zeros(1)},
-                    meta=dict(converter='nommer2mm')), path)
+    torch.save(
+        dict(state_dict={'w': torch.zeros(1)}, meta=dict(converter='nommer2mm')), path
+    )
     with pytest.raises(SystemExit) as err:
         _resume(tmp_path, str(path))
     assert 'weights only' in str(err.value)
@@ -379,6 +442,7 @@ def test_resume_from_a_weights_only_checkpoint_points_to_load_from(tmp_path):
 
 def test_test_tool_refuses_weights_that_do_not_fit(tmp_path):
     from nommer_mm.launch import check_weights_fit
+
     model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
     path = tmp_path / 'w.pth'
     torch.save({'state_dict': {'0.weight': torch.zeros(3, 3)}}, path)
@@ -400,30 +464,41 @@ def test_pretrained_that_leaves_weights_out_warns_loudly(tmp_path):
     from mmengine.logging import MMLogger
 
     from nommer_mm import NomMer
+
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
     logger = MMLogger.get_instance(f'pretrained-{uuid.uuid4().hex}')
     logger.addHandler(handler)  # the current logger: where print_log goes
-    arch = dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-                bottleneck_ratios=[2, 2])
-    cls = NomMer(arch=arch, out_type='cls_token', out_indices=(3, ))
+    arch = dict(
+        embed_dims=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        bottleneck_ratios=[2, 2],
+    )
+    cls = NomMer(arch=arch, out_type='cls_token', out_indices=(3,))
     state = {'backbone.' + k: v for k, v in cls.state_dict().items()}
     torch.save({'state_dict': state}, tmp_path / 'full.pth')
     del state['backbone.stages.2.blocks.0.mlp.fc1.weight']
     state['backbone.stem.conv.weight'] = torch.zeros(1)
     torch.save({'state_dict': state}, tmp_path / 'part.pth')
     for name in ('full', 'part'):
-        NomMer(arch=arch, init_cfg=dict(
-            type='Pretrained', checkpoint=str(tmp_path / f'{name}.pth'),
-            prefix='backbone.')).init_weights()
+        NomMer(
+            arch=arch,
+            init_cfg=dict(
+                type='Pretrained',
+                checkpoint=str(tmp_path / f'{name}.pth'),
+                prefix='backbone.',
+            ),
+        ).init_weights()
         said = '\n'.join(records)
         records.clear()
         if name == 'full':
             assert 'random initialisation' not in said
         else:
-            assert 'leaves these weights at their random initialisation' \
-                in said and '!' * 72 in said
+            assert (
+                'leaves these weights at their random initialisation' in said
+                and '!' * 72 in said
+            )
             assert '1 missing:\n  stages.2.blocks.0.mlp.fc1.weight' in said
-            assert 'stem.conv.weight: checkpoint (1,), model (16, 3, 4, 4)' \
-                in said
+            assert 'stem.conv.weight: checkpoint (1,), model (16, 3, 4, 4)' in said

@@ -1,5 +1,6 @@
 """Every classification config builds its model and data pipeline, and the
 paper's recipe is what the resolved configs say."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ def test_config_builds_model_and_pipelines(path):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS, MODELS, TRANSFORMS
     import nommer_mm  # noqa: F401
+
     cfg = Config.fromfile(str(path))
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
@@ -32,8 +34,7 @@ def _by_type(items, name):
     return next(i for i in items if i['type'] == name)
 
 
-@pytest.mark.parametrize('arch,dpr', [('tiny', 0.1), ('small', 0.3),
-                                      ('base', 0.5)])
+@pytest.mark.parametrize('arch,dpr', [('tiny', 0.1), ('small', 0.3), ('base', 0.5)])
 def test_in1k_recipe(arch, dpr):
     cfg = Config.fromfile(str(ROOT / f'configs/cls/nommer-{arch}_8xb128_in1k.py'))
     bb = cfg.model.backbone
@@ -58,8 +59,12 @@ def test_in1k_recipe(arch, dpr):
     assert cfg.model.head.loss.label_smooth_val == 0.1
     pipe = cfg.train_dataloader.dataset.pipeline
     ra = _by_type(pipe, 'RandAugment')
-    assert (ra.magnitude_level, ra.magnitude_std, ra.num_policies,
-            ra.policies) == (9, 0.5, 2, 'timm_increasing')
+    assert (ra.magnitude_level, ra.magnitude_std, ra.num_policies, ra.policies) == (
+        9,
+        0.5,
+        2,
+        'timm_increasing',
+    )
     assert _by_type(pipe, 'RandomErasing').erase_prob == 0.25
     assert _by_type(pipe, 'RandomResizedCrop').interpolation == 'bicubic'
     assert _by_type(pipe, 'RandomResizedCrop').scale == 224
@@ -67,8 +72,7 @@ def test_in1k_recipe(arch, dpr):
 
 @pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
 def test_384_finetune_recipe(arch):
-    cfg = Config.fromfile(
-        str(ROOT / f'configs/cls/nommer-{arch}_8xb64_in1k-384px.py'))
+    cfg = Config.fromfile(str(ROOT / f'configs/cls/nommer-{arch}_8xb64_in1k-384px.py'))
     assert cfg.model.backbone.img_size == 384
     assert cfg.model.backbone.arch == arch
     assert cfg.train_dataloader.batch_size * 8 == 512
@@ -76,8 +80,10 @@ def test_384_finetune_recipe(arch):
     assert (opt.lr, opt.weight_decay) == (1e-5, 1e-8)
     assert cfg.train_cfg.max_epochs == 30
     assert arch in cfg.load_from
-    assert _by_type(cfg.train_dataloader.dataset.pipeline,
-                    'RandomResizedCrop').scale == 384
+    assert (
+        _by_type(cfg.train_dataloader.dataset.pipeline, 'RandomResizedCrop').scale
+        == 384
+    )
 
 
 def test_384_model_loads_a_224_checkpoint(tmp_path):
@@ -88,10 +94,10 @@ def test_384_model_loads_a_224_checkpoint(tmp_path):
     from mmengine.runner import load_checkpoint
     from mmpretrain.registry import MODELS
     import nommer_mm  # noqa: F401
+
     init_default_scope('mmpretrain')
     c224 = Config.fromfile(str(ROOT / 'configs/cls/nommer-tiny_8xb128_in1k.py'))
-    c384 = Config.fromfile(
-        str(ROOT / 'configs/cls/nommer-tiny_8xb64_in1k-384px.py'))
+    c384 = Config.fromfile(str(ROOT / 'configs/cls/nommer-tiny_8xb64_in1k-384px.py'))
     m224, m384 = MODELS.build(c224.model), MODELS.build(c384.model)
     path = tmp_path / 'c.pth'
     torch.save(dict(state_dict=m224.state_dict()), path)
@@ -102,11 +108,20 @@ def test_384_model_loads_a_224_checkpoint(tmp_path):
 
 def test_get_flops_tiny_matches_foundation_numbers(tmp_path):
     import json
+
     out = tmp_path / 'flops.json'
     proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/analysis_tools/get_flops.py'),
-         str(ROOT / 'configs/cls/nommer-tiny_8xb128_in1k.py'), '--json',
-         str(out)], capture_output=True, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / 'tools/analysis_tools/get_flops.py'),
+            str(ROOT / 'configs/cls/nommer-tiny_8xb128_in1k.py'),
+            '--json',
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'FLOPs (a) traced' in proc.stdout
     assert 'FLOPs (b) module hooks' in proc.stdout
@@ -118,7 +133,7 @@ def test_get_flops_tiny_matches_foundation_numbers(tmp_path):
 
 
 TABLE4 = {
-    'w': (('window', ), 'nominator'),
+    'w': (('window',), 'nominator'),
     'wc-sum': (('conv', 'window'), 'sum'),
     'wc-pooled-sum': (('conv', 'window', 'global'), 'sum'),
     'wc-dct-sum': (('conv', 'window', 'global'), 'sum'),
@@ -131,9 +146,11 @@ def test_ablation_configs_switch_the_backbone(path):
     variant's contexts and fusion, on the task's full recipe."""
     import nommer_mm  # noqa: F401
     from mmengine.registry import MODELS, init_default_scope
+
     cfg = Config.fromfile(str(path))
-    variant = next(v for v in sorted(TABLE4, key=len, reverse=True)
-                   if f'-{v}_' in path.name)
+    variant = next(
+        v for v in sorted(TABLE4, key=len, reverse=True) if f'-{v}_' in path.name
+    )
     contexts, fusion = TABLE4[variant]
     init_default_scope(cfg.default_scope)
     bb = dict(cfg.model.backbone, init_cfg=None)
@@ -144,13 +161,19 @@ def test_ablation_configs_switch_the_backbone(path):
     if 'global' in contexts:
         expected = 'Pooled' if 'pooled' in variant else 'Compressed'
         assert type(mixer.global_context).__name__.startswith(expected)
-    assert bb['arch'] in ('tiny', )
+    assert bb['arch'] in ('tiny',)
 
 
-@pytest.mark.parametrize('name,lr,ema', [
-    ('gcvit-xxtiny', 5e-3, True), ('gcvit-xtiny', 1e-3, True),
-    ('gcvit-tiny', 5e-3, True), ('gcvit-small', 1e-3, False),
-    ('gcvit-base', 1e-3, False)])
+@pytest.mark.parametrize(
+    'name,lr,ema',
+    [
+        ('gcvit-xxtiny', 5e-3, True),
+        ('gcvit-xtiny', 1e-3, True),
+        ('gcvit-tiny', 5e-3, True),
+        ('gcvit-small', 1e-3, False),
+        ('gcvit-base', 1e-3, False),
+    ],
+)
 def test_gcvit_recipes(name, lr, ema):
     cfg = Config.fromfile(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
@@ -169,8 +192,12 @@ def test_gcvit_recipes(name, lr, ema):
 def test_cotnet_recipe(name):
     cfg = Config.fromfile(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
     opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == \
-        ('SGD', 0.25, 0.9, 4e-5)
+    assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == (
+        'SGD',
+        0.25,
+        0.9,
+        4e-5,
+    )
     assert cfg.train_cfg.max_epochs == 350
     assert cfg.model.backbone.drop_path_rate == 0.1
     assert _by_type(cfg.custom_hooks, 'EMAHook')['momentum'] == 1e-4
@@ -178,8 +205,7 @@ def test_cotnet_recipe(name):
 
 @pytest.mark.parametrize('arch,channels', [('tiny', 384), ('small', 768)])
 def test_visformer_recipe(arch, channels):
-    cfg = Config.fromfile(
-        str(ROOT / f'configs/cls/visformer-{arch}_8xb128_in1k.py'))
+    cfg = Config.fromfile(str(ROOT / f'configs/cls/visformer-{arch}_8xb128_in1k.py'))
     assert cfg.model.backbone.arch == arch
     assert cfg.model.head.in_channels == channels
     assert cfg.optim_wrapper.optimizer.lr == 1e-3

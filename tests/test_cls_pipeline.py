@@ -1,12 +1,12 @@
 """Classification end to end: 2-process gloo training and evaluation
 through tools/dist_train.sh and tools/dist_test.sh, kill-and-resume."""
+
 import json
 
 import pytest
 import torch
 
-from cls_helpers import (ROOT, check_curves, failure_report, run_tool,
-                         write_config)
+from cls_helpers import ROOT, check_curves, failure_report, run_tool, write_config
 from nommer_mm.testing import make_imagenet_layout
 
 
@@ -19,23 +19,31 @@ def shapes(tmp_path_factory):
 def test_distributed_train_then_test(shapes, tmp_path):
     cfg = write_config(tmp_path / 'cfg.py', shapes, iters=4)
     work = tmp_path / 'work'
-    train = run_tool([ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir',
-                      work], cwd=tmp_path, port=29611)
+    train = run_tool(
+        [ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir', work],
+        cwd=tmp_path,
+        port=29611,
+    )
     log = train.stdout + train.stderr
     assert train.returncode == 0, failure_report(train)
-    assert "'world_size': 2" in log or 'world_size: 2' in log \
+    assert (
+        "'world_size': 2" in log
+        or 'world_size: 2' in log
         or 'Distributed launcher: pytorch' in log
+    )
     assert 'Iter(train) [4/4]' in log
     ckpt = work / 'iter_4.pth'
     assert ckpt.exists()
-    said = check_curves(work, ['loss', 'lr', 'accuracy/top1'],
-                        tmp_path / 'curves.png')
+    said = check_curves(work, ['loss', 'lr', 'accuracy/top1'], tmp_path / 'curves.png')
     assert 'loss: 4 points' in said  # one per iteration
     assert 'accuracy/top1: 1 points' in said and 'at iteration 4' in said
 
     out = tmp_path / 'metrics.json'
-    test = run_tool([ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir',
-                     work, '--out', out], cwd=tmp_path, port=29612)
+    test = run_tool(
+        [ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir', work, '--out', out],
+        cwd=tmp_path,
+        port=29612,
+    )
     assert test.returncode == 0, failure_report(test)
     metrics = json.loads(out.read_text())
     # mmpretrain's Accuracy over the 12 held-out images of both ranks
@@ -46,30 +54,40 @@ def test_distributed_train_then_test(shapes, tmp_path):
 def test_kill_and_resume_equals_uninterrupted(shapes, tmp_path):
     iters = 6
     hooks = "custom_hooks = [dict(type='RNGStateHook')]\n"
-    full = write_config(tmp_path / 'full.py', shapes, iters, hooks,
-                        ckpt_interval=iters // 2)
+    full = write_config(
+        tmp_path / 'full.py', shapes, iters, hooks, ckpt_interval=iters // 2
+    )
     killed = write_config(
-        tmp_path / 'killed.py', shapes, iters,
+        tmp_path / 'killed.py',
+        shapes,
+        iters,
         "custom_imports = dict(imports=['nommer_mm', 'kill_hook'])\n"
         "custom_hooks = [dict(type='RNGStateHook'), "
         f"dict(type='KillAtIterHook', at={iters // 2})]\n",
-        ckpt_interval=iters // 2)
+        ckpt_interval=iters // 2,
+    )
 
-    a = run_tool([ROOT / 'tools/train.py', full, '--work-dir', tmp_path / 'a'],
-                 cwd=tmp_path)
+    a = run_tool(
+        [ROOT / 'tools/train.py', full, '--work-dir', tmp_path / 'a'], cwd=tmp_path
+    )
     assert a.returncode == 0, (a.stdout + a.stderr)[-3000:]
-    b = run_tool([ROOT / 'tools/train.py', killed, '--work-dir',
-                  tmp_path / 'b'], cwd=tmp_path)
+    b = run_tool(
+        [ROOT / 'tools/train.py', killed, '--work-dir', tmp_path / 'b'], cwd=tmp_path
+    )
     assert b.returncode == 17, (b.stdout + b.stderr)[-3000:]  # killed
     assert (tmp_path / 'b' / f'iter_{iters // 2}.pth').exists()
     assert not (tmp_path / 'b' / f'iter_{iters}.pth').exists()
     # resume with the plain config (no kill hook) from the latest checkpoint
-    c = run_tool([ROOT / 'tools/train.py', full, '--work-dir', tmp_path / 'b',
-                  '--resume'], cwd=tmp_path)
+    c = run_tool(
+        [ROOT / 'tools/train.py', full, '--work-dir', tmp_path / 'b', '--resume'],
+        cwd=tmp_path,
+    )
     log = c.stdout + c.stderr
     assert c.returncode == 0, log[-3000:]
-    assert f'resumed epoch: 0, iter: {iters // 2}' in log.lower() or \
-        'Advance dataloader' in log
+    assert (
+        f'resumed epoch: 0, iter: {iters // 2}' in log.lower()
+        or 'Advance dataloader' in log
+    )
 
     wa = torch.load(tmp_path / 'a' / f'iter_{iters}.pth')['state_dict']
     wb = torch.load(tmp_path / 'b' / f'iter_{iters}.pth')['state_dict']
@@ -88,18 +106,25 @@ def test_a_stopped_rank_ends_the_run_within_the_timeout(shapes, tmp_path):
     import os
     import signal
     import time
+
     timeout, pid_file = 15, tmp_path / 'stopped.pid'
     cfg = write_config(
-        tmp_path / 'cfg.py', shapes, iters=6,
+        tmp_path / 'cfg.py',
+        shapes,
+        iters=6,
         extra="custom_imports = dict(imports=['nommer_mm', 'kill_hook'])\n"
         "custom_hooks = [dict(type='StopRankHook', rank=1, at=2, "
-        f"pid_file={str(pid_file)!r})]\n"
-        f"env_cfg = dict(dist_cfg=dict(timeout={timeout}))\n")
+        f'pid_file={str(pid_file)!r})]\n'
+        f'env_cfg = dict(dist_cfg=dict(timeout={timeout}))\n',
+    )
     start = time.monotonic()
     try:
-        run = run_tool([ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir',
-                        tmp_path / 'work'], cwd=tmp_path, port=29613,
-                       timeout=timeout + 300)
+        run = run_tool(
+            [ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir', tmp_path / 'work'],
+            cwd=tmp_path,
+            port=29613,
+            timeout=timeout + 300,
+        )
     finally:
         if pid_file.exists():  # torchrun should have killed it already
             try:
@@ -109,8 +134,9 @@ def test_a_stopped_rank_ends_the_run_within_the_timeout(shapes, tmp_path):
     elapsed = time.monotonic() - start
     log = run.stdout + run.stderr
     assert run.returncode != 0, log[-3000:]
-    assert 'rank 1 (last heard' in log and 'stopped answering' in log, \
-        failure_report(run)
+    assert 'rank 1 (last heard' in log and 'stopped answering' in log, failure_report(
+        run
+    )
     assert f'timeout = {timeout} s' in log
     # start-up, the timeout, and torchrun's 30 s grace before SIGKILL
     assert elapsed < timeout + 150, elapsed
@@ -121,19 +147,40 @@ def _two_nodes(cfg, ckpt, tmp_path, port, *extra):
     working directory; returns both CompletedProcess-like results."""
     import os
     import subprocess
-    env = dict(os.environ, NNODES='2', PORT=str(port),
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / 'tests'),
-                                           os.environ.get('PYTHONPATH', '')]))
+
+    env = dict(
+        os.environ,
+        NNODES='2',
+        PORT=str(port),
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT), str(ROOT / 'tests'), os.environ.get('PYTHONPATH', '')]
+        ),
+    )
     procs = []
     for rank in (0, 1):
         node = tmp_path / f'node{rank}'
         node.mkdir(exist_ok=True)
-        procs.append(subprocess.Popen(
-            ['bash', str(ROOT / 'tools/dist_test.sh'), str(cfg), str(ckpt),
-             '1', '--work-dir', str(node / 'work'), '--out',
-             str(node / 'metrics.json'), *extra],
-            cwd=node, env=dict(env, NODE_RANK=str(rank)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    'bash',
+                    str(ROOT / 'tools/dist_test.sh'),
+                    str(cfg),
+                    str(ckpt),
+                    '1',
+                    '--work-dir',
+                    str(node / 'work'),
+                    '--out',
+                    str(node / 'metrics.json'),
+                    *extra,
+                ],
+                cwd=node,
+                env=dict(env, NODE_RANK=str(rank)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outs = []
     for proc in procs:
         try:
@@ -153,6 +200,7 @@ def test_two_nodes_without_a_shared_file_system(shapes, tmp_path):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
     cfg = write_config(tmp_path / 'cfg.py', shapes, iters=2)
     init_default_scope('mmpretrain')
     torch.manual_seed(0)
@@ -160,9 +208,18 @@ def test_two_nodes_without_a_shared_file_system(shapes, tmp_path):
     ckpt = tmp_path / 'model.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
 
-    single = run_tool([ROOT / 'tools/test.py', cfg, ckpt, '--work-dir',
-                       tmp_path / 'single', '--out', tmp_path / 'single.json'],
-                      cwd=tmp_path)
+    single = run_tool(
+        [
+            ROOT / 'tools/test.py',
+            cfg,
+            ckpt,
+            '--work-dir',
+            tmp_path / 'single',
+            '--out',
+            tmp_path / 'single.json',
+        ],
+        cwd=tmp_path,
+    )
     assert single.returncode == 0, failure_report(single)
     expect = json.loads((tmp_path / 'single.json').read_text())
 
@@ -172,6 +229,6 @@ def test_two_nodes_without_a_shared_file_system(shapes, tmp_path):
     assert got == expect  # every held-out image counted once, same result
 
     (rc0, out0), (rc1, out1) = _two_nodes(
-        cfg, ckpt, tmp_path, 29642, '--cfg-options',
-        'test_evaluator.collect_device=cpu')
+        cfg, ckpt, tmp_path, 29642, '--cfg-options', 'test_evaluator.collect_device=cpu'
+    )
     assert rc0 != 0 or rc1 != 0, 'a shared-directory gather cannot work here'

@@ -11,8 +11,9 @@ from reference_layout import ReferenceLayoutNomMer, randomize_
 ROOT = Path(__file__).resolve().parents[1]
 CONVERTER = ROOT / 'tools' / 'model_converters' / 'nommer2mm.py'
 
-CUSTOM = dict(embed_dims=48, depths=[1, 2, 2, 1], num_heads=[3, 2, 6, 4],
-              bottleneck_ratios=[3, 2])
+CUSTOM = dict(
+    embed_dims=48, depths=[1, 2, 2, 1], num_heads=[3, 2, 6, 4], bottleneck_ratios=[3, 2]
+)
 
 
 @pytest.fixture
@@ -28,13 +29,13 @@ def float64():
 def build_classifier(info: dict, num_classes: int):
     from mmengine.registry import init_default_scope
     from mmpretrain.models import ImageClassifier
+
     init_default_scope('mmpretrain')  # earlier tests may leave another
     C = info['arch']['embed_dims']
     return ImageClassifier(
-        backbone=dict(type='NomMer', out_type='cls_token', out_indices=(3, ),
-                      **info),
-        head=dict(type='LinearClsHead', num_classes=num_classes,
-                  in_channels=8 * C)).eval()
+        backbone=dict(type='NomMer', out_type='cls_token', out_indices=(3,), **info),
+        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=8 * C),
+    ).eval()
 
 
 @pytest.mark.parametrize('arch,num_classes', [('tiny', 1000), ('custom', 7)])
@@ -44,7 +45,8 @@ def test_converted_logits_equal_reference(float64, arch, num_classes):
     ref = randomize_(ReferenceLayoutNomMer(num_classes=num_classes, **kwargs))
     ref.eval()
     state, info = convert_reference(
-        {'model': ref.state_dict()}, arch=None if arch == 'tiny' else CUSTOM)
+        {'model': ref.state_dict()}, arch=None if arch == 'tiny' else CUSTOM
+    )
     model = build_classifier(info, num_classes)
     model.load_state_dict(state, strict=True)
     x = torch.randn(2, 3, 224, 224)
@@ -56,15 +58,22 @@ def test_converted_logits_equal_reference(float64, arch, num_classes):
 
 
 def test_checkpoint_wrappers_are_accepted():
-    ref = ReferenceLayoutNomMer(embed_dims=32, depths=(1, 1, 1, 1),
-                                num_heads=(2, 2, 2, 2),
-                                bottleneck_ratios=(2, 2), num_classes=5)
+    ref = ReferenceLayoutNomMer(
+        embed_dims=32,
+        depths=(1, 1, 1, 1),
+        num_heads=(2, 2, 2, 2),
+        bottleneck_ratios=(2, 2),
+        num_classes=5,
+    )
     sd = ref.state_dict()
-    arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 2],
-                bottleneck_ratios=[2, 2])
+    arch = dict(
+        embed_dims=32,
+        depths=[1, 1, 1, 1],
+        num_heads=[2, 2, 2, 2],
+        bottleneck_ratios=[2, 2],
+    )
     plain, _ = convert_reference(sd, arch=arch)
-    ema = {'model': {}, 'state_dict_ema': {f'module.{k}': v
-                                           for k, v in sd.items()}}
+    ema = {'model': {}, 'state_dict_ema': {f'module.{k}': v for k, v in sd.items()}}
     from_ema, _ = convert_reference(ema, arch=arch, use_ema=True)
     assert plain.keys() == from_ema.keys()
     with pytest.raises(ConversionError, match='state_dict_ema'):
@@ -72,15 +81,23 @@ def test_checkpoint_wrappers_are_accepted():
 
 
 def test_errors_name_the_problem():
-    ref = ReferenceLayoutNomMer(embed_dims=32, depths=(1, 1, 1, 1),
-                                num_heads=(2, 2, 2, 2),
-                                bottleneck_ratios=(2, 2), num_classes=5)
+    ref = ReferenceLayoutNomMer(
+        embed_dims=32,
+        depths=(1, 1, 1, 1),
+        num_heads=(2, 2, 2, 2),
+        bottleneck_ratios=(2, 2),
+        num_classes=5,
+    )
     sd = ref.state_dict()
     # a non-zoo arch needs its stage 2-3 heads spelled out
     with pytest.raises(ConversionError, match='no zoo arch'):
         convert_reference(sd)
-    arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 2],
-                bottleneck_ratios=[2, 2])
+    arch = dict(
+        embed_dims=32,
+        depths=[1, 1, 1, 1],
+        num_heads=[2, 2, 2, 2],
+        bottleneck_ratios=[2, 2],
+    )
     with pytest.raises(ConversionError, match='depths'):
         convert_reference(sd, arch=dict(arch, depths=[1, 1, 2, 1]))
     bad = dict(sd)
@@ -100,20 +117,27 @@ def test_cli_round_trip(tmp_path):
     src = tmp_path / 'ref.pth'
     torch.save({'model': ref.state_dict(), 'epoch': 299}, src)
     dst = tmp_path / 'cls.pth'
-    subprocess.run([sys.executable, str(CONVERTER), str(src), str(dst)],
-                   check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, str(CONVERTER), str(src), str(dst)], check=True, cwd=tmp_path
+    )
     ckpt = torch.load(dst, weights_only=True)
-    info = {k: v for k, v in ckpt['meta']['backbone'].items()
-            if k not in ('type', 'out_type', 'out_indices')}
+    info = {
+        k: v
+        for k, v in ckpt['meta']['backbone'].items()
+        if k not in ('type', 'out_type', 'out_indices')
+    }
     model = build_classifier(info, ckpt['meta']['num_classes'])
     model.load_state_dict(ckpt['state_dict'], strict=True)
 
     bb = tmp_path / 'backbone.pth'
-    subprocess.run([sys.executable, str(CONVERTER), str(src), str(bb),
-                    '--backbone-only'], check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, str(CONVERTER), str(src), str(bb), '--backbone-only'],
+        check=True,
+        cwd=tmp_path,
+    )
     from nommer_mm import NomMer
-    dense = NomMer(**info, init_cfg=dict(type='Pretrained',
-                                         checkpoint=str(bb)))
+
+    dense = NomMer(**info, init_cfg=dict(type='Pretrained', checkpoint=str(bb)))
     dense.init_weights()
     state = torch.load(bb, weights_only=True)['state_dict']
     assert not any(k.startswith(('backbone.', 'head.')) for k in state)
@@ -123,21 +147,30 @@ def test_cli_round_trip(tmp_path):
 def test_cli_reports_conversion_errors(tmp_path):
     src = tmp_path / 'broken.pth'
     torch.save({'model': {'something.else': torch.zeros(1)}}, src)
-    proc = subprocess.run([sys.executable, str(CONVERTER), str(src),
-                           str(tmp_path / 'out.pth')], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, str(CONVERTER), str(src), str(tmp_path / 'out.pth')],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert 'cnn1.weight' in proc.stderr
 
 
-@pytest.mark.parametrize('drop,named', [
-    ('transformer3.layers.1.1.fn.net.3.bias', 'transformer3.layers.1.1.fn.'
-     'net.3.bias'),
-    ('transformer1.layers.0.0.fn.cnn.bn2.running_var',
-     'transformer1.layers.0.0.fn.cnn.bn2.running_var'),
-    ('pos_embedding', 'pos_embedding'),
-    ('mlp_head.1.weight', 'mlp_head.1.weight'),
-])
+@pytest.mark.parametrize(
+    'drop,named',
+    [
+        (
+            'transformer3.layers.1.1.fn.net.3.bias',
+            'transformer3.layers.1.1.fn.net.3.bias',
+        ),
+        (
+            'transformer1.layers.0.0.fn.cnn.bn2.running_var',
+            'transformer1.layers.0.0.fn.cnn.bn2.running_var',
+        ),
+        ('pos_embedding', 'pos_embedding'),
+        ('mlp_head.1.weight', 'mlp_head.1.weight'),
+    ],
+)
 def test_incomplete_checkpoint_fails_naming_the_tensor(drop, named, tmp_path):
     """One missing reference tensor: no file is written, and the error
     names it (before: 305 of 306 tensors written, exit 0, or a KeyError)."""
@@ -147,8 +180,11 @@ def test_incomplete_checkpoint_fails_naming_the_tensor(drop, named, tmp_path):
         convert_reference(sd)
     src, dst = tmp_path / 'ref.pth', tmp_path / 'out.pth'
     torch.save({'model': sd}, src)
-    proc = subprocess.run([sys.executable, str(CONVERTER), str(src), str(dst)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(CONVERTER), str(src), str(dst)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and named in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and not dst.exists()
 

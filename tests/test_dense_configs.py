@@ -1,5 +1,6 @@
 """Every detection and segmentation config builds; the recipes and the
 parameter counts of Tables 2 and 3 hold."""
+
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ SEG = sorted((ROOT / 'configs/seg').rglob('*.py'))
 def build(path: Path):
     import nommer_mm  # noqa: F401
     from mmengine.registry import init_default_scope
+
     cfg = Config.fromfile(str(path))
     init_default_scope(cfg.default_scope)
     cfg.model.backbone.init_cfg = None
@@ -60,7 +62,8 @@ def test_params_match_tables_2_and_3(name):
 @pytest.mark.parametrize('arch,dpr', [('t', 0.1), ('s', 0.3), ('b', 0.5)])
 def test_cascade_3x_recipe(arch, dpr):
     cfg = Config.fromfile(
-        str(ROOT / f'configs/det/cascade-mask-rcnn_nommer-{arch}_fpn_ms-3x_coco.py'))
+        str(ROOT / f'configs/det/cascade-mask-rcnn_nommer-{arch}_fpn_ms-3x_coco.py')
+    )
     assert cfg.model.backbone.drop_path_rate == dpr
     assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
     assert cfg.train_cfg.max_epochs == 36
@@ -69,15 +72,14 @@ def test_cascade_3x_recipe(arch, dpr):
     opt = cfg.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-4, 0.05)
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
-    for k in ('pos_embed', 'cls_token', 'relative_position_bias_table',
-              'norm'):
+    for k in ('pos_embed', 'cls_token', 'relative_position_bias_table', 'norm'):
         assert keys[k].decay_mult == 0
     assert cfg.train_dataloader.batch_size == 2
     heads = cfg.model.roi_head.bbox_head
-    assert all(h.norm_cfg.type == 'SyncBN' and h.num_shared_convs == 4
-               for h in heads)
-    choice = next(t for t in cfg.train_dataloader.dataset.pipeline
-                  if t.type == 'RandomChoice')
+    assert all(h.norm_cfg.type == 'SyncBN' and h.num_shared_convs == 4 for h in heads)
+    choice = next(
+        t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomChoice'
+    )
     shorts = [s[0] for s in choice.transforms[0][0].scales]
     assert min(shorts) == 480 and max(shorts) == 800
     evaluator = cfg.val_evaluator
@@ -87,8 +89,9 @@ def test_cascade_3x_recipe(arch, dpr):
 
 @pytest.mark.parametrize('arch', ['t', 's', 'b'])
 def test_upernet_160k_recipe(arch):
-    cfg = Config.fromfile(str(
-        ROOT / f'configs/seg/upernet_nommer-{arch}_8xb2-160k_ade20k-512x512.py'))
+    cfg = Config.fromfile(
+        str(ROOT / f'configs/seg/upernet_nommer-{arch}_8xb2-160k_ade20k-512x512.py')
+    )
     assert cfg.crop_size == (512, 512)
     assert cfg.train_dataloader.batch_size * 8 == 16
     assert cfg.train_cfg.max_iters == 160000

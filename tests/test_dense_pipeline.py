@@ -1,40 +1,55 @@
 """Detection and segmentation end to end on generated COCO / ADE20K data:
 2-process gloo training through tools/dist_train.sh, evaluation through
 tools/dist_test.sh with mmdet's CocoMetric and mmseg's IoUMetric."""
+
 import json
 
 import pytest
 import torch
 
 from cls_helpers import ROOT, check_curves, failure_report, run_tool
-from nommer_mm.testing.configs import (CASCADE_T, small_det_config,
-                                      small_seg_config)
+from nommer_mm.testing.configs import CASCADE_T, small_det_config, small_seg_config
 from nommer_mm.testing import make_ade_layout, make_coco_layout
 
 
 @pytest.fixture(scope='module')
 def coco(tmp_path_factory):
-    return make_coco_layout(tmp_path_factory.mktemp('coco'),
-                            {'train': 4, 'val': 4})
+    return make_coco_layout(tmp_path_factory.mktemp('coco'), {'train': 4, 'val': 4})
 
 
 @pytest.fixture(scope='module')
 def ade(tmp_path_factory):
-    return make_ade_layout(tmp_path_factory.mktemp('ade'),
-                           {'training': 4, 'validation': 2})
+    return make_ade_layout(
+        tmp_path_factory.mktemp('ade'), {'training': 4, 'validation': 2}
+    )
 
 
 def _train_and_test(cfg, tmp_path, port, test_args=()):
     work = tmp_path / 'work'
-    train = run_tool([ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir',
-                      work], cwd=tmp_path, port=port)
+    train = run_tool(
+        [ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir', work],
+        cwd=tmp_path,
+        port=port,
+    )
     log = train.stdout + train.stderr
     assert train.returncode == 0, failure_report(train)
     assert 'Iter(train) [2/2]' in log
     out = tmp_path / 'metrics.json'
-    test = run_tool([ROOT / 'tools/dist_test.sh', cfg, work / 'iter_2.pth', 2,
-                     '--work-dir', work, '--out', out, *test_args],
-                    cwd=tmp_path, port=port + 1)
+    test = run_tool(
+        [
+            ROOT / 'tools/dist_test.sh',
+            cfg,
+            work / 'iter_2.pth',
+            2,
+            '--work-dir',
+            work,
+            '--out',
+            out,
+            *test_args,
+        ],
+        cwd=tmp_path,
+        port=port + 1,
+    )
     assert test.returncode == 0, failure_report(test)
     return json.loads(out.read_text()), test.stdout + test.stderr
 
@@ -42,8 +57,7 @@ def _train_and_test(cfg, tmp_path, port, test_args=()):
 def test_cascade_mask_rcnn_distributed(coco, tmp_path):
     cfg = small_det_config(coco, tmp_path / 'det.py')
     metrics, log = _train_and_test(cfg, tmp_path, 29621)
-    check_curves(tmp_path / 'work', ['loss', 'coco/bbox_mAP'],
-                 tmp_path / 'curves.png')
+    check_curves(tmp_path / 'work', ['loss', 'coco/bbox_mAP'], tmp_path / 'curves.png')
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
         assert key in metrics and -1 <= metrics[key] <= 1
     assert 'Average Precision' in log  # pycocotools' summary was printed
@@ -58,21 +72,41 @@ def test_upernet_distributed_single_and_multiscale(ade, tmp_path):
     assert 'per class results' in log
     # the +MS column: multi-scale + flip through SegTTAModel
     out = tmp_path / 'ms.json'
-    test = run_tool([ROOT / 'tools/test.py', cfg,
-                     tmp_path / 'work' / 'iter_2.pth', '--tta', '--out', out,
-                     '--work-dir', tmp_path / 'work'], cwd=tmp_path)
+    test = run_tool(
+        [
+            ROOT / 'tools/test.py',
+            cfg,
+            tmp_path / 'work' / 'iter_2.pth',
+            '--tta',
+            '--out',
+            out,
+            '--work-dir',
+            tmp_path / 'work',
+        ],
+        cwd=tmp_path,
+    )
     assert test.returncode == 0, failure_report(test)
     assert 0 <= json.loads(out.read_text())['mIoU'] <= 100
-    _draws_predictions(cfg, tmp_path,
-                       ade / 'images' / 'validation' / '00000.jpg')
+    _draws_predictions(cfg, tmp_path, ade / 'images' / 'validation' / '00000.jpg')
 
 
 def _draws_predictions(cfg, tmp_path, image):
     import cv2
+
     png = tmp_path / 'pred.png'
-    proc = run_tool([ROOT / 'tools/visualize_predictions.py', cfg,
-                     tmp_path / 'work' / 'iter_2.pth', image, '--out', png,
-                     '--score-thr', '0.0'], cwd=tmp_path)
+    proc = run_tool(
+        [
+            ROOT / 'tools/visualize_predictions.py',
+            cfg,
+            tmp_path / 'work' / 'iter_2.pth',
+            image,
+            '--out',
+            png,
+            '--score-thr',
+            '0.0',
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     picture, source = cv2.imread(str(png)), cv2.imread(str(image))
     assert picture is not None and picture.shape[:2] == source.shape[:2]
@@ -81,7 +115,8 @@ def _draws_predictions(cfg, tmp_path, image):
 
 ODD_SIZE_DETECTORS = [CASCADE_T] + [
     CASCADE_T.parent / f'cascade-mask-rcnn_{b}_fpn_ms-3x_coco.py'
-    for b in ('gcvit-t', 'visformer-s', 'cotnet-50')]
+    for b in ('gcvit-t', 'visformer-s', 'cotnet-50')
+]
 
 
 @pytest.mark.parametrize('config', ODD_SIZE_DETECTORS, ids=lambda p: p.name)
@@ -94,6 +129,7 @@ def test_backbone_at_odd_size_inside_cascade_mask_rcnn(config):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     import nommer_mm  # noqa: F401
+
     init_default_scope('mmdet')
     cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
@@ -104,15 +140,19 @@ def test_backbone_at_odd_size_inside_cascade_mask_rcnn(config):
     model = MODELS.build(cfg.model).eval()
     H, W = 803, 1331
     img = torch.randint(0, 256, (3, H, W), dtype=torch.uint8)
-    sample = DetDataSample(metainfo=dict(img_shape=(H, W), ori_shape=(H, W),
-                                         scale_factor=(1.0, 1.0)))
+    sample = DetDataSample(
+        metainfo=dict(img_shape=(H, W), ori_shape=(H, W), scale_factor=(1.0, 1.0))
+    )
     with torch.no_grad():
-        data = model.data_preprocessor(dict(inputs=[img],
-                                            data_samples=[sample]), False)
+        data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample]), False)
         assert data['inputs'].shape[-2:] == (H, W)
         feats = model.backbone(data['inputs'])
-        assert [f.shape[-2:] for f in feats] == [(201, 333), (101, 167),
-                                                  (51, 84), (26, 42)]
+        assert [f.shape[-2:] for f in feats] == [
+            (201, 333),
+            (101, 167),
+            (51, 84),
+            (26, 42),
+        ]
         result = model.predict(data['inputs'], data['data_samples'])[0]
     assert result.pred_instances.bboxes.shape[1] == 4
     assert result.pred_instances.masks.shape[-2:] == (H, W)

@@ -1,6 +1,7 @@
 """The fast paths (nommer_mm.models.fast) against the plain model: one
 switch, the same function either way, and tools that count the plain
 computation whatever the switch says."""
+
 import copy
 import os
 import subprocess
@@ -32,12 +33,18 @@ def test_switch_call_context_and_environment():
         fast_paths(True)
     with pytest.raises(TypeError, match='expected True or False, got 0'):
         fast_paths(0)
-    code = ('from nommer_mm.models.fast import fast_paths_enabled; '
-            'print(fast_paths_enabled())')
+    code = (
+        'from nommer_mm.models.fast import fast_paths_enabled; '
+        'print(fast_paths_enabled())'
+    )
     for value, expected in (('0', 'False'), ('off', 'False'), ('1', 'True')):
-        out = subprocess.run([sys.executable, '-c', code], text=True,
-                             capture_output=True, check=True,
-                             env=dict(os.environ, NOMMER_FAST=value)).stdout
+        out = subprocess.run(
+            [sys.executable, '-c', code],
+            text=True,
+            capture_output=True,
+            check=True,
+            env=dict(os.environ, NOMMER_FAST=value),
+        ).stdout
         assert out.strip() == expected, value
 
 
@@ -47,8 +54,11 @@ def _rel(a, b):
 
 
 def _noms(model):
-    return {k: v.clone() for k, v in model.nomination_maps().items()} \
-        if hasattr(model, 'nomination_maps') else {}
+    return (
+        {k: v.clone() for k, v in model.nomination_maps().items()}
+        if hasattr(model, 'nomination_maps')
+        else {}
+    )
 
 
 @pytest.mark.parametrize('cls,arch', [(NomMer, 'tiny'), (GCViT, 'xxtiny')])
@@ -78,8 +88,7 @@ def test_training_gradients_equal_on_the_same_gumbel_noise(cls):
     max-pool autograd functions) against autograd on the plain forward,
     with the same noise (same seed before each)."""
     torch.manual_seed(0)
-    fast_model = cls(**SMALL[cls], out_indices=(0, 1, 2, 3),
-                     drop_path_rate=0.0).train()
+    fast_model = cls(**SMALL[cls], out_indices=(0, 1, 2, 3), drop_path_rate=0.0).train()
     plain_model = copy.deepcopy(fast_model)
     x = torch.randn(2, 3, 64, 72)
     results = []
@@ -88,12 +97,18 @@ def test_training_gradients_equal_on_the_same_gumbel_noise(cls):
         torch.manual_seed(1)
         with fast_paths(enabled):
             outs = model(inp)
-            loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum()
-                       for o in outs)
+            loss = sum(
+                (o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs
+            )
             loss.backward()
-        results.append((outs, inp.grad, {n: p.grad for n, p in
-                                         model.named_parameters()},
-                        _noms(model)))
+        results.append(
+            (
+                outs,
+                inp.grad,
+                {n: p.grad for n, p in model.named_parameters()},
+                _noms(model),
+            )
+        )
     (fo, fx, fg, fn), (po, px, pg, pn) = results
     for a, b in zip(fo, po):
         assert _rel(a, b) < 1e-5
@@ -101,7 +116,7 @@ def test_training_gradients_equal_on_the_same_gumbel_noise(cls):
     assert fg.keys() == pg.keys()
     used = [n for n in fg if pg[n] is not None]
     assert len(used) > 0.8 * len(fg)  # unused: e.g. a one-block level's
-    for name in fg:                   # global-query generator in GC ViT
+    for name in fg:  # global-query generator in GC ViT
         assert (fg[name] is None) == (pg[name] is None), name
         if name in used:
             assert _rel(fg[name], pg[name]) < 1e-4, name
@@ -129,13 +144,17 @@ def test_module_hook_flops_see_every_layer_whatever_the_switch():
     """Convention (b) of NomMer-T at 224: pinned to the plain path's figure,
     the same with the switch on or off, and every block's fc1 and fc2 are
     among the hooked calls (the fast MLP calls them as functions)."""
-    model = _Classifier(NomMer('tiny', out_indices=(3, ),
-                               out_type='cls_token'),
-                        8 * NomMer.arch_zoo['tiny']['embed_dims'])
+    model = _Classifier(
+        NomMer('tiny', out_indices=(3,), out_type='cls_token'),
+        8 * NomMer.arch_zoo['tiny']['embed_dims'],
+    )
     x = torch.randn(1, 3, 224, 224)
     seen = []
-    handles = [m.register_forward_hook(lambda m, i, o, n=n: seen.append(n))
-               for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    handles = [
+        m.register_forward_hook(lambda m, i, o, n=n: seen.append(n))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
     on = count_flops_module_hooks(model, x)
     for h in handles:
         h.remove()

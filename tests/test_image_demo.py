@@ -1,5 +1,6 @@
 """tools/image_demo.py on a real photograph (matplotlib's sample of Grace
 Hopper) for the three tasks, through the codebases' own inferencers."""
+
 import subprocess
 import sys
 
@@ -21,30 +22,38 @@ def _checkpoint(cfg_path, scope, path, meta):
     import importlib
 
     from mmengine.config import Config
+
     importlib.import_module(f'{scope}.utils').register_all_modules(
-        init_default_scope=True)
+        init_default_scope=True
+    )
     models = importlib.import_module(f'{scope}.registry').MODELS
     cfg = Config.fromfile(str(cfg_path))
     cfg.model.get('backbone', {}).pop('init_cfg', None)
     torch.manual_seed(0)
-    torch.save({'state_dict': models.build(cfg.model).state_dict(),
-                'meta': meta}, path)
+    torch.save({'state_dict': models.build(cfg.model).state_dict(), 'meta': meta}, path)
     return path
 
 
 def _demo(*args, cwd):
     return subprocess.run(
-        [sys.executable, str(ROOT / 'tools/image_demo.py'), PHOTO,
-         *map(str, args)], capture_output=True, text=True, cwd=cwd)
+        [sys.executable, str(ROOT / 'tools/image_demo.py'), PHOTO, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_classification_prints_the_top_classes(tmp_path):
-    ckpt = _checkpoint(DEMO, 'mmpretrain', tmp_path / 'cls.pth',
-                       {'dataset_meta': {'classes': CLASSES}})
+    ckpt = _checkpoint(
+        DEMO, 'mmpretrain', tmp_path / 'cls.pth', {'dataset_meta': {'classes': CLASSES}}
+    )
     proc = _demo(DEMO, '--weights', ckpt, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [ln.split() for ln in proc.stdout.splitlines()
-             if ln.strip()[:2] in ('1.', '2.', '3.', '4.')]
+    lines = [
+        ln.split()
+        for ln in proc.stdout.splitlines()
+        if ln.strip()[:2] in ('1.', '2.', '3.', '4.')
+    ]
     assert [ln[0] for ln in lines] == ['1.', '2.', '3.', '4.']
     assert sorted(ln[1] for ln in lines) == sorted(CLASSES)
     scores = [float(ln[2]) for ln in lines]
@@ -59,8 +68,9 @@ def test_dense_tasks_draw_a_png(task, tmp_path):
     scope = 'mmdet' if task == 'det' else 'mmseg'
     ckpt = _checkpoint(cfg, scope, tmp_path / f'{task}.pth', {})
     out = tmp_path / 'out'
-    proc = _demo(cfg, '--weights', ckpt, '--out-dir', out, '--score-thr',
-                 '0.0', cwd=tmp_path)
+    proc = _demo(
+        cfg, '--weights', ckpt, '--out-dir', out, '--score-thr', '0.0', cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     png = out / 'grace_hopper.png'
     assert f'wrote {png}' in proc.stdout
@@ -85,17 +95,22 @@ def test_demo_progress_lines():
     loss, lr and ETA from mmengine's log lines, and the evaluation
     metrics."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location('demo',
-                                                  ROOT / 'tools/demo.py')
+
+    spec = importlib.util.spec_from_file_location('demo', ROOT / 'tools/demo.py')
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    log = ('11/29 10:19:58 - mmengine - INFO - Iter(train) [ 25/300]  '
-           'base_lr: 2.0000e-04 lr: 1.9000e-04  eta: 0:01:02  time: 0.2176'
-           '  data_time: 0.0090  memory: 0  loss: 1.3812')
-    assert demo.progress_line(log) == \
-        '  Iter(train) [ 25/300]  loss 1.3812  lr 1.9000e-04  eta 0:01:02'
-    val = ('11/29 10:20:58 - mmengine - INFO - Iter(val) [13/13]    '
-           'accuracy/top1: 45.0000  data_time: 0.0100  time: 0.1000')
-    assert demo.progress_line(val) == \
-        '  Iter(val) [13/13]  accuracy/top1 45.0000'
+    log = (
+        '11/29 10:19:58 - mmengine - INFO - Iter(train) [ 25/300]  '
+        'base_lr: 2.0000e-04 lr: 1.9000e-04  eta: 0:01:02  time: 0.2176'
+        '  data_time: 0.0090  memory: 0  loss: 1.3812'
+    )
+    assert (
+        demo.progress_line(log)
+        == '  Iter(train) [ 25/300]  loss 1.3812  lr 1.9000e-04  eta 0:01:02'
+    )
+    val = (
+        '11/29 10:20:58 - mmengine - INFO - Iter(val) [13/13]    '
+        'accuracy/top1: 45.0000  data_time: 0.0100  time: 0.1000'
+    )
+    assert demo.progress_line(val) == '  Iter(val) [13/13]  accuracy/top1 45.0000'
     assert demo.progress_line('Loads checkpoint by local backend') is None

@@ -10,8 +10,12 @@ def test_installer_is_a_no_op_on_a_working_stack():
     """The test run itself needs the stack, so it is installed: a second
     run of the installer must find everything and install nothing."""
     env = dict(os.environ, PIP_NO_INDEX='1')  # any install attempt fails
-    proc = subprocess.run([sys.executable, str(ROOT / 'tools/install_deps.py')],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/install_deps.py')],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ' pip ' not in proc.stdout, proc.stdout
     assert 'mmcv present' in proc.stdout
@@ -21,7 +25,8 @@ def test_installer_is_a_no_op_on_a_working_stack():
 def test_mmcv_ops_work():
     from mmcv.ops import RoIAlign, nms  # noqa: F401
     import torch
-    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.]])
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
     _, keep = nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
     assert keep.tolist() == [0]
 
@@ -37,7 +42,8 @@ import pytest  # noqa: E402
 
 def _installer():
     spec = importlib.util.spec_from_file_location(
-        'install_deps', ROOT / 'tools/install_deps.py')
+        'install_deps', ROOT / 'tools/install_deps.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -60,27 +66,41 @@ def test_cuda_home_is_assembled_from_pypi_packages(tmp_path, monkeypatch):
     monkeypatch.setattr(inst, 'CACHE_ROOT', tmp_path / 'cache')
     pkgs = tmp_path / 'cache' / 'cuda' / '13.0' / 'pkgs'
     nvcc = '#!/bin/sh\necho "Cuda compilation tools, release 13.0, V13.0.88"\n'
-    _fake_package(pkgs / 'nvidia-cuda-nvcc', {
-        'nvidia/cu13/bin/nvcc': nvcc,
-        'nvidia/cu13/bin/nvcc.profile': 'TOP = $(_HERE_)/..\n',
-        'nvidia/cu13/include/fatbinary_section.h': 'toolchain'})
+    _fake_package(
+        pkgs / 'nvidia-cuda-nvcc',
+        {
+            'nvidia/cu13/bin/nvcc': nvcc,
+            'nvidia/cu13/bin/nvcc.profile': 'TOP = $(_HERE_)/..\n',
+            'nvidia/cu13/include/fatbinary_section.h': 'toolchain',
+        },
+    )
     (pkgs / 'nvidia-cuda-nvcc/nvidia/cu13/bin/nvcc').chmod(0o755)
-    _fake_package(pkgs / 'nvidia-cuda-crt',
-                  {'nvidia/cu13/include/crt/host_config.h': ''})
-    _fake_package(pkgs / 'nvidia-nvvm', {
-        'nvidia/cu13/nvvm/bin/cicc': '', 'nvidia/cu13/lib/libnvvm.so.4': ''})
-    _fake_package(pkgs / 'nvidia-cuda-cccl', {
-        'nvidia/cu13/include/cccl/thrust/version.h': '13.0',
-        'nvidia/cu13/include/cccl/cub/cub.cuh': '',
-        'nvidia/cu13/include/nv/target': ''})
-    _fake_package(pkgs / 'nvidia-cuda-cuobjdump',
-                  {'nvidia/cu13/bin/cuobjdump': ''})
+    _fake_package(
+        pkgs / 'nvidia-cuda-crt', {'nvidia/cu13/include/crt/host_config.h': ''}
+    )
+    _fake_package(
+        pkgs / 'nvidia-nvvm',
+        {'nvidia/cu13/nvvm/bin/cicc': '', 'nvidia/cu13/lib/libnvvm.so.4': ''},
+    )
+    _fake_package(
+        pkgs / 'nvidia-cuda-cccl',
+        {
+            'nvidia/cu13/include/cccl/thrust/version.h': '13.0',
+            'nvidia/cu13/include/cccl/cub/cub.cuh': '',
+            'nvidia/cu13/include/nv/target': '',
+        },
+    )
+    _fake_package(pkgs / 'nvidia-cuda-cuobjdump', {'nvidia/cu13/bin/cuobjdump': ''})
     site = tmp_path / 'site'
-    _fake_package(site, {
-        'nvidia/cu13/include/cuda_runtime.h': '',
-        'nvidia/cu13/include/fatbinary_section.h': 'torch',
-        'nvidia/cu13/include/cccl/thrust/version.h': '13.2 (torch)',
-        'nvidia/cu13/lib/libcudart.so.13': ''})
+    _fake_package(
+        site,
+        {
+            'nvidia/cu13/include/cuda_runtime.h': '',
+            'nvidia/cu13/include/fatbinary_section.h': 'torch',
+            'nvidia/cu13/include/cccl/thrust/version.h': '13.2 (torch)',
+            'nvidia/cu13/lib/libcudart.so.13': '',
+        },
+    )
     home = inst.cuda_home_from_pypi('13.0', str(site))
     assert not (home / 'bin' / 'nvcc').is_symlink()
     assert inst.nvcc_version(home / 'bin' / 'nvcc') == '13.0'
@@ -91,23 +111,32 @@ def test_cuda_home_is_assembled_from_pypi_packages(tmp_path, monkeypatch):
     assert (home / 'include/fatbinary_section.h').read_text() == 'toolchain'
     assert (home / 'include/thrust/version.h').read_text() == '13.0'
     assert (home / 'include/cccl/thrust/version.h').read_text() == '13.0'
-    for rel in ('include/cuda_runtime.h', 'include/crt/host_config.h',
-                'include/cub/cub.cuh', 'include/nv/target',
-                'lib64/libnvvm.so.4', 'targets/x86_64-linux/include/'
-                'cuda_runtime.h', 'targets/x86_64-linux/lib/libcudart.so'):
+    for rel in (
+        'include/cuda_runtime.h',
+        'include/crt/host_config.h',
+        'include/cub/cub.cuh',
+        'include/nv/target',
+        'lib64/libnvvm.so.4',
+        'targets/x86_64-linux/include/cuda_runtime.h',
+        'targets/x86_64-linux/lib/libcudart.so',
+    ):
         assert (home / rel).exists(), rel
     assert os.readlink(home / 'lib64/libcudart.so') == 'libcudart.so.13'
     # nothing of it went into this environment
-    assert not list(Path(sys.prefix).glob('lib/python*/site-packages/'
-                                          'nvidia_cuda_nvcc*'))
+    assert not list(
+        Path(sys.prefix).glob('lib/python*/site-packages/nvidia_cuda_nvcc*')
+    )
 
 
 def test_cuda_arch_and_source_patch_errors(tmp_path):
     inst = _installer()
     assert inst.parse_archs('8.0, 9.0') == ['8.0', '9.0']
     assert inst.arch_tag('9.0+PTX') == 'sm90-ptx'
-    proc = subprocess.run([sys.executable, str(ROOT / 'tools/install_deps.py'),
-                           '--cuda-archs', '9'], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/install_deps.py'), '--cuda-archs', '9'],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "--cuda-archs '9': '9' is not a compute capability" in proc.stderr
     # a source the patches no longer match stops the build, naming it
@@ -121,6 +150,7 @@ def _held_site(target: Path, roots: list[str]) -> None:
     they require: the 'image' a fresh virtual environment sees (this
     machine's own torch, numpy ..., not copies)."""
     import importlib.metadata as md
+
     todo, seen = list(roots), set()
     while todo:
         name = re.sub(r'[-_.]+', '-', todo.pop()).lower()
@@ -152,23 +182,49 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
     house = tmp_path / 'house'
     env = dict(os.environ)
     situation = inst.torch_situation()
-    folders = [Path(p) for p in env.get('NOMMER_MMCV_WHEELS', '').split(
-        os.pathsep) if p] + [inst.cache_dir(situation)]
-    if not any(f.is_dir() and inst.candidate_wheels(f, situation)
-               for f in folders):
-        pytest.skip('no prebuilt mmcv wheel for this Python and torch (set '
-                    'NOMMER_MMCV_WHEELS): the wheelhouse would build mmcv')
-    make = subprocess.run([sys.executable, str(ROOT / 'tools/install_deps.py'),
-                           '--wheelhouse', str(house)], capture_output=True,
-                          text=True, env=env)
+    folders = [
+        Path(p) for p in env.get('NOMMER_MMCV_WHEELS', '').split(os.pathsep) if p
+    ] + [inst.cache_dir(situation)]
+    if not any(f.is_dir() and inst.candidate_wheels(f, situation) for f in folders):
+        pytest.skip(
+            'no prebuilt mmcv wheel for this Python and torch (set '
+            'NOMMER_MMCV_WHEELS): the wheelhouse would build mmcv'
+        )
+    make = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'tools/install_deps.py'),
+            '--wheelhouse',
+            str(house),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-3000:]
     manifest = json.loads((house / 'wheelhouse.json').read_text())
-    names = {re.sub(r'[-_.]+', '-', n.split('-')[0]).lower()
-             for n in manifest['wheels']}
-    assert {'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain',
-            'pycocotools', 'shapely', 'ftfy', 'setuptools'} <= names
-    assert not names & {'torch', 'torchvision', 'numpy', 'opencv-python',
-                        'matplotlib', 'scipy'}, names
+    names = {
+        re.sub(r'[-_.]+', '-', n.split('-')[0]).lower() for n in manifest['wheels']
+    }
+    assert {
+        'mmcv',
+        'mmengine',
+        'mmdet',
+        'mmsegmentation',
+        'mmpretrain',
+        'pycocotools',
+        'shapely',
+        'ftfy',
+        'setuptools',
+    } <= names
+    assert not names & {
+        'torch',
+        'torchvision',
+        'numpy',
+        'opencv-python',
+        'matplotlib',
+        'scipy',
+    }, names
     size = sum((house / n).stat().st_size for n in manifest['wheels'])
     assert size <= inst.WHEELHOUSE_BUDGET_MIB * 2**20, size
 
@@ -180,20 +236,40 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
     _held_site(held, inst.IMAGE_HAS)
     (site / 'image.pth').write_text(str(held) + '\n')
     py = str(venv / 'bin' / 'python')
-    offline = dict(env, PIP_NO_INDEX='1', PIP_FIND_LINKS='',
-                   XDG_CACHE_HOME=str(tmp_path / 'no-cache'))
+    offline = dict(
+        env,
+        PIP_NO_INDEX='1',
+        PIP_FIND_LINKS='',
+        XDG_CACHE_HOME=str(tmp_path / 'no-cache'),
+    )
     offline.pop('NOMMER_MMCV_WHEELS', None)
-    proc = subprocess.run([py, str(ROOT / 'tools/install_deps.py'),
-                           '--wheelhouse', str(house), '--offline'],
-                          capture_output=True, text=True, env=offline)
+    proc = subprocess.run(
+        [
+            py,
+            str(ROOT / 'tools/install_deps.py'),
+            '--wheelhouse',
+            str(house),
+            '--offline',
+        ],
+        capture_output=True,
+        text=True,
+        env=offline,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert 'stack: 0.10.7 2.1.0 3.3.0 1.2.2 1.2.0' in out
     assert 'ops OK' in out
     check = subprocess.run(
-        [py, '-c', 'import torch, numpy, mmcv, nommer_mm, sys; '
-         'print(torch.__file__, numpy.__version__, sys.prefix)'],
-        capture_output=True, text=True, cwd=tmp_path)
+        [
+            py,
+            '-c',
+            'import torch, numpy, mmcv, nommer_mm, sys; '
+            'print(torch.__file__, numpy.__version__, sys.prefix)',
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert check.returncode == 0, check.stderr
     torch_file, numpy_version, prefix = check.stdout.split()
     assert torch_file.startswith(str(held))  # the machine's own torch
@@ -202,9 +278,18 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
     # a wheelhouse for another torch is refused before anything installs
     manifest['torch'] = '2.11.0'
     (house / 'wheelhouse.json').write_text(json.dumps(manifest))
-    proc = subprocess.run([py, str(ROOT / 'tools/install_deps.py'),
-                           '--wheelhouse', str(house), '--offline'],
-                          capture_output=True, text=True, env=offline)
+    proc = subprocess.run(
+        [
+            py,
+            str(ROOT / 'tools/install_deps.py'),
+            '--wheelhouse',
+            str(house),
+            '--offline',
+        ],
+        capture_output=True,
+        text=True,
+        env=offline,
+    )
     assert proc.returncode != 0
     assert 'was made for torch 2.11.0' in proc.stderr
     assert '--for-torch' in proc.stderr
@@ -212,8 +297,11 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
 
 
 def test_gpu_check_skips_without_a_gpu():
-    proc = subprocess.run([sys.executable, str(ROOT / 'tools/gpu_check.py')],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/gpu_check.py')],
+        capture_output=True,
+        text=True,
+    )
     if 'skipped' not in proc.stdout:
         pytest.skip('a GPU is present: tools/gpu_check.py runs for real')
     assert proc.returncode == 0

@@ -1,6 +1,7 @@
 """Layer-wise lr decay with our backbones from the mmpretrain, mmdet and
 mmseg scopes: mmpretrain's contract (stem 0, one depth per block, norms
 and heads last) and learning rates that fall with depth."""
+
 import warnings
 from pathlib import Path
 
@@ -40,15 +41,16 @@ def test_depths_follow_the_blocks(cls):
         for b in range(n):
             k += 1
             prefix = block.format(s=s, s1=s + 1, b=b)
-            depths = {d for name, (d, _) in found.items()
-                      if name.startswith(prefix)}
+            depths = {d for name, (d, _) in found.items() if name.startswith(prefix)}
             assert depths == {k}, (prefix, depths)
     assert all(0 <= d <= total + 1 for d, _ in found.values())
     for name, (depth, _) in found.items():
         if name.startswith(('norm', 'upsample0', 'final_norm')):
             assert depth == total + 1, name
-    assert model.get_layer_depth('head.fc.weight', 'backbone.') == \
-        (total + 1, total + 2)
+    assert model.get_layer_depth('head.fc.weight', 'backbone.') == (
+        total + 1,
+        total + 2,
+    )
     assert model.get_layer_depth('backbone.' + stem, 'backbone.')[0] == 0
 
 
@@ -73,29 +75,40 @@ def _check_falling(model, wrapper, prefix):
     by_depth = {}
     for group in wrapper.optimizer.param_groups:
         name = names[id(group['params'][0])]
-        depth, num = (model.get_layer_depth(name) if hasattr(
-            model, 'get_layer_depth') else model.backbone.get_layer_depth(
-                name, prefix))
+        depth, num = (
+            model.get_layer_depth(name)
+            if hasattr(model, 'get_layer_depth')
+            else model.backbone.get_layer_depth(name, prefix)
+        )
         by_depth.setdefault(depth, set()).add(round(group['lr'], 12))
     assert all(len(lrs) == 1 for lrs in by_depth.values()), by_depth
     lrs = [by_depth[d].pop() for d in sorted(by_depth)]
     assert lrs == sorted(lrs) and len(set(lrs)) == len(lrs)
-    assert lrs[0] == pytest.approx(base * 0.5**(num - 1))
+    assert lrs[0] == pytest.approx(base * 0.5 ** (num - 1))
     assert lrs[-1] == pytest.approx(base)
 
 
 def test_mmpretrain_classifier_with_mmpretrains_constructor():
     from mmpretrain.registry import MODELS
+
     init_default_scope('mmpretrain')
-    model = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='NomMer', out_type='cls_token', out_indices=(3, ),
-                      **SMALL[NomMer]),
-        head=dict(type='LinearClsHead', num_classes=3, in_channels=128)))
-    wrapper = build_optim_wrapper(model, dict(
-        optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-        constructor='LearningRateDecayOptimWrapperConstructor',
-        paramwise_cfg=dict(layer_decay_rate=0.5)))
+    model = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(
+                type='NomMer', out_type='cls_token', out_indices=(3,), **SMALL[NomMer]
+            ),
+            head=dict(type='LinearClsHead', num_classes=3, in_channels=128),
+        )
+    )
+    wrapper = build_optim_wrapper(
+        model,
+        dict(
+            optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+            constructor='LearningRateDecayOptimWrapperConstructor',
+            paramwise_cfg=dict(layer_decay_rate=0.5),
+        ),
+    )
     _check_falling(model, wrapper, 'backbone.')
 
 
@@ -103,48 +116,75 @@ def test_mmpretrain_classifier_with_mmpretrains_constructor():
 def test_dense_models_with_our_constructor(scope):
     if scope == 'mmdet':
         from mmdet.registry import MODELS
-        cfg = dict(type='RetinaNet', data_preprocessor=dict(
-            type='DetDataPreprocessor'),
-            backbone=dict(type='GCViT', out_indices=(1, 2, 3),
-                          **SMALL[GCViT]),
-            neck=dict(type='FPN', in_channels=[32, 64, 128], out_channels=16,
-                      num_outs=3),
-            bbox_head=dict(type='RetinaHead', num_classes=2, in_channels=16,
-                           feat_channels=16, anchor_generator=dict(
-                               type='AnchorGenerator', octave_base_scale=4,
-                               scales_per_octave=1, ratios=[1.0],
-                               strides=[8, 16, 32]),
-                           bbox_coder=dict(type='DeltaXYWHBBoxCoder')))
+
+        cfg = dict(
+            type='RetinaNet',
+            data_preprocessor=dict(type='DetDataPreprocessor'),
+            backbone=dict(type='GCViT', out_indices=(1, 2, 3), **SMALL[GCViT]),
+            neck=dict(
+                type='FPN', in_channels=[32, 64, 128], out_channels=16, num_outs=3
+            ),
+            bbox_head=dict(
+                type='RetinaHead',
+                num_classes=2,
+                in_channels=16,
+                feat_channels=16,
+                anchor_generator=dict(
+                    type='AnchorGenerator',
+                    octave_base_scale=4,
+                    scales_per_octave=1,
+                    ratios=[1.0],
+                    strides=[8, 16, 32],
+                ),
+                bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+            ),
+        )
     else:
         from mmseg.registry import MODELS
-        cfg = dict(type='EncoderDecoder', backbone=dict(
-            type='NomMer', **SMALL[NomMer]),
-            decode_head=dict(type='FCNHead', in_channels=128, channels=8,
-                             in_index=3, num_convs=1, num_classes=2))
+
+        cfg = dict(
+            type='EncoderDecoder',
+            backbone=dict(type='NomMer', **SMALL[NomMer]),
+            decode_head=dict(
+                type='FCNHead',
+                in_channels=128,
+                channels=8,
+                in_index=3,
+                num_convs=1,
+                num_classes=2,
+            ),
+        )
     init_default_scope(scope)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         model = MODELS.build(ConfigDict(cfg))
-    wrapper = build_optim_wrapper(model, dict(
-        optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-        constructor='LayerDecayOptimWrapperConstructor',
-        paramwise_cfg=dict(layer_decay_rate=0.5)))
+    wrapper = build_optim_wrapper(
+        model,
+        dict(
+            optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+            constructor='LayerDecayOptimWrapperConstructor',
+            paramwise_cfg=dict(layer_decay_rate=0.5),
+        ),
+    )
     _check_falling(model, wrapper, 'backbone.')
     assert isinstance(model.backbone, nn.Module)
 
 
 def test_example_config_builds_its_optimizer():
-    cfg = Config.fromfile(str(
-        ROOT / 'configs/seg/upernet_nommer-t-layer-decay_8xb2-160k_'
-        'ade20k-512x512.py'))
+    cfg = Config.fromfile(
+        str(
+            ROOT / 'configs/seg/upernet_nommer-t-layer-decay_8xb2-160k_'
+            'ade20k-512x512.py'
+        )
+    )
     from mmseg.registry import MODELS
+
     init_default_scope('mmseg')
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.arch = SMALL[NomMer]['arch']
     cfg.model.decode_head.in_channels = [16, 32, 64, 128]
     cfg.model.auxiliary_head.in_channels = 64
-    cfg.model.decode_head.norm_cfg = cfg.model.auxiliary_head.norm_cfg = \
-        dict(type='BN')
+    cfg.model.decode_head.norm_cfg = cfg.model.auxiliary_head.norm_cfg = dict(type='BN')
     cfg.model.backbone.norm_cfg = dict(type='BN')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -152,8 +192,11 @@ def test_example_config_builds_its_optimizer():
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     groups = wrapper.optimizer.param_groups
     stem = next(g for g in groups if g['layer_depth'] == 0)
-    assert stem['lr'] == pytest.approx(6e-5 * 0.9**(sum([1, 2, 2, 1]) + 1))
+    assert stem['lr'] == pytest.approx(6e-5 * 0.9 ** (sum([1, 2, 2, 1]) + 1))
     # the config's no-decay keys still apply
-    norms = [g for g in groups if g['params'][0].ndim == 1
-             and g.get('weight_decay', 0.01) == 0]
+    norms = [
+        g
+        for g in groups
+        if g['params'][0].ndim == 1 and g.get('weight_decay', 0.01) == 0
+    ]
     assert norms

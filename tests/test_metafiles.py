@@ -1,6 +1,7 @@
 """model-index.yml and configs/{cls,det,seg}/metafile.yml: every config is
 listed once, and every Parameters / FLOPs figure equals what
 tools/analysis_tools/get_flops.py measures for it now."""
+
 import importlib.util
 import warnings
 from pathlib import Path
@@ -13,7 +14,8 @@ from cls_helpers import ROOT, readme_converter_outputs
 
 def _get_flops():
     spec = importlib.util.spec_from_file_location(
-        'get_flops', ROOT / 'tools/analysis_tools/get_flops.py')
+        'get_flops', ROOT / 'tools/analysis_tools/get_flops.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,8 +38,11 @@ MODELS = _models()
 
 
 def test_every_config_is_listed_once():
-    configs = {str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob(
-        '*.py') if '_base_' not in p.parts}
+    configs = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / 'configs').rglob('*.py')
+        if '_base_' not in p.parts
+    }
     assert set(MODELS) == configs
     for config, model in MODELS.items():
         assert model['Name'] == Path(config).stem
@@ -72,6 +77,7 @@ def test_figures_equal_get_flops(config):
             from mmengine.registry import MODELS as REGISTRY
 
             from nommer_mm.analysis import count_params
+
             cfg = get_flops.load_config(str(ROOT / config))
             get_flops.setup_codebase(cfg)
             cfg.model.get('backbone', {}).pop('init_cfg', None)

@@ -1,5 +1,6 @@
 """The oneDNN linear layers: same values and gradients as ``F.linear``, taken
 only where they apply, and the ``nn.Linear`` swap for other models."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -8,9 +9,10 @@ import torch.nn.functional as F
 from nommer_mm.models.fast import onednn as lin
 from nommer_mm.models.layers.mlp import Mlp
 
-needs_onednn = pytest.mark.skipif(lin._OP is None or
-                                  not torch.backends.mkldnn.is_available(),
-                                  reason='torch built without oneDNN')
+needs_onednn = pytest.mark.skipif(
+    lin._OP is None or not torch.backends.mkldnn.is_available(),
+    reason='torch built without oneDNN',
+)
 
 
 @pytest.fixture
@@ -21,8 +23,9 @@ def op_calls(monkeypatch):
     def counted(*args):
         # only layouts oneDNN reads at full speed reach it
         for t in args[:2]:
-            assert t.is_contiguous() or (t.dim() == 2 and
-                                         t.t().is_contiguous()), t.stride()
+            assert t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous()), (
+                t.stride()
+            )
         calls.append(args[3])  # the fused activation
         return lin._onednn_op()(*args)
 
@@ -88,8 +91,11 @@ def test_mlp_eval_and_train_paths_equal_plain_formula(op_calls):
     x = torch.randn(2, 5, 16, requires_grad=True)
 
     def plain(t):
-        return F.linear(F.gelu(F.linear(t, mlp.fc1.weight, mlp.fc1.bias)),
-                        mlp.fc2.weight, mlp.fc2.bias)
+        return F.linear(
+            F.gelu(F.linear(t, mlp.fc1.weight, mlp.fc1.bias)),
+            mlp.fc2.weight,
+            mlp.fc2.bias,
+        )
 
     with torch.no_grad():
         _close(mlp(x), plain(x))
@@ -109,8 +115,7 @@ def test_use_onednn_linear_swaps_plain_linears_only():
         def forward(self, x):
             return super().forward(x) * 2
 
-    model = nn.Sequential(nn.Linear(4, 4), MMCVLinear(4, 4), Custom(4, 4),
-                          nn.ReLU())
+    model = nn.Sequential(nn.Linear(4, 4), MMCVLinear(4, 4), Custom(4, 4), nn.ReLU())
     x = torch.randn(3, 4)
     before = model(x)
     keys = list(model.state_dict())
@@ -126,6 +131,7 @@ def test_long_sequence_attention_equals_sdpa(op_calls):
     """Global attention over >= LONG_SEQUENCE tokens without autograd runs
     as oneDNN products per head (rows in blocks, the last one partial)."""
     from nommer_mm.models.layers.attention import MultiheadSelfAttention
+
     torch.manual_seed(0)
     n = lin.LONG_SEQUENCE + lin._ROWS // 2 + 3  # a partial last row block
     qkv = torch.randn(2, n, 3, 2, 8).permute(2, 0, 3, 1, 4)

@@ -1,6 +1,7 @@
 """The peer backbones (GC ViT, Visformer, CoTNet): shapes at any size,
 gradients, published sizes, and equality with independent implementations
 (timm's GC ViT and Visformer, a direct loop for CoT's aggregation)."""
+
 import math
 
 import pytest
@@ -10,17 +11,26 @@ import torch.nn.functional as F
 from nommer_mm import CoTNet, GCViT, Visformer
 from nommer_mm.analysis import count_flops
 from nommer_mm.converters import ConversionError
-from nommer_mm.converters.peers import (convert_cotnet, convert_gcvit,
-                                        convert_visformer)
+from nommer_mm.converters.peers import convert_cotnet, convert_gcvit, convert_visformer
 from nommer_mm.models.layers.cot import CoTLayer, local_aggregation
 
-GC_SMALL = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4],
-                mlp_ratio=2, layer_scale=1e-5)
-VIS_SMALL = dict(stem_channels=8, embed_dims=32, depths=[1, 1, 2],
-                 num_heads=2)
-COT_SMALL = dict(depths=[1, 1, 1, 1], cardinality=1, base_width=64,
-                 stem='deep', stem_width=16, avg_down=True,
-                 se_blocks=[[0], [], [], []])
+GC_SMALL = dict(
+    embed_dims=16,
+    depths=[2, 2, 2, 2],
+    num_heads=[1, 2, 2, 4],
+    mlp_ratio=2,
+    layer_scale=1e-5,
+)
+VIS_SMALL = dict(stem_channels=8, embed_dims=32, depths=[1, 1, 2], num_heads=2)
+COT_SMALL = dict(
+    depths=[1, 1, 1, 1],
+    cardinality=1,
+    base_width=64,
+    stem='deep',
+    stem_width=16,
+    avg_down=True,
+    se_blocks=[[0], [], [], []],
+)
 
 
 def small(name: str, **kwargs):
@@ -31,8 +41,11 @@ def small(name: str, **kwargs):
     return CoTNet(arch=COT_SMALL, **kwargs)
 
 
-CHANNELS = {'gcvit': [16, 32, 64, 128], 'visformer': [16, 16, 32, 64],
-            'cotnet': [256, 512, 1024, 2048]}
+CHANNELS = {
+    'gcvit': [16, 32, 64, 128],
+    'visformer': [16, 16, 32, 64],
+    'cotnet': [256, 512, 1024, 2048],
+}
 
 
 @pytest.mark.parametrize('name', ['gcvit', 'visformer', 'cotnet'])
@@ -44,9 +57,13 @@ def test_four_scales_at_any_size(name, size):
         outs = model(torch.randn(1, 3, H, W))
     assert len(outs) == 4
     for i, out in enumerate(outs):
-        s = 2**(i + 2)
-        assert out.shape == (1, CHANNELS[name][i], math.ceil(H / s),
-                             math.ceil(W / s)), (name, i, out.shape)
+        s = 2 ** (i + 2)
+        assert out.shape == (
+            1,
+            CHANNELS[name][i],
+            math.ceil(H / s),
+            math.ceil(W / s),
+        ), (name, i, out.shape)
         assert torch.isfinite(out).all()
 
 
@@ -59,8 +76,11 @@ def test_gradients_reach_every_parameter(name):
     model = small(name, **kwargs).train()
     outs = model(torch.randn(2, 3, 64, 96))
     sum(o.square().mean() for o in outs).backward()
-    dead = [n for n, p in model.named_parameters()
-            if p.grad is None or p.grad.abs().sum() == 0]
+    dead = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or p.grad.abs().sum() == 0
+    ]
     assert not dead, dead
 
 
@@ -68,18 +88,27 @@ def test_gradients_reach_every_parameter(name):
 def test_out_indices_frozen_stages_and_errors(name):
     model = small(name, out_indices=(1, -1)).eval()
     outs = model(torch.randn(1, 3, 64, 64))
-    assert [o.shape[1] for o in outs] == [CHANNELS[name][1],
-                                          CHANNELS[name][3]]
+    assert [o.shape[1] for o in outs] == [CHANNELS[name][1], CHANNELS[name][3]]
     frozen = small(name, frozen_stages=1).train()
     trainable = [n for n, p in frozen.named_parameters() if p.requires_grad]
-    assert trainable and all(p.requires_grad is False for n, p in
-                             frozen.named_parameters()
-                             if n.startswith(('patch_embed.', 'patch_embed1.',
-                                              'stem', 'conv1', 'bn1',
-                                              'levels.0.', 'layer1.',
-                                              'stage1.')))
+    assert trainable and all(
+        p.requires_grad is False
+        for n, p in frozen.named_parameters()
+        if n.startswith(
+            (
+                'patch_embed.',
+                'patch_embed1.',
+                'stem',
+                'conv1',
+                'bn1',
+                'levels.0.',
+                'layer1.',
+                'stage1.',
+            )
+        )
+    )
     with pytest.raises(ValueError, match='out_indices'):
-        small(name, out_indices=(4, ))
+        small(name, out_indices=(4,))
     with pytest.raises(ValueError, match='Choose one of'):
         type(model)(arch='huge')
 
@@ -92,7 +121,7 @@ def test_gcvit_global_query_is_per_image():
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         batched = model(x)
-        single = [model(x[i:i + 1]) for i in range(3)]
+        single = [model(x[i : i + 1]) for i in range(3)]
     for level, out in enumerate(batched):
         ref = torch.cat([s[level] for s in single])
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -104,16 +133,25 @@ def test_gcvit_bias_tables_resize_on_load():
     model.load_state_dict(src)
     key = 'levels.0.blocks.0.attn.relative_position_bias_table'
     table = src[key]  # (13*13, heads) for window 7
-    expect = F.interpolate(table.T.reshape(1, -1, 13, 13), size=(23, 23),
-                           mode='bicubic', align_corners=False)
-    torch.testing.assert_close(model.state_dict()[key],
-                               expect.reshape(-1, 23 * 23).T)
+    expect = F.interpolate(
+        table.T.reshape(1, -1, 13, 13),
+        size=(23, 23),
+        mode='bicubic',
+        align_corners=False,
+    )
+    torch.testing.assert_close(model.state_dict()[key], expect.reshape(-1, 23 * 23).T)
     assert model(torch.randn(1, 3, 96, 96))[3].shape == (1, 128, 3, 3)
 
 
-@pytest.mark.parametrize('timm_name,ours', [
-    ('gcvit_xxtiny', 'xxtiny'), ('gcvit_small', 'small'),
-    ('visformer_tiny', 'tiny'), ('visformer_small', 'small')])
+@pytest.mark.parametrize(
+    'timm_name,ours',
+    [
+        ('gcvit_xxtiny', 'xxtiny'),
+        ('gcvit_small', 'small'),
+        ('visformer_tiny', 'tiny'),
+        ('visformer_small', 'small'),
+    ],
+)
 def test_equal_to_timm_after_conversion(timm_name, ours):
     """timm's independent implementations with random weights (norms and
     layer scales perturbed) give the same logits as ours on the converted
@@ -122,6 +160,7 @@ def test_equal_to_timm_after_conversion(timm_name, ours):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     import nommer_mm  # noqa: F401
+
     init_default_scope('mmpretrain')  # other tests leave mmdet/mmseg set
     torch.manual_seed(0)
     ref = timm.create_model(timm_name).eval()
@@ -134,17 +173,22 @@ def test_equal_to_timm_after_conversion(timm_name, ours):
         for n, p in ref.named_parameters():
             if 'norm' in n or 'gamma' in n or 'stem.1' in n:
                 p.add_(torch.randn_like(p) * 0.1)
-    convert = convert_gcvit if timm_name.startswith('gc') else \
-        convert_visformer
+    convert = convert_gcvit if timm_name.startswith('gc') else convert_visformer
     state, info = convert(ref.state_dict())
     assert info['arch'] == ours
     backbone = 'GCViT' if timm_name.startswith('gc') else 'Visformer'
-    model = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type=backbone, out_indices=(3, ), **info),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=1000,
-                  in_channels=state['head.fc.weight'].shape[1]))).eval()
+    model = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(type=backbone, out_indices=(3,), **info),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(
+                type='LinearClsHead',
+                num_classes=1000,
+                in_channels=state['head.fc.weight'].shape[1],
+            ),
+        )
+    ).eval()
     model.load_state_dict(state, strict=True)
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
     with torch.no_grad():
@@ -157,24 +201,25 @@ def test_converters_name_what_does_not_fit():
     nommer_like = {'cnn1.weight': torch.zeros(1), 'bn1.weight': torch.zeros(1)}
     with pytest.raises(ConversionError, match='layout'):
         convert_gcvit(nommer_like)
-    state = {f'backbone.{k}': v for k, v in
-             small('gcvit').state_dict().items()}
-    state = {k[len('backbone.'):]: v for k, v in state.items()}
+    state = {f'backbone.{k}': v for k, v in small('gcvit').state_dict().items()}
+    state = {k[len('backbone.') :]: v for k, v in state.items()}
     state['norm.weight'] = state.pop('norm3.weight')
     state['norm.bias'] = state.pop('norm3.bias')
     for k in [k for k in state if k.startswith(('norm0', 'norm1', 'norm2'))]:
         del state[k]
     del state['levels.1.blocks.1.mlp.fc2.bias']
-    with pytest.raises(ConversionError,
-                       match=r'missing .*levels\.1\.blocks\.1\.mlp\.fc2\.bias'):
+    with pytest.raises(
+        ConversionError, match=r'missing .*levels\.1\.blocks\.1\.mlp\.fc2\.bias'
+    ):
         convert_gcvit(state, layout='nvlabs')
 
 
 def test_cotnet_reference_layout_converts_to_every_zoo_arch():
     for arch in ('cotnet50', 'cotnext50', 'se-cotnetd50'):
-        ref = CoTNet(arch, out_indices=(3, )).state_dict()
-        ref = dict(ref, **{'fc.weight': torch.zeros(1000, 2048),
-                           'fc.bias': torch.zeros(1000)})
+        ref = CoTNet(arch, out_indices=(3,)).state_dict()
+        ref = dict(
+            ref, **{'fc.weight': torch.zeros(1000, 2048), 'fc.bias': torch.zeros(1000)}
+        )
         state, info = convert_cotnet(ref)
         assert info == {'arch': arch}
         assert state['head.fc.weight'].shape == (1000, 2048)
@@ -189,13 +234,12 @@ def _aggregate_by_loops(x, w, k):
         for c in range(C):
             for i in range(H):
                 for j in range(W):
-                    acc = 0.
+                    acc = 0.0
                     for a in range(k):
                         for b in range(k):
                             ii, jj = i - k // 2 + a, j - k // 2 + b
                             if 0 <= ii < H and 0 <= jj < W:
-                                acc += w[n, c % Cw, a * k + b, i, j] * \
-                                    x[n, c, ii, jj]
+                                acc += w[n, c % Cw, a * k + b, i, j] * x[n, c, ii, jj]
                     out[n, c, i, j] = acc
     return out
 
@@ -205,13 +249,12 @@ def test_local_aggregation_matches_direct_loops(k):
     torch.manual_seed(0)
     x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
     w = torch.randn(2, 3, k * k, 5, 4, dtype=torch.float64)
-    torch.testing.assert_close(local_aggregation(x, w, k),
-                               _aggregate_by_loops(x, w, k))
+    torch.testing.assert_close(local_aggregation(x, w, k), _aggregate_by_loops(x, w, k))
     x.requires_grad_(True)
     w.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda a, b: local_aggregation(a, b, k), (x[:1, :, :3, :3],
-                                                  w[:1, :, :, :3, :3]))
+        lambda a, b: local_aggregation(a, b, k), (x[:1, :, :3, :3], w[:1, :, :, :3, :3])
+    )
 
 
 @pytest.mark.parametrize('groups', [1, 2])
@@ -225,22 +268,27 @@ def test_cot_layer_shapes_and_gradients(groups):
 
 
 PUBLISHED = [  # (class, arch, params M, FLOPs G) as published
-    (GCViT, 'xxtiny', 12, 2.1), (GCViT, 'tiny', 28, 4.7),
-    (GCViT, 'small', 51, 8.5), (GCViT, 'base', 90, 14.8),
-    (CoTNet, 'cotnet50', 22.2, 3.3), (CoTNet, 'cotnext50', 30.1, 4.3),
+    (GCViT, 'xxtiny', 12, 2.1),
+    (GCViT, 'tiny', 28, 4.7),
+    (GCViT, 'small', 51, 8.5),
+    (GCViT, 'base', 90, 14.8),
+    (CoTNet, 'cotnet50', 22.2, 3.3),
+    (CoTNet, 'cotnext50', 30.1, 4.3),
     (CoTNet, 'se-cotnetd50', 23.1, 4.1),
-    (Visformer, 'tiny', 10.3, 1.3), (Visformer, 'small', 40.2, 4.9),
+    (Visformer, 'tiny', 10.3, 1.3),
+    (Visformer, 'small', 40.2, 4.9),
 ]
 
 
-@pytest.mark.parametrize('cls,arch,params,flops', PUBLISHED,
-                         ids=[p[1] for p in PUBLISHED])
+@pytest.mark.parametrize(
+    'cls,arch,params,flops', PUBLISHED, ids=[p[1] for p in PUBLISHED]
+)
 def test_published_params_and_flops(cls, arch, params, flops):
     """Params within 1%, FLOPs within 3% (fvcore-style, 224x224, with the
     1000-class classifier). GC ViT-XT is left out: its published 2.6G is
     below what its depths give under any count that gives XXT's 2.1G (see
     README)."""
-    model = cls(arch=arch, out_indices=(3, )).eval()
+    model = cls(arch=arch, out_indices=(3,)).eval()
     head = model.dims[3] * 1000
     n = sum(p.numel() for p in model.parameters()) + head + 1000
     assert abs(n / 1e6 - params) / params < 0.01, n
@@ -259,17 +307,25 @@ def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
     root = Path(__file__).resolve().parents[1]
     src = tmp_path / 'visformer_tiny_timm.pth'
     torch.save(timm.create_model('visformer_tiny').state_dict(), src)
     dst = tmp_path / 'out' / 'visformer-tiny_in1k-224.pth'
     done = subprocess.run(
-        [sys.executable, str(root / 'tools/model_converters/peer2mm.py'),
-         'visformer', str(src), str(dst)], capture_output=True, text=True)
+        [
+            sys.executable,
+            str(root / 'tools/model_converters/peer2mm.py'),
+            'visformer',
+            str(src),
+            str(dst),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert '"arch": "tiny"' in done.stdout
-    cfg = Config.fromfile(
-        str(root / 'configs/cls/visformer-tiny_8xb128_in1k.py'))
+    cfg = Config.fromfile(str(root / 'configs/cls/visformer-tiny_8xb128_in1k.py'))
     init_default_scope('mmpretrain')
     model = MODELS.build(cfg.model)
     ckpt = torch.load(dst, weights_only=True)
@@ -297,10 +353,12 @@ def test_gcvit_nvlabs_layout_round_trip():
     """Our names are NVlabs' except the final norm (``norm``), the classifier
     (``head``) and the index buffers it saves; all three are handled."""
     torch.manual_seed(0)
-    model = GCViT(arch='xxtiny', out_indices=(3, ))
+    model = GCViT(arch='xxtiny', out_indices=(3,))
     ours = model.state_dict()
-    ref = {('norm.' + k[len('norm3.'):]) if k.startswith('norm3.') else k: v
-           for k, v in ours.items()}
+    ref = {
+        ('norm.' + k[len('norm3.') :]) if k.startswith('norm3.') else k: v
+        for k, v in ours.items()
+    }
     for k in list(ref):
         if k.endswith('relative_position_bias_table'):
             ref[k.replace('bias_table', 'index')] = torch.zeros(49, 49).long()
@@ -309,7 +367,9 @@ def test_gcvit_nvlabs_layout_round_trip():
     state, info = convert_gcvit(dict(state_dict_ema=ref), use_ema=True)
     assert info == {'arch': 'xxtiny'}
     assert set(state) == {f'backbone.{k}' for k in ours} | {
-        'head.fc.weight', 'head.fc.bias'}
+        'head.fc.weight',
+        'head.fc.bias',
+    }
     for k, v in ours.items():
         assert torch.equal(state[f'backbone.{k}'], v), k
     assert torch.equal(state['head.fc.weight'], ref['head.weight'])
@@ -318,13 +378,14 @@ def test_gcvit_nvlabs_layout_round_trip():
 def test_visformer_reference_layout_equals_timm_layout():
     """The reference wraps every BatchNorm as ``.bn``; stripping it gives
     what timm's layout gives."""
-    timm_state = Visformer(arch='tiny', out_indices=(3, )).state_dict()
-    timm_state = {('norm.' + k[6:]) if k.startswith('norm3.') else k: v
-                  for k, v in timm_state.items()}
+    timm_state = Visformer(arch='tiny', out_indices=(3,)).state_dict()
+    timm_state = {
+        ('norm.' + k[6:]) if k.startswith('norm3.') else k: v
+        for k, v in timm_state.items()
+    }
     timm_state['head.weight'] = torch.zeros(1000, 384)
     timm_state['head.bias'] = torch.zeros(1000)
-    bn_names = {k.rsplit('.', 1)[0] for k in timm_state
-                if k.endswith('running_mean')}
+    bn_names = {k.rsplit('.', 1)[0] for k in timm_state if k.endswith('running_mean')}
     ref_state = {}
     for k, v in timm_state.items():
         module, leaf = k.rsplit('.', 1) if '.' in k else ('', k)
@@ -339,12 +400,13 @@ def test_visformer_reference_layout_equals_timm_layout():
 
 def test_visformer_pos_embeds_resized_on_load():
     from nommer_mm.models.backbones.common import interpolate_pos_embed
+
     src = Visformer(arch=VIS_SMALL).state_dict()
     model = Visformer(arch=VIS_SMALL, img_size=288)
     model.load_state_dict(src)
     for i in (1, 2, 3):
         own = getattr(model, f'pos_embed{i}')
-        assert own.shape[-2:] == (288 // (4 * 2**i), ) * 2
+        assert own.shape[-2:] == (288 // (4 * 2**i),) * 2
         torch.testing.assert_close(
-            own.data, interpolate_pos_embed(src[f'pos_embed{i}'],
-                                            own.shape[-2:]))
+            own.data, interpolate_pos_embed(src[f'pos_embed{i}'], own.shape[-2:])
+        )

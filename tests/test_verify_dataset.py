@@ -1,6 +1,7 @@
 """tools/misc/verify_dataset.py names every broken file of the cls, det and
 seg layouts (a zero-byte image otherwise stops training with an OpenCV
 error that names no file)."""
+
 import json
 import subprocess
 import sys
@@ -13,26 +14,28 @@ TOOL = ROOT / 'tools/misc/verify_dataset.py'
 
 
 def _run(cfg, cwd):
-    return subprocess.run([sys.executable, str(TOOL), str(cfg), '--workers',
-                           '2'], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(TOOL), str(cfg), '--workers', '2'],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_classification_layout(tmp_path):
-    root = make_imagenet_layout(tmp_path / 'data', {'train': 4, 'val': 2},
-                                size=32)
+    root = make_imagenet_layout(tmp_path / 'data', {'train': 4, 'val': 2}, size=32)
     cfg = write_config(tmp_path / 'cfg.py', root, iters=2)
     ok = _run(cfg, tmp_path)
     assert ok.returncode == 0 and 'dataset OK' in ok.stdout, ok.stdout[-2000:]
     images = sorted((root / 'train').rglob('*.*'))
     images[0].write_bytes(b'')
     data = images[1].read_bytes()
-    images[1].write_bytes(data[:len(data) // 2])
+    images[1].write_bytes(data[: len(data) // 2])
     bad = _run(cfg, tmp_path)
     out = bad.stdout
     assert bad.returncode == 1, out[-2000:]
     assert f'{images[0]}: zero bytes' in out
-    assert f'{images[1]}: truncated' in out or f'{images[1]}: unreadable' \
-        in out
+    assert f'{images[1]}: truncated' in out or f'{images[1]}: unreadable' in out
     assert '2 problems found' in out
 
 
@@ -49,10 +52,11 @@ def test_detection_layout(tmp_path):
     proc = _run(cfg, tmp_path)
     out = proc.stdout
     assert proc.returncode == 1, (out + proc.stderr)[-3000:]
-    assert f"{image['file_name']}: box" in out and 'lies outside' in out
+    assert f'{image["file_name"]}: box' in out and 'lies outside' in out
     assert f'{coco_val_name(root)}: missing' in out
 
 
 def coco_val_name(root):
-    return json.loads((root / 'annotations/instances_val.json').read_text()
-                      )['images'][0]['file_name']
+    return json.loads((root / 'annotations/instances_val.json').read_text())['images'][
+        0
+    ]['file_name']

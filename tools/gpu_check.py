@@ -12,9 +12,9 @@
    otherwise make the deep nets chaotic). NomMer's argmax nominations can
    flip at near-ties: the rate at which the device's own nominations agree
    with the CPU's is reported, and logits and gradients are compared with
-   the CPU's nominations replayed on the device. Tolerances (largest logit difference over the largest |logit|;
-   relative L2 error of all gradients): fp32 1e-4 / 1e-3, fp16 2e-2 / 5e-2,
-   bf16 6e-2 / 1.5e-1.
+   the CPU's nominations replayed on the device. Tolerances (largest logit
+   difference over the largest |logit|; relative L2 error of all
+   gradients): fp32 1e-4 / 1e-3, fp16 2e-2 / 5e-2, bf16 6e-2 / 1.5e-1.
 3. ``dist``: one-process NCCL runs of small classification, Cascade Mask
    R-CNN and UperNet configs (the real models, SyncBN, generated data)
    through ``tools/dist_train.sh --amp``, then ``tools/dist_test.sh``.
@@ -25,6 +25,7 @@ A table is printed and ``DIR/gpu_check.json`` written (device, versions, every
 figure). Exit status 1 if any check fails. Without a GPU it says so and exits
 0; ``--allow-cpu`` runs what can run on the CPU (this script's own test).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,8 @@ CLASSIFIERS = [
     ('CoTNet-50', 'configs/cls/cotnet-50_8xb128_in1k.py'),
 ]
 # (logits, gradients) tolerances per precision, see the docstring.
-TOLERANCES = {'fp32': (1e-4, 1e-3), 'fp16': (2e-2, 5e-2),
-              'bf16': (6e-2, 1.5e-1)}
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16,
-          'bf16': torch.bfloat16}
+TOLERANCES = {'fp32': (1e-4, 1e-3), 'fp16': (2e-2, 5e-2), 'bf16': (6e-2, 1.5e-1)}
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 class Report:
@@ -65,8 +64,7 @@ class Report:
         row = dict(section=section, name=name, ok=bool(ok), **figures)
         self.rows.append(row)
         shown = ', '.join(f'{k}={_fmt(v)}' for k, v in figures.items())
-        print(f'[{"ok" if ok else "FAIL"}] {section}: {name}  {shown}',
-              flush=True)
+        print(f'[{"ok" if ok else "FAIL"}] {section}: {name}  {shown}', flush=True)
 
 
 def _fmt(value) -> str:
@@ -89,6 +87,7 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------- ops
 def check_ops(device: str, report: Report) -> None:
     from mmcv.ops import RoIAlign, batched_nms, nms
+
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(300, 2, generator=g) * 200
     boxes = torch.cat([xy, xy + 4 + torch.rand(300, 2, generator=g) * 60], 1)
@@ -96,20 +95,27 @@ def check_ops(device: str, report: Report) -> None:
     idxs = torch.randint(0, 5, (300,), generator=g)
     _, keep_cpu = nms(boxes, scores, 0.5)
     _, keep_dev = nms(boxes.to(device), scores.to(device), 0.5)
-    report.add('ops', 'nms', keep_cpu.tolist() == keep_dev.cpu().tolist(),
-               kept=len(keep_cpu))
-    dets_cpu, keep_cpu = batched_nms(boxes, scores, idxs, dict(
-        type='nms', iou_threshold=0.6))
-    dets_dev, keep_dev = batched_nms(boxes.to(device), scores.to(device),
-                                     idxs.to(device), dict(type='nms',
-                                                           iou_threshold=0.6))
-    report.add('ops', 'batched_nms',
-               keep_cpu.tolist() == keep_dev.cpu().tolist(),
-               kept=len(keep_cpu))
+    report.add(
+        'ops', 'nms', keep_cpu.tolist() == keep_dev.cpu().tolist(), kept=len(keep_cpu)
+    )
+    dets_cpu, keep_cpu = batched_nms(
+        boxes, scores, idxs, dict(type='nms', iou_threshold=0.6)
+    )
+    dets_dev, keep_dev = batched_nms(
+        boxes.to(device),
+        scores.to(device),
+        idxs.to(device),
+        dict(type='nms', iou_threshold=0.6),
+    )
+    report.add(
+        'ops',
+        'batched_nms',
+        keep_cpu.tolist() == keep_dev.cpu().tolist(),
+        kept=len(keep_cpu),
+    )
 
     feat = torch.randn(2, 16, 64, 64, generator=g)
-    rois = torch.cat([torch.randint(0, 2, (64, 1), generator=g).float(),
-                      boxes[:64]], 1)
+    rois = torch.cat([torch.randint(0, 2, (64, 1), generator=g).float(), boxes[:64]], 1)
     grad_out = torch.randn(64, 16, 7, 7, generator=g)
     op = RoIAlign((7, 7), spatial_scale=0.25, sampling_ratio=0, aligned=True)
     results = []
@@ -120,11 +126,17 @@ def check_ops(device: str, report: Report) -> None:
         results.append((out, f.grad))
     fwd = rel_max(results[1][0], results[0][0])
     bwd = rel_max(results[1][1], results[0][1])
-    report.add('ops', 'RoIAlign forward/backward', fwd < 1e-5 and bwd < 1e-5,
-               forward_rel=fwd, backward_rel=bwd)
+    report.add(
+        'ops',
+        'RoIAlign forward/backward',
+        fwd < 1e-5 and bwd < 1e-5,
+        forward_rel=fwd,
+        backward_rel=bwd,
+    )
 
     if device == 'cuda':  # mmcv has no CPU kernel: the formula is the reference
         from mmcv.ops import sigmoid_focal_loss
+
         logits = torch.randn(128, 8, generator=g)
         target = torch.randint(0, 8, (128,), generator=g)
         x = logits.cuda().requires_grad_()
@@ -139,8 +151,13 @@ def check_ops(device: str, report: Report) -> None:
         ref.backward()
         fwd = abs(float(loss) - float(ref)) / float(ref)
         bwd = rel_max(x.grad, y.grad)
-        report.add('ops', 'sigmoid_focal_loss', fwd < 1e-5 and bwd < 1e-4,
-                   forward_rel=fwd, backward_rel=bwd)
+        report.add(
+            'ops',
+            'sigmoid_focal_loss',
+            fwd < 1e-5 and bwd < 1e-4,
+            forward_rel=fwd,
+            backward_rel=bwd,
+        )
 
 
 # ------------------------------------------------------------- backbones
@@ -148,6 +165,7 @@ def build_classifier(config: str) -> torch.nn.Module:
     import nommer_mm  # noqa: F401  (registers the backbones)
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
+
     cfg = Config.fromfile(str(ROOT / config))
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     cfg.model.backbone.init_cfg = None
@@ -161,8 +179,11 @@ def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
     """Running statistics from ``x`` (randomly initialised BatchNorm in eval
     mode does not normalise, and the deep nets' gradients then explode,
     which makes any comparison meaningless)."""
-    norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average
@@ -176,8 +197,10 @@ def nominators(model: torch.nn.Module) -> dict:
     backbone = model.backbone
     if not hasattr(backbone, 'nomination_maps'):
         return {}
-    return {name: backbone.get_submodule(name).mixer.nominator
-            for name in backbone.nomination_maps()}
+    return {
+        name: backbone.get_submodule(name).mixer.nominator
+        for name in backbone.nomination_maps()
+    }
 
 
 @contextlib.contextmanager
@@ -186,6 +209,7 @@ def replayed(model: torch.nn.Module, maps: dict):
     instead of their own argmax, so that outputs and gradients are
     compared on the same computation."""
     from nommer_mm.models.layers.context import select_nominated
+
     patched = []
     for name, nominator in nominators(model).items():
         index = maps[name]
@@ -193,6 +217,7 @@ def replayed(model: torch.nn.Module, maps: dict):
         def forward(feats, nominator=nominator, index=index):
             nominator.nomination = index.to(feats[0].device)
             return select_nominated(feats, nominator.nomination)
+
         nominator.forward = forward
         patched.append(nominator)
     try:
@@ -206,22 +231,30 @@ def run_once(model, x, dtype_name: str, weight: torch.Tensor | None):
     """Logits, every gradient (when ``weight`` is given) and the
     nominations of one forward (eval mode: no dropout, no Gumbel noise)."""
     model.zero_grad(set_to_none=True)
-    with torch.set_grad_enabled(weight is not None), torch.autocast(
-            x.device.type, dtype=DTYPES[dtype_name],
-            enabled=dtype_name != 'fp32'):
+    with (
+        torch.set_grad_enabled(weight is not None),
+        torch.autocast(
+            x.device.type, dtype=DTYPES[dtype_name], enabled=dtype_name != 'fp32'
+        ),
+    ):
         logits = model(x, mode='tensor')
     grads = None
     if weight is not None:
         (logits.float() * weight.to(x.device)).sum().backward()
-        grads = torch.cat([p.grad.detach().float().flatten().cpu()
-                           for p in model.parameters() if p.grad is not None])
-    maps = {name: n.nomination.detach().cpu()
-            for name, n in nominators(model).items()}
+        grads = torch.cat(
+            [
+                p.grad.detach().float().flatten().cpu()
+                for p in model.parameters()
+                if p.grad is not None
+            ]
+        )
+    maps = {name: n.nomination.detach().cpu() for name, n in nominators(model).items()}
     return logits.detach().float().cpu(), grads, maps
 
 
-def check_backbones(device: str, report: Report, size: int, batch: int,
-                    names: list[str] | None) -> None:
+def check_backbones(
+    device: str, report: Report, size: int, batch: int, names: list[str] | None
+) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     for name, config in CLASSIFIERS:
@@ -229,31 +262,32 @@ def check_backbones(device: str, report: Report, size: int, batch: int,
             continue
         torch.manual_seed(0)
         model = build_classifier(config)
-        x = torch.randn(batch, 3, size, size,
-                        generator=torch.Generator().manual_seed(1))
+        x = torch.randn(
+            batch, 3, size, size, generator=torch.Generator().manual_seed(1)
+        )
         calibrate_batchnorm(model, x)
-        weight = torch.randn(batch, model.head.num_classes,
-                             generator=torch.Generator().manual_seed(2))
+        weight = torch.randn(
+            batch, model.head.num_classes, generator=torch.Generator().manual_seed(2)
+        )
         ref_logits, ref_grads, ref_maps = run_once(model, x, 'fp32', weight)
         dev_model = copy.deepcopy(model).to(device)
         for dtype_name in ('fp32', 'bf16', 'fp16'):
             start = time.time()
             figures = {}
             if ref_maps:  # the device's own choices, then the CPU's replayed
-                _, _, maps = run_once(dev_model, x.to(device), dtype_name,
-                                      None)
-                same = torch.cat([(maps[k] == ref_maps[k]).flatten()
-                                  for k in ref_maps])
+                _, _, maps = run_once(dev_model, x.to(device), dtype_name, None)
+                same = torch.cat([(maps[k] == ref_maps[k]).flatten() for k in ref_maps])
                 figures['nominations_agree'] = float(same.float().mean())
             with replayed(dev_model, ref_maps):
-                logits, grads, _ = run_once(dev_model, x.to(device),
-                                            dtype_name, weight)
+                logits, grads, _ = run_once(dev_model, x.to(device), dtype_name, weight)
             tol_logits, tol_grads = TOLERANCES[dtype_name]
             figures['logits_rel'] = rel_max(logits, ref_logits)
             figures['grads_rel'] = rel_l2(grads, ref_grads)
             figures['s'] = round(time.time() - start, 2)
-            ok = (figures['logits_rel'] <= tol_logits
-                  and figures['grads_rel'] <= tol_grads)
+            ok = (
+                figures['logits_rel'] <= tol_logits
+                and figures['grads_rel'] <= tol_grads
+            )
             report.add('backbones', f'{name} {dtype_name}', ok, **figures)
         del dev_model
         if device == 'cuda':
@@ -280,20 +314,42 @@ default_hooks = dict(logger=dict(interval=1),
 
 
 def check_dist(device: str, report: Report, work: Path) -> None:
-    from nommer_mm.testing import (make_ade_layout, make_coco_layout,
-                                   make_imagenet_layout)
+    from nommer_mm.testing import (
+        make_ade_layout,
+        make_coco_layout,
+        make_imagenet_layout,
+    )
     from nommer_mm.testing.configs import small_det_config, small_seg_config
+
     iters = 4
     runs = [
-        ('classification (NomMer-T)', small_cls_config(
-            make_imagenet_layout(work / 'textures', {'train': 8, 'val': 4}),
-            work / 'cls.py', iters), 'accuracy/top1'),
-        ('Cascade Mask R-CNN (NomMer-T)', small_det_config(
-            make_coco_layout(work / 'coco', {'train': 4, 'val': 4}),
-            work / 'det.py', iters=iters), 'coco/bbox_mAP'),
-        ('UperNet (NomMer-T)', small_seg_config(
-            make_ade_layout(work / 'ade', {'training': 4, 'validation': 2}),
-            work / 'seg.py', iters=iters), 'mIoU'),
+        (
+            'classification (NomMer-T)',
+            small_cls_config(
+                make_imagenet_layout(work / 'textures', {'train': 8, 'val': 4}),
+                work / 'cls.py',
+                iters,
+            ),
+            'accuracy/top1',
+        ),
+        (
+            'Cascade Mask R-CNN (NomMer-T)',
+            small_det_config(
+                make_coco_layout(work / 'coco', {'train': 4, 'val': 4}),
+                work / 'det.py',
+                iters=iters,
+            ),
+            'coco/bbox_mAP',
+        ),
+        (
+            'UperNet (NomMer-T)',
+            small_seg_config(
+                make_ade_layout(work / 'ade', {'training': 4, 'validation': 2}),
+                work / 'seg.py',
+                iters=iters,
+            ),
+            'mIoU',
+        ),
     ]
     # mmengine's AmpOptimWrapper needs a GPU; on CPU the run is fp32.
     amp = ['--amp'] if device == 'cuda' else []
@@ -302,30 +358,56 @@ def check_dist(device: str, report: Report, work: Path) -> None:
         env = dict(os.environ, PORT=str(29700 + 10 * i))
         start = time.time()
         train = subprocess.run(
-            ['bash', str(ROOT / 'tools/dist_train.sh'), str(config), '1',
-             '--work-dir', str(run_dir), *amp], cwd=work, env=env,
-            capture_output=True, text=True)
+            [
+                'bash',
+                str(ROOT / 'tools/dist_train.sh'),
+                str(config),
+                '1',
+                '--work-dir',
+                str(run_dir),
+                *amp,
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         train_s = time.time() - start
         out = run_dir / 'metrics.json'
         test = None
         if train.returncode == 0:
             test = subprocess.run(
-                ['bash', str(ROOT / 'tools/dist_test.sh'), str(config),
-                 str(run_dir / f'iter_{iters}.pth'), '1', '--work-dir',
-                 str(run_dir), '--out', str(out)], cwd=work,
+                [
+                    'bash',
+                    str(ROOT / 'tools/dist_test.sh'),
+                    str(config),
+                    str(run_dir / f'iter_{iters}.pth'),
+                    '1',
+                    '--work-dir',
+                    str(run_dir),
+                    '--out',
+                    str(out),
+                ],
+                cwd=work,
                 env=dict(env, PORT=str(29705 + 10 * i)),
-                capture_output=True, text=True)
+                capture_output=True,
+                text=True,
+            )
         ok = test is not None and test.returncode == 0 and out.exists()
         value = json.loads(out.read_text()).get(metric) if ok else None
         log = train.stdout + train.stderr
-        figures = dict(train_s=round(train_s, 1), metric=f'{metric}={value}',
-                       amp='AmpOptimWrapper' in log or not amp,
-                       backend='nccl' if device == 'cuda' else 'gloo')
+        figures = dict(
+            train_s=round(train_s, 1),
+            metric=f'{metric}={value}',
+            amp='AmpOptimWrapper' in log or not amp,
+            backend='nccl' if device == 'cuda' else 'gloo',
+        )
         if not ok:
             failed = test if train.returncode == 0 else train
             tail = (failed.stdout + failed.stderr)[-2000:]
             (work / f'{config.stem}-failure.log').write_text(
-                failed.stdout + failed.stderr)
+                failed.stdout + failed.stderr
+            )
             figures['error'] = tail.strip().splitlines()[-1:] or ['?']
         report.add('dist', name, ok and value is not None, **figures)
 
@@ -333,6 +415,7 @@ def check_dist(device: str, report: Report, work: Path) -> None:
 # --------------------------------------------------------------- compile
 def check_compile(device: str, report: Report, batch: int) -> None:
     import torch._dynamo
+
     model = build_classifier(CLASSIFIERS[0][1]).eval().to(device)
 
     class Logits(torch.nn.Module):
@@ -367,28 +450,39 @@ def check_compile(device: str, report: Report, batch: int) -> None:
         eager_s, compiled_s = timed(net), timed(compiled)
     breaks = explanation.graph_break_count
     diff = rel_max(out_compiled.float(), out_eager.float())
-    report.add('compile', f'NomMer-T bf16 batch {batch}',
-               breaks == 0 and diff < 6e-2, graph_breaks=breaks,
-               break_reasons=[str(r.reason) for r in
-                              explanation.break_reasons][:3],
-               compile_s=round(compile_s, 1), logits_rel=diff,
-               eager_img_s=round(batch / eager_s, 1),
-               compiled_img_s=round(batch / compiled_s, 1),
-               speedup=round(eager_s / compiled_s, 3))
+    report.add(
+        'compile',
+        f'NomMer-T bf16 batch {batch}',
+        breaks == 0 and diff < 6e-2,
+        graph_breaks=breaks,
+        break_reasons=[str(r.reason) for r in explanation.break_reasons][:3],
+        compile_s=round(compile_s, 1),
+        logits_rel=diff,
+        eager_img_s=round(batch / eager_s, 1),
+        compiled_img_s=round(batch / compiled_s, 1),
+        speedup=round(eager_s / compiled_s, 3),
+    )
 
 
 # ------------------------------------------------------------------ main
 def environment(device: str) -> dict:
     import mmcv
     from mmcv.ops import get_compiling_cuda_version
-    facts = dict(device=device, torch=torch.__version__,
-                 cuda=torch.version.cuda, mmcv=mmcv.__version__,
-                 mmcv_cuda=get_compiling_cuda_version())
+
+    facts = dict(
+        device=device,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        mmcv=mmcv.__version__,
+        mmcv_cuda=get_compiling_cuda_version(),
+    )
     if device == 'cuda':
         props = torch.cuda.get_device_properties(0)
-        facts.update(name=props.name, capability='%d.%d' % (
-            props.major, props.minor), memory_gib=round(
-            props.total_memory / 2**30, 1))
+        facts.update(
+            name=props.name,
+            capability='%d.%d' % (props.major, props.minor),
+            memory_gib=round(props.total_memory / 2**30, 1),
+        )
     return facts
 
 
@@ -396,23 +490,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split('\n', 2)[2])
+        epilog=__doc__.split('\n', 2)[2],
+    )
     parser.add_argument('--out', type=Path, default=Path('work_dirs/gpu_check'))
-    parser.add_argument('--only', nargs='+',
-                        choices=['ops', 'backbones', 'dist', 'compile'])
-    parser.add_argument('--models', nargs='+', metavar='NAME',
-                        help='backbones: only these (e.g. NomMer-T)')
-    parser.add_argument('--size', type=int, default=224,
-                        help='backbones: input size')
-    parser.add_argument('--batch', type=int, default=4,
-                        help='backbones: batch size')
-    parser.add_argument('--allow-cpu', action='store_true',
-                        help='without a GPU, run on the CPU what can run '
-                        'there (tests this script)')
+    parser.add_argument(
+        '--only', nargs='+', choices=['ops', 'backbones', 'dist', 'compile']
+    )
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        metavar='NAME',
+        help='backbones: only these (e.g. NomMer-T)',
+    )
+    parser.add_argument('--size', type=int, default=224, help='backbones: input size')
+    parser.add_argument('--batch', type=int, default=4, help='backbones: batch size')
+    parser.add_argument(
+        '--allow-cpu',
+        action='store_true',
+        help='without a GPU, run on the CPU what can run there (tests this script)',
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.allow_cpu:
-        print('gpu_check: skipped, no CUDA device here '
-              '(torch.cuda.is_available() is False)')
+        print(
+            'gpu_check: skipped, no CUDA device here '
+            '(torch.cuda.is_available() is False)'
+        )
         return 0
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     sections = args.only or ['ops', 'backbones', 'dist', 'compile']
@@ -421,8 +523,7 @@ def main() -> int:
         sections = [s for s in sections if s != 'compile']
     args.out.mkdir(parents=True, exist_ok=True)
     facts = environment(device)
-    print('gpu_check:', ', '.join(f'{k}={v}' for k, v in facts.items()),
-          flush=True)
+    print('gpu_check:', ', '.join(f'{k}={v}' for k, v in facts.items()), flush=True)
     report = Report()
     start = time.time()
     for section in sections:
@@ -430,8 +531,7 @@ def main() -> int:
             if section == 'ops':
                 check_ops(device, report)
             elif section == 'backbones':
-                check_backbones(device, report, args.size, args.batch,
-                                args.models)
+                check_backbones(device, report, args.size, args.batch, args.models)
             elif section == 'dist':
                 with tempfile.TemporaryDirectory(dir=args.out) as work:
                     check_dist(device, report, Path(work))
@@ -441,12 +541,18 @@ def main() -> int:
             traceback.print_exc()
             report.add(section, 'raised', False, error=repr(err)[:300])
     failed = [r for r in report.rows if not r['ok']]
-    result = dict(environment=facts, seconds=round(time.time() - start, 1),
-                  rows=report.rows, failed=len(failed))
+    result = dict(
+        environment=facts,
+        seconds=round(time.time() - start, 1),
+        rows=report.rows,
+        failed=len(failed),
+    )
     (args.out / 'gpu_check.json').write_text(json.dumps(result, indent=1))
-    print(f'gpu_check: {len(report.rows) - len(failed)}/{len(report.rows)} '
-          f'checks passed in {result["seconds"]} s on '
-          f'{facts.get("name", device)}; {args.out / "gpu_check.json"}')
+    print(
+        f'gpu_check: {len(report.rows) - len(failed)}/{len(report.rows)} '
+        f'checks passed in {result["seconds"]} s on '
+        f'{facts.get("name", device)}; {args.out / "gpu_check.json"}'
+    )
     return 1 if failed else 0
 
 

@@ -10,6 +10,7 @@ Classification prints the top-5 classes; detection draws boxes and masks
 and segmentation the class overlay into ``DIR/<image name>.png``. Without
 ``--weights`` the model has its initial (random) weights, and says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import \
-    mmengine_loads_through_plugin  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
 
 
@@ -27,21 +27,30 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('image')
     parser.add_argument('config')
-    parser.add_argument('--weights', help='checkpoint (a training run\'s or '
-                        'a converted classifier)')
+    parser.add_argument(
+        '--weights', help="checkpoint (a training run's or a converted classifier)"
+    )
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    parser.add_argument('--out-dir', default='outputs',
-                        help='where the picture goes (detection and '
-                        'segmentation)')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detections below this score are not drawn')
+    parser.add_argument(
+        '--out-dir',
+        default='outputs',
+        help='where the picture goes (detection and segmentation)',
+    )
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.3,
+        help='detections below this score are not drawn',
+    )
     return parser.parse_args(argv)
 
 
 def classify(cfg, args) -> None:
     from mmpretrain.apis import ImageClassificationInferencer
+
     inferencer = ImageClassificationInferencer(
-        cfg, pretrained=args.weights or False, device=args.device)
+        cfg, pretrained=args.weights or False, device=args.device
+    )
     result = inferencer(args.image)[0]
     scores = result['pred_scores']
     classes = inferencer.classes or [str(i) for i in range(len(scores))]
@@ -53,10 +62,13 @@ def classify(cfg, args) -> None:
 
 def detect(cfg, args) -> str:
     from mmdet.apis import DetInferencer
-    inferencer = DetInferencer(cfg, weights=args.weights, device=args.device,
-                               show_progress=False)
-    result = inferencer(args.image, return_vis=True, no_save_vis=True,
-                        pred_score_thr=args.score_thr)
+
+    inferencer = DetInferencer(
+        cfg, weights=args.weights, device=args.device, show_progress=False
+    )
+    result = inferencer(
+        args.image, return_vis=True, no_save_vis=True, pred_score_thr=args.score_thr
+    )
     scores = result['predictions'][0]['scores']
     kept = sum(s >= args.score_thr for s in scores)
     print(f'{kept} detections >= {args.score_thr}')
@@ -65,8 +77,8 @@ def detect(cfg, args) -> str:
 
 def segment(cfg, args) -> str:
     from mmseg.apis import MMSegInferencer
-    inferencer = MMSegInferencer(cfg, weights=args.weights,
-                                 device=args.device)
+
+    inferencer = MMSegInferencer(cfg, weights=args.weights, device=args.device)
     result = inferencer(args.image, return_vis=True)
     labels = result['predictions']
     print(f'classes present: {sorted(set(labels.flatten().tolist()))}')
@@ -75,8 +87,8 @@ def segment(cfg, args) -> str:
 
 def _save_png(rgb, args) -> str:
     import mmcv
-    out = osp.join(args.out_dir,
-                   osp.splitext(osp.basename(args.image))[0] + '.png')
+
+    out = osp.join(args.out_dir, osp.splitext(osp.basename(args.image))[0] + '.png')
     mmcv.imwrite(rgb[..., ::-1], out)  # imwrite takes BGR
     return out
 
@@ -91,8 +103,9 @@ def main(argv=None) -> None:
     if args.weights:
         backbone.pop('init_cfg', None)  # the weights replace it
     else:
-        print('no --weights: the model has its initial (random) weights',
-              file=sys.stderr)
+        print(
+            'no --weights: the model has its initial (random) weights', file=sys.stderr
+        )
     run = dict(mmpretrain=classify, mmdet=detect, mmseg=segment)[scope]
     with mmengine_loads_through_plugin():
         picture = run(cfg, args)

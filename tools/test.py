@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
 """Evaluate a checkpoint with any config of this repository.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta]
-        [--out FILE] [--cfg-options k=v ...] [--launcher ...]
+python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta]
+    [--out FILE] [--cfg-options k=v ...] [--launcher ...]
 """
+
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import \
-    mmengine_loads_through_plugin  # noqa: E402
-from nommer_mm.launch import (add_launch_args, build_runner,  # noqa: E402
-                              check_weights_fit, dist_timeout, prepare,
-                              shutdown_distributed, watch_peers)
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
+from nommer_mm.launch import (
+    add_launch_args,
+    build_runner,  # noqa: E402
+    check_weights_fit,
+    dist_timeout,
+    prepare,
+    shutdown_distributed,
+    watch_peers,
+)
 
 
 def parse_args():
@@ -22,9 +28,12 @@ def parse_args():
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where to save the metrics')
     parser.add_argument('--out', help='dump the metrics (json) to this file')
-    parser.add_argument('--tta', action='store_true',
-                        help='test-time augmentation from the config '
-                        '(tta_model / tta_pipeline), e.g. multi-scale + flip')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation from the config '
+        '(tta_model / tta_pipeline), e.g. multi-scale + flip',
+    )
     add_launch_args(parser)
     return parser.parse_args()
 
@@ -35,10 +44,12 @@ def main():
     cfg.load_from = args.checkpoint
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise SystemExit(f'{args.config} defines no tta_model / '
-                             'tta_pipeline; --tta needs both')
-        cfg.model = dict(type=cfg.tta_model.pop('type'), module=cfg.model,
-                         **cfg.tta_model)
+            raise SystemExit(
+                f'{args.config} defines no tta_model / tta_pipeline; --tta needs both'
+            )
+        cfg.model = dict(
+            type=cfg.tta_model.pop('type'), module=cfg.model, **cfg.tta_model
+        )
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     with mmengine_loads_through_plugin():
         runner = build_runner(cfg)
@@ -47,10 +58,17 @@ def main():
             metrics = runner.test()
     if args.out and runner.rank == 0:
         import json
+
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(
-            {k: float(v) if hasattr(v, '__float__') else v
-             for k, v in metrics.items()}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    k: float(v) if hasattr(v, '__float__') else v
+                    for k, v in metrics.items()
+                },
+                indent=2,
+            )
+        )
     shutdown_distributed()
 
 

@@ -5,17 +5,23 @@ segmentation): the codebase comes from the config's ``default_scope``.
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
+
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import \
-    mmengine_loads_through_plugin  # noqa: E402
-from nommer_mm.launch import (add_finite_loss_check,  # noqa: E402
-                              add_launch_args, build_runner, dist_timeout,
-                              prepare, resolve_resume, shutdown_distributed,
-                              watch_peers)
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
+from nommer_mm.launch import (
+    add_finite_loss_check,  # noqa: E402
+    add_launch_args,
+    build_runner,
+    dist_timeout,
+    prepare,
+    resolve_resume,
+    shutdown_distributed,
+    watch_peers,
+)
 
 
 def parse_args():
@@ -23,13 +29,21 @@ def parse_args():
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='where to save logs and models')
     parser.add_argument(
-        '--resume', nargs='?', type=str, const='auto',
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
         help='resume from CKPT, or from the latest checkpoint in the work '
-        'dir when no path is given')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision training')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by the real total batch size')
+        'dir when no path is given',
+    )
+    parser.add_argument(
+        '--amp', action='store_true', help='automatic mixed precision training'
+    )
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the lr by the real total batch size',
+    )
     add_launch_args(parser)
     return parser.parse_args()
 

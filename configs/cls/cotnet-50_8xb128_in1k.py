@@ -10,19 +10,35 @@ _base_ = ['./nommer-tiny_8xb128_in1k.py']
 
 model = dict(
     backbone=dict(
-        _delete_=True, type='CoTNet', arch='cotnet50', drop_path_rate=0.1,
-        out_indices=(3, )),
+        _delete_=True,
+        type='CoTNet',
+        arch='cotnet50',
+        drop_path_rate=0.1,
+        out_indices=(3,),
+    ),
     neck=dict(_delete_=True, type='GlobalAveragePooling'),
-    head=dict(in_channels=2048))
+    head=dict(in_channels=2048),
+)
 
 optim_wrapper = dict(
-    _delete_=True,
-    optimizer=dict(type='SGD', lr=0.25, momentum=0.9, weight_decay=4e-5))
+    _delete_=True, optimizer=dict(type='SGD', lr=0.25, momentum=0.9, weight_decay=4e-5)
+)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-4 / 0.25, by_epoch=True, end=5,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5,
-         end=350, convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=1e-4 / 0.25,
+        by_epoch=True,
+        end=5,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min=1e-5,
+        by_epoch=True,
+        begin=5,
+        end=350,
+        convert_to_iter_based=True,
+    ),
 ]
 train_cfg = dict(max_epochs=350)
 custom_hooks = [

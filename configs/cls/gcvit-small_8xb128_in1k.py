@@ -3,8 +3,8 @@
 _base_ = ['./gcvit-tiny_8xb128_in1k.py']
 
 model = dict(
-    backbone=dict(arch='small', drop_path_rate=0.3),
-    head=dict(in_channels=768))
+    backbone=dict(arch='small', drop_path_rate=0.3), head=dict(in_channels=768)
+)
 
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 custom_hooks = [dict(type='RNGStateHook')]  # no EMA

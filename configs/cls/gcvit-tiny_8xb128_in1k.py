@@ -7,17 +7,29 @@ _base_ = ['./nommer-tiny_8xb128_in1k.py']
 
 model = dict(
     backbone=dict(
-        _delete_=True, type='GCViT', arch='tiny', drop_path_rate=0.2,
-        out_indices=(3, )),
+        _delete_=True, type='GCViT', arch='tiny', drop_path_rate=0.2, out_indices=(3,)
+    ),
     neck=dict(_delete_=True, type='GlobalAveragePooling'),
-    head=dict(in_channels=512))
+    head=dict(in_channels=512),
+)
 
 optim_wrapper = dict(optimizer=dict(lr=5e-3))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6 / 5e-3, by_epoch=True, end=20,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=5e-6, by_epoch=True, begin=20,
-         end=300, convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=1e-6 / 5e-3,
+        by_epoch=True,
+        end=20,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min=5e-6,
+        by_epoch=True,
+        begin=20,
+        end=300,
+        convert_to_iter_based=True,
+    ),
     dict(type='ConstantLR', factor=1.0, by_epoch=True, begin=300, end=310),
 ]
 train_cfg = dict(max_epochs=310)

@@ -4,7 +4,7 @@
 _base_ = ['./gcvit-tiny_8xb128_in1k.py']
 
 model = dict(
-    backbone=dict(arch='xtiny', drop_path_rate=0.2),
-    head=dict(in_channels=512))
+    backbone=dict(arch='xtiny', drop_path_rate=0.2), head=dict(in_channels=512)
+)
 
 optim_wrapper = dict(optimizer=dict(lr=1e-3))

@@ -3,5 +3,5 @@
 _base_ = ['./gcvit-tiny_8xb128_in1k.py']
 
 model = dict(
-    backbone=dict(arch='xxtiny', drop_path_rate=0.2),
-    head=dict(in_channels=512))
+    backbone=dict(arch='xxtiny', drop_path_rate=0.2), head=dict(in_channels=512)
+)

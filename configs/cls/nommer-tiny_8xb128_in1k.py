@@ -19,21 +19,24 @@ model = dict(
         arch='tiny',
         img_size=224,
         drop_path_rate=0.1,
-        out_indices=(3, ),
-        out_type='cls_token'),  # the reference head reads the class token
+        out_indices=(3,),
+        out_type='cls_token',
+    ),  # the reference head reads the class token
     neck=None,
     head=dict(
         type='LinearClsHead',
         num_classes=1000,
         in_channels=768,
-        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
-        loss=dict(
-            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
-        cal_acc=False),
-    train_cfg=dict(augments=[
-        dict(type='Mixup', alpha=0.8),
-        dict(type='CutMix', alpha=1.0),
-    ]),
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.0),
+        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        cal_acc=False,
+    ),
+    train_cfg=dict(
+        augments=[
+            dict(type='Mixup', alpha=0.8),
+            dict(type='CutMix', alpha=1.0),
+        ]
+    ),
 )
 
 # 8 GPUs x 128 = 1024 images per step
@@ -44,18 +47,31 @@ test_dataloader = val_dataloader
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3),
     # no decay on norms and biases (base: *_decay_mult=0.0), nor on:
-    paramwise_cfg=dict(custom_keys={
-        '.pos_embed': dict(decay_mult=0.0),
-        '.cls_token': dict(decay_mult=0.0),
-        '.relative_position_bias_table': dict(decay_mult=0.0),
-    }),
+    paramwise_cfg=dict(
+        custom_keys={
+            '.pos_embed': dict(decay_mult=0.0),
+            '.cls_token': dict(decay_mult=0.0),
+            '.relative_position_bias_table': dict(decay_mult=0.0),
+        }
+    ),
     clip_grad=dict(max_norm=5.0),
 )
 param_scheduler = [
-    dict(type='LinearLR', start_factor=5e-7 / 1e-3, by_epoch=True, end=20,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=5e-6, by_epoch=True, begin=20,
-         end=300, convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=5e-7 / 1e-3,
+        by_epoch=True,
+        end=20,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min=5e-6,
+        by_epoch=True,
+        begin=20,
+        end=300,
+        convert_to_iter_based=True,
+    ),
 ]
 train_cfg = dict(max_epochs=300)
 auto_scale_lr = dict(base_batch_size=1024)

@@ -12,16 +12,28 @@ _bgr_mean = [103.53, 116.28, 123.675]
 _bgr_std = [57.375, 57.12, 58.395]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=384, backend='pillow',
-         interpolation='bicubic'),
+    dict(
+        type='RandomResizedCrop', scale=384, backend='pillow', interpolation='bicubic'
+    ),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='RandAugment', policies='timm_increasing', num_policies=2,
-         total_level=10, magnitude_level=9, magnitude_std=0.5,
-         hparams=dict(pad_val=[round(x) for x in _bgr_mean],
-                      interpolation='bicubic')),
-    dict(type='RandomErasing', erase_prob=0.25, mode='rand',
-         min_area_ratio=0.02, max_area_ratio=1 / 3, fill_color=_bgr_mean,
-         fill_std=_bgr_std),
+    dict(
+        type='RandAugment',
+        policies='timm_increasing',
+        num_policies=2,
+        total_level=10,
+        magnitude_level=9,
+        magnitude_std=0.5,
+        hparams=dict(pad_val=[round(x) for x in _bgr_mean], interpolation='bicubic'),
+    ),
+    dict(
+        type='RandomErasing',
+        erase_prob=0.25,
+        mode='rand',
+        min_area_ratio=0.02,
+        max_area_ratio=1 / 3,
+        fill_color=_bgr_mean,
+        fill_std=_bgr_std,
+    ),
     dict(type='PackInputs'),
 ]
 test_pipeline = [
@@ -36,8 +48,14 @@ test_dataloader = val_dataloader
 
 optim_wrapper = dict(optimizer=dict(lr=1e-5, weight_decay=1e-8))
 param_scheduler = [
-    dict(type='CosineAnnealingLR', eta_min=0., by_epoch=True, begin=0,
-         end=30, convert_to_iter_based=True),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min=0.0,
+        by_epoch=True,
+        begin=0,
+        end=30,
+        convert_to_iter_based=True,
+    ),
 ]
 train_cfg = dict(max_epochs=30)
 auto_scale_lr = dict(base_batch_size=512)

@@ -6,18 +6,35 @@ _base_ = ['./nommer-tiny_8xb128_in1k.py']
 
 model = dict(
     backbone=dict(
-        _delete_=True, type='Visformer', arch='small', drop_path_rate=0.,
-        out_indices=(3, )),
+        _delete_=True,
+        type='Visformer',
+        arch='small',
+        drop_path_rate=0.0,
+        out_indices=(3,),
+    ),
     neck=dict(_delete_=True, type='GlobalAveragePooling'),
-    head=dict(in_channels=768))
+    head=dict(in_channels=768),
+)
 
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3),
     paramwise_cfg=dict(custom_keys={'pos_embed': dict(decay_mult=0.0)}),
-    clip_grad=None)
+    clip_grad=None,
+)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6 / 1e-3, by_epoch=True, end=5,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5,
-         end=300, convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=1e-6 / 1e-3,
+        by_epoch=True,
+        end=5,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min=1e-5,
+        by_epoch=True,
+        begin=5,
+        end=300,
+        convert_to_iter_based=True,
+    ),
 ]

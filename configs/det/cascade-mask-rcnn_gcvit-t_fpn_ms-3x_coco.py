@@ -18,6 +18,7 @@ model = dict(
         window_size=(24, 24, 24, 24),
         drop_path_rate=0.2,
         out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained,
-                      prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 256, 512]))
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.'),
+    ),
+    neck=dict(in_channels=[64, 128, 256, 512]),
+)

@@ -30,14 +30,15 @@ def _box_head(std):
         num_classes=80,
         bbox_coder=dict(
             type='DeltaXYWHBBoxCoder',
-            target_means=[0., 0., 0., 0.],
-            target_stds=std),
+            target_means=[0.0, 0.0, 0.0, 0.0],
+            target_stds=std,
+        ),
         reg_class_agnostic=False,
         reg_decoded_bbox=True,
         norm_cfg=head_norm_cfg,
-        loss_cls=dict(
-            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-        loss_bbox=dict(type='GIoULoss', loss_weight=10.0))
+        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+        loss_bbox=dict(type='GIoULoss', loss_weight=10.0),
+    )
 
 
 model = dict(
@@ -48,19 +49,32 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained,
-                      prefix='backbone.')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.'),
+    ),
     neck=dict(in_channels=[96, 192, 384, 768]),
-    roi_head=dict(bbox_head=[
-        _box_head([0.1, 0.1, 0.2, 0.2]),
-        _box_head([0.05, 0.05, 0.1, 0.1]),
-        _box_head([0.033, 0.033, 0.067, 0.067]),
-    ]))
+    roi_head=dict(
+        bbox_head=[
+            _box_head([0.1, 0.1, 0.2, 0.2]),
+            _box_head([0.05, 0.05, 0.1, 0.1]),
+            _box_head([0.033, 0.033, 0.067, 0.067]),
+        ]
+    ),
+)
 
 # augmentation strategy originates from DETR / Sparse R-CNN (as Swin's 3x)
-_scales = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333),
-           (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333),
-           (800, 1333)]
+_scales = [
+    (480, 1333),
+    (512, 1333),
+    (544, 1333),
+    (576, 1333),
+    (608, 1333),
+    (640, 1333),
+    (672, 1333),
+    (704, 1333),
+    (736, 1333),
+    (768, 1333),
+    (800, 1333),
+]
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -70,15 +84,21 @@ train_pipeline = [
         transforms=[
             [dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True)],
             [
-                dict(type='RandomChoiceResize',
-                     scales=[(400, 1333), (500, 1333), (600, 1333)],
-                     keep_ratio=True),
-                dict(type='RandomCrop', crop_type='absolute_range',
-                     crop_size=(384, 600), allow_negative_crop=True),
-                dict(type='RandomChoiceResize', scales=_scales,
-                     keep_ratio=True),
+                dict(
+                    type='RandomChoiceResize',
+                    scales=[(400, 1333), (500, 1333), (600, 1333)],
+                    keep_ratio=True,
+                ),
+                dict(
+                    type='RandomCrop',
+                    crop_type='absolute_range',
+                    crop_size=(384, 600),
+                    allow_negative_crop=True,
+                ),
+                dict(type='RandomChoiceResize', scales=_scales, keep_ratio=True),
             ],
-        ]),
+        ],
+    ),
     dict(type='PackDetInputs'),
 ]
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
@@ -86,22 +106,30 @@ train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=1000),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[27, 33], gamma=0.1),
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        milestones=[27, 33],
+        gamma=0.1,
+    ),
 ]
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
-        _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999),
-        weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={
-        'pos_embed': dict(decay_mult=0.),
-        'cls_token': dict(decay_mult=0.),
-        'relative_position_bias_table': dict(decay_mult=0.),
-        'norm': dict(decay_mult=0.),
-    }))
+        _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05
+    ),
+    paramwise_cfg=dict(
+        custom_keys={
+            'pos_embed': dict(decay_mult=0.0),
+            'cls_token': dict(decay_mult=0.0),
+            'relative_position_bias_table': dict(decay_mult=0.0),
+            'norm': dict(decay_mult=0.0),
+        }
+    ),
+)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # Checkpoints written atomically, old ones removed only once the new one is

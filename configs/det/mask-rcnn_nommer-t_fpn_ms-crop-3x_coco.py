@@ -10,14 +10,22 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='checkpoints/nommer-tiny_in1k-224.pth',
-                      prefix='backbone.')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
-    'pos_embed': dict(decay_mult=0.),
-    'cls_token': dict(decay_mult=0.),
-}))
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='checkpoints/nommer-tiny_in1k-224.pth',
+            prefix='backbone.',
+        ),
+    ),
+    neck=dict(in_channels=[96, 192, 384, 768]),
+)
+optim_wrapper = dict(
+    paramwise_cfg=dict(
+        custom_keys={
+            'pos_embed': dict(decay_mult=0.0),
+            'cls_token': dict(decay_mult=0.0),
+        }
+    )
+)
 
 # Checkpoints written atomically, old ones removed only once the new one is
 # complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);

@@ -9,18 +9,27 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=(1, 2, 3),
         norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='checkpoints/nommer-tiny_in1k-224.pth',
-                      prefix='backbone.')),
-    neck=dict(in_channels=[192, 384, 768]))
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='checkpoints/nommer-tiny_in1k-224.pth',
+            prefix='backbone.',
+        ),
+    ),
+    neck=dict(in_channels=[192, 384, 768]),
+)
 optim_wrapper = dict(
-    optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999),
-                   weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0., custom_keys={
-        'pos_embed': dict(decay_mult=0.),
-        'cls_token': dict(decay_mult=0.),
-        'relative_position_bias_table': dict(decay_mult=0.),
-    }))
+    optimizer=dict(
+        _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05
+    ),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.0,
+        custom_keys={
+            'pos_embed': dict(decay_mult=0.0),
+            'cls_token': dict(decay_mult=0.0),
+            'relative_position_bias_table': dict(decay_mult=0.0),
+        },
+    ),
+)
 
 # Checkpoints written atomically, old ones removed only once the new one is
 # complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);

@@ -12,7 +12,8 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained,
-                      prefix='backbone.')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.'),
+    ),
     decode_head=dict(in_channels=[256, 512, 1024, 2048]),
-    auxiliary_head=dict(in_channels=1024))
+    auxiliary_head=dict(in_channels=1024),
+)

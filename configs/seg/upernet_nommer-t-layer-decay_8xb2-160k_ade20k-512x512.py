@@ -6,4 +6,5 @@ _base_ = './upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
 
 optim_wrapper = dict(
     constructor='LayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.9))
+    paramwise_cfg=dict(layer_decay_rate=0.9),
+)

@@ -13,7 +13,8 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained,
-                      prefix='backbone.')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.'),
+    ),
     decode_head=dict(in_channels=[192, 192, 384, 768]),
-    auxiliary_head=dict(in_channels=384))
+    auxiliary_head=dict(in_channels=384),
+)

@@ -6,6 +6,7 @@ The result is an mmpretrain ``ImageClassifier`` state dict (``backbone.*``,
 The reference's fixed DCT/IDCT bases are not copied: they are checked
 against the analytic bases and dropped (ours are derived buffers).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,7 @@ from ..models.layers.attention import relative_position_index
 # Exact renames, applied to the part of a key after its block prefix.
 _SNOMMER_RENAMES = {
     '0.norm': 'norm1',
-    '0.fn.attention.relative_position_bias_table':
-        'mixer.window_context.relative_position_bias_table',
+    '0.fn.attention.relative_position_bias_table': 'mixer.window_context.relative_position_bias_table',  # noqa: E501
     '0.fn.attention.qkv': 'mixer.window_context.qkv',
     '0.fn.attention.proj': 'mixer.window_context.proj',
     '0.fn.attentionG.dw': 'mixer.global_context.compress',
@@ -59,11 +59,19 @@ _TOP_RENAMES = {
     'merge3': 'backbone.merges.2',
 }
 # Fixed tensors of the reference, verified and dropped.
-_FIXED = ('fn.attentionG.dct_conv_8x8.weight', 'fn.attentionG.idct_conv.0.weight',
-          'fn.attention.relative_position_index')
+_FIXED = (
+    'fn.attentionG.dct_conv_8x8.weight',
+    'fn.attentionG.idct_conv.0.weight',
+    'fn.attention.relative_position_index',
+)
 _BLOCK_RE = re.compile(r'^transformer([1-4])\.layers\.(\d+)\.(.+)$')
-_PARAM_SUFFIXES = ('.weight', '.bias', '.running_mean', '.running_var',
-                   '.num_batches_tracked')
+_PARAM_SUFFIXES = (
+    '.weight',
+    '.bias',
+    '.running_mean',
+    '.running_var',
+    '.num_batches_tracked',
+)
 
 
 class ConversionError(ValueError):
@@ -77,8 +85,10 @@ def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
         raise ConversionError(f'expected a dict, got {type(checkpoint)}')
     if use_ema:
         if 'state_dict_ema' not in checkpoint:
-            raise ConversionError('no `state_dict_ema` in this checkpoint; '
-                                  f'its keys: {sorted(checkpoint)[:10]}')
+            raise ConversionError(
+                'no `state_dict_ema` in this checkpoint; '
+                f'its keys: {sorted(checkpoint)[:10]}'
+            )
         sd = checkpoint['state_dict_ema']
     elif 'model' in checkpoint:
         sd = checkpoint['model']
@@ -87,8 +97,7 @@ def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
     else:
         sd = checkpoint
     # DataParallel / EMA wrappers prefix their keys.
-    return OrderedDict((re.sub(r'^(module\.)+', '', k), v)
-                       for k, v in sd.items())
+    return OrderedDict((re.sub(r'^(module\.)+', '', k), v) for k, v in sd.items())
 
 
 def _rename(key: str) -> str | None:
@@ -111,7 +120,7 @@ def _rename(key: str) -> str | None:
             if key == old + suffix:
                 return new + suffix
         if key.startswith(old + '.') and old.startswith('merge'):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     raise ConversionError(f'unknown reference key {key!r}')
 
 
@@ -120,44 +129,71 @@ def infer_arch(sd: dict) -> dict:
     sizes from the tensor shapes. Stage 2-3 heads leave no trace in the
     weights; they are taken from the zoo arch with the same shape."""
     if 'cnn1.weight' not in sd:
-        raise ConversionError('no `cnn1.weight`: not a reference NomMer '
-                              'checkpoint')
+        raise ConversionError('no `cnn1.weight`: not a reference NomMer checkpoint')
     C = sd['cnn1.weight'].shape[0]
     depths = []
     for s in range(1, 5):
-        ids = {int(m.group(2)) for k in sd
-               if (m := _BLOCK_RE.match(k)) and m.group(1) == str(s)}
+        ids = {
+            int(m.group(2))
+            for k in sd
+            if (m := _BLOCK_RE.match(k)) and m.group(1) == str(s)
+        }
         if not ids or ids != set(range(len(ids))):
-            raise ConversionError(f'transformer{s} blocks are missing or not '
-                                  f'numbered 0..n-1: {sorted(ids)}')
+            raise ConversionError(
+                f'transformer{s} blocks are missing or not '
+                f'numbered 0..n-1: {sorted(ids)}'
+            )
         depths.append(len(ids))
     heads, ratios, blocks = [], [], []
     for s in range(2):
         p = f'transformer{s + 1}.layers.0.0.fn.'
-        heads.append(_need(sd, p + 'attention.relative_position_bias_table')
-                     .shape[1])
+        heads.append(_need(sd, p + 'attention.relative_position_bias_table').shape[1])
         ratios.append((C * 2**s) // _need(sd, p + 'cnn.conv1.weight').shape[0])
-        blocks.append(_need(sd, p + 'attentionG.dct_conv_8x8.weight')
-                      .shape[-1])
-    window = int(round(
-        (math.sqrt(sd['transformer1.layers.0.0.fn.attention.'
-                      'relative_position_bias_table'].shape[0]) + 1) / 2))
-    arch = dict(embed_dims=C, depths=depths, num_heads=heads + [None, None],
-                bottleneck_ratios=ratios)
+        blocks.append(_need(sd, p + 'attentionG.dct_conv_8x8.weight').shape[-1])
+    window = int(
+        round(
+            (
+                math.sqrt(
+                    sd[
+                        'transformer1.layers.0.0.fn.attention.'
+                        'relative_position_bias_table'
+                    ].shape[0]
+                )
+                + 1
+            )
+            / 2
+        )
+    )
+    arch = dict(
+        embed_dims=C,
+        depths=depths,
+        num_heads=heads + [None, None],
+        bottleneck_ratios=ratios,
+    )
     for name in ('tiny', 'small', 'base'):
         zoo = NomMer.arch_zoo[name]
-        if (zoo['embed_dims'], zoo['depths'], zoo['num_heads'][:2],
-                zoo['bottleneck_ratios']) == (C, depths, heads, ratios):
+        if (
+            zoo['embed_dims'],
+            zoo['depths'],
+            zoo['num_heads'][:2],
+            zoo['bottleneck_ratios'],
+        ) == (C, depths, heads, ratios):
             arch['num_heads'] = list(zoo['num_heads'])
             arch['name'] = name
-    return dict(arch=arch, window_size=window, dct_blocks=blocks,
-                img_size=_need(sd, 'pos_embedding').shape[1] * 16)
+    return dict(
+        arch=arch,
+        window_size=window,
+        dct_blocks=blocks,
+        img_size=_need(sd, 'pos_embedding').shape[1] * 16,
+    )
 
 
 def _need(sd: dict, key: str) -> torch.Tensor:
     if key not in sd:
-        raise ConversionError(f'the reference checkpoint has no {key!r}; '
-                              'it is incomplete and cannot be converted')
+        raise ConversionError(
+            f'the reference checkpoint has no {key!r}; '
+            'it is incomplete and cannot be converted'
+        )
     return sd[key]
 
 
@@ -170,42 +206,45 @@ def _reference_name(key: str) -> str:
         table = _SNOMMER_RENAMES if stage < 2 else _GNOMMER_RENAMES
         for old, new in table.items():
             if rest.startswith(new + '.') or rest == new:
-                return (f'transformer{stage + 1}.layers.{block}.{old}'
-                        f'{rest[len(new):]}')
+                return f'transformer{stage + 1}.layers.{block}.{old}{rest[len(new) :]}'
     for old, new in _TOP_RENAMES.items():
         if key.startswith(new + '.') or key == new:
-            return old + key[len(new):]
+            return old + key[len(new) :]
     return key
 
 
 def _check_complete(out: dict, info: dict, backbone_only: bool) -> None:
     """Every tensor of the target model is filled, with its shape."""
-    model = NomMer(**info, out_type='cls_token',
-                   out_indices=(3, )).state_dict()
+    model = NomMer(**info, out_type='cls_token', out_indices=(3,)).state_dict()
     expect = {k: tuple(v.shape) for k, v in model.items()}
     if not backbone_only:
         expect = {f'backbone.{k}': v for k, v in expect.items()}
         if 'head.fc.weight' in out:
-            expect['head.fc.weight'] = (out['head.fc.weight'].shape[0],
-                                        expect['backbone.final_norm.weight'][0])
-            expect['head.fc.bias'] = (out['head.fc.weight'].shape[0], )
+            expect['head.fc.weight'] = (
+                out['head.fc.weight'].shape[0],
+                expect['backbone.final_norm.weight'][0],
+            )
+            expect['head.fc.bias'] = (out['head.fc.weight'].shape[0],)
         else:
             expect['head.fc.weight'] = expect['head.fc.bias'] = None
     missing = [k for k in expect if k not in out]
-    wrong = [f'{k} ({_reference_name(k)}): {tuple(out[k].shape)}, expected '
-             f'{expect[k]}' for k in expect
-             if k in out and tuple(out[k].shape) != expect[k]]
+    wrong = [
+        f'{k} ({_reference_name(k)}): {tuple(out[k].shape)}, expected {expect[k]}'
+        for k in expect
+        if k in out and tuple(out[k].shape) != expect[k]
+    ]
     if missing or wrong:
-        lines = [f'missing {k} (reference key {_reference_name(k)!r})'
-                 for k in missing] + [f'wrong shape: {w}' for w in wrong]
+        lines = [
+            f'missing {k} (reference key {_reference_name(k)!r})' for k in missing
+        ] + [f'wrong shape: {w}' for w in wrong]
         raise ConversionError(
             f'the reference checkpoint does not fill the model '
             f'({len(missing)} missing, {len(wrong)} mis-shaped tensors); '
-            'nothing was written:\n  ' + '\n  '.join(lines[:20]))
+            'nothing was written:\n  ' + '\n  '.join(lines[:20])
+        )
 
 
-def analytic_fixed_tensor(key: str, shape: torch.Size,
-                          dct_block: int) -> torch.Tensor:
+def analytic_fixed_tensor(key: str, shape: torch.Size, dct_block: int) -> torch.Tensor:
     """What a reference fixed tensor must hold, from the formulas alone."""
     if key.endswith('relative_position_index'):
         return relative_position_index(int(round(math.sqrt(shape[0]))))
@@ -226,13 +265,17 @@ def analytic_fixed_tensor(key: str, shape: torch.Size,
 def _check_fixed(key: str, tensor: torch.Tensor, dct_block: int) -> None:
     expect = analytic_fixed_tensor(key, tensor.shape, dct_block)
     if expect.shape != tensor.shape:
-        raise ConversionError(f'{key} has shape {tuple(tensor.shape)}, the '
-                              f'analytic one {tuple(expect.shape)}')
+        raise ConversionError(
+            f'{key} has shape {tuple(tensor.shape)}, the '
+            f'analytic one {tuple(expect.shape)}'
+        )
     err = (expect.double() - tensor.double()).abs().max().item()
     if err > 1e-5:
-        raise ConversionError(f'{key} differs from the analytic tensor by '
-                              f'{err:.2e}; this checkpoint uses another '
-                              'transform and cannot be converted exactly')
+        raise ConversionError(
+            f'{key} differs from the analytic tensor by '
+            f'{err:.2e}; this checkpoint uses another '
+            'transform and cannot be converted exactly'
+        )
 
 
 def _plain(value):
@@ -240,9 +283,12 @@ def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def convert_reference(checkpoint: dict, arch: str | dict | None = None,
-                      backbone_only: bool = False,
-                      use_ema: bool = False) -> tuple[OrderedDict, dict]:
+def convert_reference(
+    checkpoint: dict,
+    arch: str | dict | None = None,
+    backbone_only: bool = False,
+    use_ema: bool = False,
+) -> tuple[OrderedDict, dict]:
     """Return (state_dict, backbone_kwargs).
 
     ``backbone_kwargs`` (arch, window_size, dct_blocks, img_size) build the
@@ -256,18 +302,22 @@ def convert_reference(checkpoint: dict, arch: str | dict | None = None,
         found = info['arch']
         for key in ('embed_dims', 'depths', 'bottleneck_ratios'):
             if _plain(given[key]) != _plain(found[key]):
-                raise ConversionError(f'--arch says {key}={given[key]}, the '
-                                      f'checkpoint has {found[key]}')
+                raise ConversionError(
+                    f'--arch says {key}={given[key]}, the checkpoint has {found[key]}'
+                )
         if list(given['num_heads'][:2]) != found['num_heads'][:2]:
-            raise ConversionError(f'--arch says num_heads[:2]='
-                                  f'{given["num_heads"][:2]}, the checkpoint '
-                                  f'has {found["num_heads"][:2]}')
+            raise ConversionError(
+                f'--arch says num_heads[:2]='
+                f'{given["num_heads"][:2]}, the checkpoint '
+                f'has {found["num_heads"][:2]}'
+            )
         info['arch'] = given
     elif 'name' not in info['arch']:
         raise ConversionError(
             f'the checkpoint (embed_dims={info["arch"]["embed_dims"]}, depths='
             f'{info["arch"]["depths"]}) is no zoo arch; give --arch as a dict '
-            'with the stage 2-3 num_heads, which the weights do not record')
+            'with the stage 2-3 num_heads, which the weights do not record'
+        )
     info['arch'] = {k: info['arch'][k] for k in NomMer.ARCH_KEYS}
 
     out = OrderedDict()
@@ -280,7 +330,7 @@ def convert_reference(checkpoint: dict, arch: str | dict | None = None,
         if backbone_only:
             if not new.startswith('backbone.'):
                 continue
-            new = new[len('backbone.'):]
+            new = new[len('backbone.') :]
         out[new] = value
     _check_complete(out, info, backbone_only)
     return out, info

@@ -1,4 +1,5 @@
 """Writing a converted checkpoint, shared by the converter CLIs."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """A drop-in ``CheckpointHook`` that never leaves a run without a good
 checkpoint, and writes checkpoints any ``torch.load`` can read safely."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,12 @@ from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from ..checkpoint_safety import (describe_mismatches, to_plain_checkpoint,
-                                 to_runtime_checkpoint, weight_mismatches)
+from ..checkpoint_safety import (
+    describe_mismatches,
+    to_plain_checkpoint,
+    to_runtime_checkpoint,
+    weight_mismatches,
+)
 
 PART_SUFFIX = '.part'
 
@@ -42,15 +47,17 @@ class SafeCheckpointHook(CheckpointHook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if 'message_hub' in checkpoint:
-            checkpoint['message_hub'] = to_runtime_checkpoint(
-                checkpoint['message_hub'])
+            checkpoint['message_hub'] = to_runtime_checkpoint(checkpoint['message_hub'])
         if not runner._resume:  # load_from: say loudly what it leaves out
             found = weight_mismatches(runner.model, checkpoint)
             if found['missing'] or found['size mismatch']:
                 runner.logger.warning(
                     '!' * 72 + f'\nload_from={runner._load_from} leaves '
                     'parts of the model at their initial weights:\n'
-                    + describe_mismatches(found) + '\n' + '!' * 72)
+                    + describe_mismatches(found)
+                    + '\n'
+                    + '!' * 72
+                )
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         with self._complete_before_removal(runner):
@@ -64,8 +71,7 @@ class SafeCheckpointHook(CheckpointHook):
     def _complete_before_removal(self, runner) -> Iterator[None]:
         """Within: checkpoint writes are atomic and removals are held back;
         they run once everything inside has been written."""
-        if self._saving_depth or not isinstance(self.file_backend,
-                                                LocalBackend):
+        if self._saving_depth or not isinstance(self.file_backend, LocalBackend):
             yield  # nested call, or a remote backend we cannot rename on
             return
         backend, removals = self.file_backend, []

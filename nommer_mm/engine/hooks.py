@@ -1,4 +1,5 @@
 """Hooks the plugin's configs add to the runners."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ class RNGStateHook(Hook):
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        state = dict(python=random.getstate(), numpy=_numpy_state(),
-                     torch=torch.get_rng_state())
+        state = dict(
+            python=random.getstate(), numpy=_numpy_state(), torch=torch.get_rng_state()
+        )
         if torch.cuda.is_available():
             state['cuda'] = torch.cuda.get_rng_state_all()
         checkpoint['rng_state'] = state
@@ -35,8 +37,9 @@ class RNGStateHook(Hook):
             return  # a weight-only load (load_from) starts fresh streams
         random.setstate(_as_python_state(state['python']))
         name, keys, pos, has_gauss, gauss = state['numpy']
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos,
-                             has_gauss, gauss))
+        np.random.set_state(
+            (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+        )
         torch.set_rng_state(state['torch'])
         if 'cuda' in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state['cuda'])
@@ -45,8 +48,13 @@ class RNGStateHook(Hook):
 def _numpy_state() -> tuple:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     # plain Python types and a tensor: loadable with weights_only=True
-    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
-            int(has_gauss), float(gauss))
+    return (
+        name,
+        torch.from_numpy(keys.astype(np.int64)),
+        int(pos),
+        int(has_gauss),
+        float(gauss),
+    )
 
 
 def _as_python_state(state) -> tuple:
@@ -62,8 +70,9 @@ class FiniteLossHook(Hook):
 
     priority = 'VERY_HIGH'  # before a checkpoint of the broken weights
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
-                         outputs: dict | None = None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx: int, data_batch=None, outputs: dict | None = None
+    ) -> None:
         loss = (outputs or {}).get('loss')
         if loss is None:
             return
@@ -73,4 +82,5 @@ class FiniteLossHook(Hook):
                 f'loss is {value} at iteration {runner.iter + 1} (epoch '
                 f'{runner.epoch + 1}, batch {batch_idx}); stopped. Check the '
                 'inputs for NaN/inf, lower the learning rate or enable '
-                'gradient clipping, then resume from the last checkpoint.')
+                'gradient clipping, then resume from the last checkpoint.'
+            )

@@ -1,6 +1,7 @@
 """Small CPU variants of the detection and segmentation configs: the real
 model, heads, losses, runners and metrics, on generated data with small
 images and 4 shape classes. Used by the tests and by tools/demo.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,32 +16,44 @@ UPERNET_T = ROOT / 'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
 
 
 def _iter_schedule(cfg: Config, iters: int, lr: float | None) -> None:
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
-                         val_interval=iters)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters)
     warmup = max(iters // 10, 1)
     cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-             end=warmup),
-        dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup,
-             end=max(iters, warmup + 1), eta_min=0.0)]
+        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=warmup),
+        dict(
+            type='CosineAnnealingLR',
+            by_epoch=False,
+            begin=warmup,
+            end=max(iters, warmup + 1),
+            eta_min=0.0,
+        ),
+    ]
     if lr is not None:
         cfg.optim_wrapper.optimizer.lr = lr
-    cfg.default_hooks.checkpoint = dict(type='SafeCheckpointHook',
-                                        by_epoch=False, interval=iters)
+    cfg.default_hooks.checkpoint = dict(
+        type='SafeCheckpointHook', by_epoch=False, interval=iters
+    )
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     cfg.log_processor = dict(by_epoch=False)
     cfg.randomness = dict(seed=0)
 
 
-def _set_data(cfg: Config, train_dataset: dict, val_dataset: dict,
-              batch: int, evaluator: dict) -> None:
+def _set_data(
+    cfg: Config, train_dataset: dict, val_dataset: dict, batch: int, evaluator: dict
+) -> None:
     """Replace the loaders (main-process loading) and evaluators."""
     cfg.train_dataloader = dict(
-        batch_size=batch, num_workers=0, dataset=train_dataset,
-        sampler=dict(type='DefaultSampler', shuffle=True))
+        batch_size=batch,
+        num_workers=0,
+        dataset=train_dataset,
+        sampler=dict(type='DefaultSampler', shuffle=True),
+    )
     cfg.val_dataloader = dict(
-        batch_size=2, num_workers=0, dataset=val_dataset,
-        sampler=dict(type='DefaultSampler', shuffle=False))
+        batch_size=2,
+        num_workers=0,
+        dataset=val_dataset,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+    )
     cfg.test_dataloader = cfg.val_dataloader
     cfg.val_evaluator = evaluator
     cfg.test_evaluator = evaluator
@@ -57,9 +70,15 @@ def _set_num_classes(node, n: int) -> None:
             _set_num_classes(v, n)
 
 
-def small_det_config(data_root: Path, out: Path, iters: int = 2,
-                     base: Path = CASCADE_T, scale=(128, 96),
-                     lr: float | None = None, batch: int = 2) -> Path:
+def small_det_config(
+    data_root: Path,
+    out: Path,
+    iters: int = 2,
+    base: Path = CASCADE_T,
+    scale=(128, 96),
+    lr: float | None = None,
+    batch: int = 2,
+) -> Path:
     cfg = Config.fromfile(str(base))
     cfg.model.backbone.init_cfg = None
     _set_num_classes(cfg.model, len(SHAPES))
@@ -85,43 +104,67 @@ def small_det_config(data_root: Path, out: Path, iters: int = 2,
         dict(type='LoadImageFromFile'),
         dict(type='Resize', scale=scale, keep_ratio=True),
         dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-        dict(type='PackDetInputs', meta_keys=(
-            'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+        dict(
+            type='PackDetInputs',
+            meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
+        ),
     ]
-    def coco(split, pipeline):
-        return dict(type='CocoDataset', data_root=str(data_root),
-                    metainfo=metainfo,
-                    ann_file=f'annotations/instances_{split}.json',
-                    data_prefix=dict(img=f'{split}/'), pipeline=pipeline,
-                    filter_cfg=dict(filter_empty_gt=True, min_size=1)
-                    if split == 'train' else None,
-                    test_mode=split != 'train')
 
-    _set_data(cfg, coco('train', train_pipeline), coco('val', test_pipeline),
-              batch, dict(type='CocoMetric', metric=['bbox', 'segm'],
-                          ann_file=str(data_root /
-                                       'annotations/instances_val.json')))
+    def coco(split, pipeline):
+        return dict(
+            type='CocoDataset',
+            data_root=str(data_root),
+            metainfo=metainfo,
+            ann_file=f'annotations/instances_{split}.json',
+            data_prefix=dict(img=f'{split}/'),
+            pipeline=pipeline,
+            filter_cfg=dict(filter_empty_gt=True, min_size=1)
+            if split == 'train'
+            else None,
+            test_mode=split != 'train',
+        )
+
+    _set_data(
+        cfg,
+        coco('train', train_pipeline),
+        coco('val', test_pipeline),
+        batch,
+        dict(
+            type='CocoMetric',
+            metric=['bbox', 'segm'],
+            ann_file=str(data_root / 'annotations/instances_val.json'),
+        ),
+    )
     _iter_schedule(cfg, iters, lr)
     cfg.dump(str(out))
     return out
 
 
-def small_seg_config(data_root: Path, out: Path, iters: int = 2,
-                     base: Path = UPERNET_T, crop=(64, 64),
-                     lr: float | None = None, batch: int = 2) -> Path:
+def small_seg_config(
+    data_root: Path,
+    out: Path,
+    iters: int = 2,
+    base: Path = UPERNET_T,
+    crop=(64, 64),
+    lr: float | None = None,
+    batch: int = 2,
+) -> Path:
     cfg = Config.fromfile(str(base))
     cfg.model.backbone.init_cfg = None
     _set_num_classes(cfg.model, len(SHAPES))
     cfg.model.data_preprocessor.size = crop
     cfg.crop_size = crop
     scale = (128, 96)
-    metainfo = dict(classes=SHAPES, palette=[[220, 20, 60], [0, 128, 0],
-                                             [0, 0, 230], [250, 170, 30]])
+    metainfo = dict(
+        classes=SHAPES,
+        palette=[[220, 20, 60], [0, 128, 0], [0, 0, 230], [250, 170, 30]],
+    )
     train_pipeline = [
         dict(type='LoadImageFromFile'),
         dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='RandomResize', scale=scale, ratio_range=(0.75, 1.25),
-             keep_ratio=True),
+        dict(
+            type='RandomResize', scale=scale, ratio_range=(0.75, 1.25), keep_ratio=True
+        ),
         dict(type='RandomCrop', crop_size=crop, cat_max_ratio=0.9),
         dict(type='RandomFlip', prob=0.5),
         dict(type='PackSegInputs'),
@@ -132,28 +175,48 @@ def small_seg_config(data_root: Path, out: Path, iters: int = 2,
         dict(type='LoadAnnotations', reduce_zero_label=True),
         dict(type='PackSegInputs'),
     ]
+
     def ade(split, pipeline):
         # ADE20K's layout and label convention (0 = other, ignored), read by
         # the base class because ADE20KDataset fixes its 150 classes
-        return dict(type='BaseSegDataset', data_root=str(data_root),
-                    metainfo=metainfo, img_suffix='.jpg',
-                    seg_map_suffix='.png', reduce_zero_label=True,
-                    data_prefix=dict(img_path=f'images/{split}',
-                                     seg_map_path=f'annotations/{split}'),
-                    pipeline=pipeline)
+        return dict(
+            type='BaseSegDataset',
+            data_root=str(data_root),
+            metainfo=metainfo,
+            img_suffix='.jpg',
+            seg_map_suffix='.png',
+            reduce_zero_label=True,
+            data_prefix=dict(
+                img_path=f'images/{split}', seg_map_path=f'annotations/{split}'
+            ),
+            pipeline=pipeline,
+        )
 
-    _set_data(cfg, ade('training', train_pipeline),
-              ade('validation', test_pipeline), batch,
-              dict(type='IoUMetric', iou_metrics=['mIoU']))
+    _set_data(
+        cfg,
+        ade('training', train_pipeline),
+        ade('validation', test_pipeline),
+        batch,
+        dict(type='IoUMetric', iou_metrics=['mIoU']),
+    )
     cfg.tta_pipeline = [
         dict(type='LoadImageFromFile'),
-        dict(type='TestTimeAug', transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True)
-             for r in (0.75, 1.0, 1.25)],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='LoadAnnotations', reduce_zero_label=True)],
-            [dict(type='PackSegInputs')]])]
+        dict(
+            type='TestTimeAug',
+            transforms=[
+                [
+                    dict(type='Resize', scale_factor=r, keep_ratio=True)
+                    for r in (0.75, 1.0, 1.25)
+                ],
+                [
+                    dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+                    dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+                ],
+                [dict(type='LoadAnnotations', reduce_zero_label=True)],
+                [dict(type='PackSegInputs')],
+            ],
+        ),
+    ]
     _iter_schedule(cfg, iters, lr)
     cfg.dump(str(out))
     return out

@@ -10,6 +10,7 @@ Every key gets its own panel against the training iteration (evaluation
 results at the iteration they followed). Without ``--keys``: ``loss``,
 ``lr`` and every evaluation metric found.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ def parse_args(argv=None):
 def scalar_files(work_dir: Path) -> list[Path]:
     files = sorted(work_dir.glob('*/vis_data/scalars.json'))
     if not files:
-        raise SystemExit(f'{work_dir}: no */vis_data/scalars.json; is it the '
-                         'work dir of a run (tools/train.py --work-dir)?')
+        raise SystemExit(
+            f'{work_dir}: no */vis_data/scalars.json; is it the '
+            'work dir of a run (tools/train.py --work-dir)?'
+        )
     return files
 
 
@@ -51,8 +54,7 @@ def read_curves(files: list[Path]) -> tuple[dict, set]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a run killed mid-line
-                print(f'{path}:{number}: skipped an unreadable line',
-                      file=sys.stderr)
+                print(f'{path}:{number}: skipped an unreadable line', file=sys.stderr)
                 continue
             is_train = any(k in row for k in TRAIN_MARKERS)
             if is_train:
@@ -70,17 +72,21 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     curves, eval_keys = read_curves(scalar_files(Path(args.work_dir)))
     keys = args.keys or [k for k in ('loss', 'lr') if k in curves] + sorted(
-        k for k in eval_keys
-        if not k.endswith(('_50', '_75', '_l', '_m', '_s')))  # headline only
+        k for k in eval_keys if not k.endswith(('_50', '_75', '_l', '_m', '_s'))
+    )  # headline only
     missing = [k for k in keys if k not in curves]
     if missing:
-        raise SystemExit(f'no values for {missing} in {args.work_dir}; '
-                         f'logged keys: {sorted(curves)}')
+        raise SystemExit(
+            f'no values for {missing} in {args.work_dir}; logged keys: {sorted(curves)}'
+        )
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)),
-                             squeeze=False, sharex=True)
+
+    fig, axes = plt.subplots(
+        len(keys), 1, figsize=(7, 2.4 * len(keys)), squeeze=False, sharex=True
+    )
     for ax, key in zip(axes[:, 0], keys):
         points = sorted(curves[key].items())
         xs, ys = zip(*points)
@@ -88,8 +94,10 @@ def main(argv=None) -> None:
         ax.plot(xs, ys, style, markersize=4)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        print(f'{key}: {len(points)} points, {ys[0]:.4g} at iteration '
-              f'{xs[0]} -> {ys[-1]:.4g} at iteration {xs[-1]}')
+        print(
+            f'{key}: {len(points)} points, {ys[0]:.4g} at iteration '
+            f'{xs[0]} -> {ys[-1]:.4g} at iteration {xs[-1]}'
+        )
     axes[-1, 0].set_xlabel('iteration')
     fig.suptitle(Path(args.work_dir).name)
     fig.tight_layout()

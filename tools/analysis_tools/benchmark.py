@@ -13,18 +13,22 @@ figure counts live memory as the CUDA one does; ``--memory rss`` keeps the
 default allocator, whose retained free memory moves the figure by tens of
 MiB between identical runs.
 
-    python tools/analysis_tools/benchmark.py                      # NomMer-T vs Swin-T, 224
-    python tools/analysis_tools/benchmark.py --batch 32 --mode train
-    python tools/analysis_tools/benchmark.py --mode train --saved   # + MiB kept for backward
-    python tools/analysis_tools/benchmark.py --mode infer --profile 8  # + top ops per model
-    python tools/analysis_tools/benchmark.py --onednn-linear-all   # Swin-T's linears via oneDNN too
-    python tools/analysis_tools/benchmark.py --backbone-only --shape 800 1333 --batch 2
-    python tools/analysis_tools/benchmark.py --models configs/cls/nommer-small_8xb128_in1k.py \\
-        "dict(type='NomMer', arch='tiny', contexts=('window',))" --device cuda --dtype bf16
+    B=tools/analysis_tools/benchmark.py
+    python $B                                     # NomMer-T vs Swin-T, 224
+    python $B --batch 32 --mode train
+    python $B --mode train --saved                # + MiB kept for backward
+    python $B --mode infer --profile 8            # + top ops per model
+    python $B --fast-vs-plain                     # what the fast paths buy
+    python $B --onednn-linear-all                 # Swin-T's linears via oneDNN
+    python $B --backbone-only --shape 800 1333 --batch 2
+    python $B --models configs/cls/nommer-small_8xb128_in1k.py \\
+        "dict(type='NomMer', arch='tiny', contexts=('window',))" \\
+        --device cuda --dtype bf16
 
 A model is a config path (its ``model``), a ``dict(...)`` backbone, or
 ``mmpretrain::path.py`` for an upstream config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +49,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from nommer_mm.models.fast import fast_paths  # noqa: E402
 
-DEFAULT_MODELS = ['configs/cls/nommer-tiny_8xb128_in1k.py',
-                  'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py']
+DEFAULT_MODELS = [
+    'configs/cls/nommer-tiny_8xb128_in1k.py',
+    'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py',
+]
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
@@ -76,6 +82,7 @@ def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
     import nommer_mm  # noqa: F401
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
+
     if spec.startswith('dict('):
         init_default_scope('mmpretrain')
         # a dict(...) expression of literals, evaluated with nothing else
@@ -83,6 +90,7 @@ def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
         return Backbone(MODELS.build(cfg)), spec
     if '::' in spec:  # an upstream config: pkg::path inside its .mim/configs
         from mmengine.utils import get_installed_path
+
         package, rel = spec.split('::')
         path = str(Path(get_installed_path(package)) / '.mim/configs' / rel)
     else:
@@ -115,15 +123,16 @@ class Runner:
         self.module.to(self.device)
         self.dtype = DTYPES[args.dtype]
         self.mode = args.mode
-        fmt = torch.channels_last if args.channels_last else \
-            torch.contiguous_format
-        self.x = torch.randn(args.batch, 3, *args.shape,
-                             device=self.device).to(memory_format=fmt)
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.x = torch.randn(args.batch, 3, *args.shape, device=self.device).to(
+            memory_format=fmt
+        )
         if args.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.onednn_changed = 0
         if args.onednn_linear_all:
             from nommer_mm.models.fast import use_onednn_linear
+
             self.onednn_changed = use_onednn_linear(self.module)
         self.fn = torch.compile(self.module) if args.compile else self.module
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4)
@@ -133,8 +142,9 @@ class Runner:
             self._step()
 
     def _step(self) -> None:
-        ctx = torch.autocast(self.device.type, dtype=self.dtype,
-                             enabled=self.dtype is not None)
+        ctx = torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype is not None
+        )
         if self.mode == 'infer':
             self.module.eval()
             with torch.no_grad(), ctx:
@@ -154,13 +164,17 @@ def profile_step(runner: Runner, rows: int) -> str:
     """torch.profiler table of one step: the ``rows`` ops with the most
     self time, with their share of the step."""
     from torch.profiler import ProfilerActivity, profile
+
     activities = [ProfilerActivity.CPU]
     if runner.device.type == 'cuda':
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
         runner.step()
-    key = ('self_cuda_time_total' if runner.device.type == 'cuda' else
-           'self_cpu_time_total')
+    key = (
+        'self_cuda_time_total'
+        if runner.device.type == 'cuda'
+        else 'self_cpu_time_total'
+    )
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
@@ -184,28 +198,47 @@ LIVE_MMAP_THRESHOLD = 64 * 1024
 
 def live_memory(args) -> bool:
     """Whether CPU peak memory is measured as live memory (see --memory)."""
-    return args.device == 'cpu' and args.memory == 'live' and \
-        platform.libc_ver()[0] == 'glibc'
+    return (
+        args.device == 'cpu'
+        and args.memory == 'live'
+        and platform.libc_ver()[0] == 'glibc'
+    )
 
 
 def memory_note(args) -> str:
     if args.device != 'cpu':
         return 'peak MiB: torch.cuda.max_memory_allocated over the step'
     if live_memory(args):
-        return ('peak MiB: live memory (peak resident set with glibc '
-                f'mapping every allocation >= {LIVE_MMAP_THRESHOLD // 1024} '
-                'KiB, so that freed tensors leave it at once; like CUDA\'s '
-                'max allocated)')
-    return ('peak MiB: peak resident set with the default allocator '
-            '(includes memory freed but kept by the allocator)')
+        return (
+            'peak MiB: live memory (peak resident set with glibc '
+            f'mapping every allocation >= {LIVE_MMAP_THRESHOLD // 1024} '
+            "KiB, so that freed tensors leave it at once; like CUDA's "
+            'max allocated)'
+        )
+    return (
+        'peak MiB: peak resident set with the default allocator '
+        '(includes memory freed but kept by the allocator)'
+    )
 
 
 def peak_memory(spec: str, args, fast: bool = True) -> float:
     """MiB of peak memory of one step, measured in a fresh process."""
-    cmd = [sys.executable, __file__, '--_memory-of', spec,
-           '--mode', args.mode, '--batch', str(args.batch), '--shape',
-           *map(str, args.shape), '--dtype', args.dtype,
-           '--device', args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        '--_memory-of',
+        spec,
+        '--mode',
+        args.mode,
+        '--batch',
+        str(args.batch),
+        '--shape',
+        *map(str, args.shape),
+        '--dtype',
+        args.dtype,
+        '--device',
+        args.device,
+    ]
     if args.backbone_only:
         cmd.append('--backbone-only')
     if args.channels_last:
@@ -264,6 +297,7 @@ def _memory_probe(args) -> None:
         peak = _peak_rss() - base
     else:  # no clear_refs: sample the resident set (may miss brief peaks)
         import threading
+
         base = _rss_now()
         samples = [base]
         done = threading.Event()
@@ -286,113 +320,158 @@ def _memory_probe(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS)
-    parser.add_argument('--mode', choices=['infer', 'train', 'both'],
-                        default='both')
+    parser.add_argument('--mode', choices=['infer', 'train', 'both'], default='both')
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--shape', type=int, nargs=2, default=[224, 224])
     parser.add_argument('--dtype', choices=list(DTYPES), default='fp32')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', action='store_true')
     parser.add_argument(
-        '--onednn-linear-all', action='store_true',
-        help='turn the plain nn.Linear layers of every model (e.g. Swin-T\'s) '
-        'into nommer_mm\'s oneDNN Linear (nommer_mm.models.layers.onednn.'
-        'use_onednn_linear), which NomMer\'s own layers use already: shows '
-        'how much of a CPU ratio comes from that kernel')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
-                        else 'cpu')
+        '--onednn-linear-all',
+        action='store_true',
+        help="turn the plain nn.Linear layers of every model (e.g. Swin-T's) "
+        "into nommer_mm's oneDNN Linear (nommer_mm.models.layers.onednn."
+        "use_onednn_linear), which NomMer's own layers use already: shows "
+        'how much of a CPU ratio comes from that kernel',
+    )
+    parser.add_argument(
+        '--device', default='cuda' if torch.cuda.is_available() else 'cpu'
+    )
     parser.add_argument('--backbone-only', action='store_true')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--reps', type=int, default=10)
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument(
-        '--memory', choices=['live', 'rss'], default='live',
+        '--memory',
+        choices=['live', 'rss'],
+        default='live',
         help='CPU peak memory: "live" (default) counts memory in use, as '
-        'CUDA\'s max allocated does, by making glibc return every freed '
+        "CUDA's max allocated does, by making glibc return every freed "
         'allocation >= 64 KiB at once; "rss" is the resident set under the '
         'default allocator, which adds memory the allocator keeps and varies '
-        'by tens of MiB between identical runs')
-    parser.add_argument('--saved', action='store_true',
-                        help='training: also print the MiB of tensors kept '
-                        'for backward by one forward (nommer_mm.analysis.'
-                        'saved_for_backward_bytes)')
-    parser.add_argument('--profile', type=int, default=0, metavar='N',
-                        help='after timing, profile one step of each model '
-                        'and print its N ops with the most self time')
-    parser.add_argument('--no-fast', action='store_true',
-                        help='run every model with nommer_mm.fast_paths off')
-    parser.add_argument('--fast-vs-plain', action='store_true',
-                        help='run every model twice, fast paths on and off, '
-                        'side by side')
+        'by tens of MiB between identical runs',
+    )
+    parser.add_argument(
+        '--saved',
+        action='store_true',
+        help='training: also print the MiB of tensors kept '
+        'for backward by one forward (nommer_mm.analysis.'
+        'saved_for_backward_bytes)',
+    )
+    parser.add_argument(
+        '--profile',
+        type=int,
+        default=0,
+        metavar='N',
+        help='after timing, profile one step of each model '
+        'and print its N ops with the most self time',
+    )
+    parser.add_argument(
+        '--no-fast',
+        action='store_true',
+        help='run every model with nommer_mm.fast_paths off',
+    )
+    parser.add_argument(
+        '--fast-vs-plain',
+        action='store_true',
+        help='run every model twice, fast paths on and off, side by side',
+    )
     parser.add_argument('--json', help='write the results here too')
-    parser.add_argument('--_memory-of', dest='_memory_of',
-                        help=argparse.SUPPRESS)
+    parser.add_argument('--_memory-of', dest='_memory_of', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._memory_of:
         return _memory_probe(args)
 
     modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
-    device_name = (torch.cuda.get_device_name() if args.device == 'cuda'
-                   else f'CPU, {torch.get_num_threads()} threads')
-    options = ''.join(text for on, text in [
-        (args.channels_last, ', channels_last'),
-        (args.compile, ', torch.compile'),
-        (args.onednn_linear_all, ', every nn.Linear through oneDNN')] if on)
-    print(f'device: {device_name}; batch {args.batch}, input '
-          f'{args.shape[0]}x{args.shape[1]}, {args.dtype}{options}; '
-          f'{args.reps} alternating repetitions after {args.warmup} warm-up')
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device == 'cuda'
+        else f'CPU, {torch.get_num_threads()} threads'
+    )
+    options = ''.join(
+        text
+        for on, text in [
+            (args.channels_last, ', channels_last'),
+            (args.compile, ', torch.compile'),
+            (args.onednn_linear_all, ', every nn.Linear through oneDNN'),
+        ]
+        if on
+    )
+    print(
+        f'device: {device_name}; batch {args.batch}, input '
+        f'{args.shape[0]}x{args.shape[1]}, {args.dtype}{options}; '
+        f'{args.reps} alternating repetitions after {args.warmup} warm-up'
+    )
     results = []
     for mode in modes:
         args.mode = mode
         variants = [True, False] if args.fast_vs_plain else [not args.no_fast]
-        runners = [Runner(spec, args, fast) for spec in args.models
-                   for fast in variants]
+        runners = [
+            Runner(spec, args, fast) for spec in args.models for fast in variants
+        ]
         if args.onednn_linear_all:
-            print('  nn.Linear layers turned into oneDNN Linear: ' + ', '.join(
-                f'{r.name} {r.onednn_changed}' for r in runners))
+            print(
+                '  nn.Linear layers turned into oneDNN Linear: '
+                + ', '.join(f'{r.name} {r.onednn_changed}' for r in runners)
+            )
         times = time_alternately(runners, args.warmup, args.reps)
         ips = [args.batch / statistics.median(t) for t in times]
-        mems = [None if args.no_memory else peak_memory(r.spec, args, r.fast)
-                for r in runners]
-        label = 'inference' if mode == 'infer' else \
-            'training step (fwd + bwd + AdamW)'
+        mems = [
+            None if args.no_memory else peak_memory(r.spec, args, r.fast)
+            for r in runners
+        ]
+        label = 'inference' if mode == 'infer' else 'training step (fwd + bwd + AdamW)'
         print(f'\n{label}')
         if not args.no_memory:
             print(f'  ({memory_note(args)})')
-        print(f'  {"model":55s} {"img/s":>8s} {"median ms":>10s} '
-              f'{"min-max ms":>15s} {"vs 1st":>7s} {"peak MiB":>9s}')
+        print(
+            f'  {"model":55s} {"img/s":>8s} {"median ms":>10s} '
+            f'{"min-max ms":>15s} {"vs 1st":>7s} {"peak MiB":>9s}'
+        )
         for r, t, v, mem in zip(runners, times, ips, mems):
             med = statistics.median(t)
-            results.append(dict(
-                mode=mode, model=r.name, images_per_s=v, median_ms=med * 1e3,
-                min_ms=min(t) * 1e3, max_ms=max(t) * 1e3,
-                throughput_vs_first=v / ips[0], peak_mib=mem))
-            print(f'  {r.name[-55:]:55s} {v:8.1f} {med * 1e3:10.1f} '
-                  f'{min(t) * 1e3:7.1f}-{max(t) * 1e3:<7.1f} '
-                  f'{v / ips[0]:7.2f} {"" if mem is None else f"{mem:9.0f}"}')
+            results.append(
+                dict(
+                    mode=mode,
+                    model=r.name,
+                    images_per_s=v,
+                    median_ms=med * 1e3,
+                    min_ms=min(t) * 1e3,
+                    max_ms=max(t) * 1e3,
+                    throughput_vs_first=v / ips[0],
+                    peak_mib=mem,
+                )
+            )
+            print(
+                f'  {r.name[-55:]:55s} {v:8.1f} {med * 1e3:10.1f} '
+                f'{min(t) * 1e3:7.1f}-{max(t) * 1e3:<7.1f} '
+                f'{v / ips[0]:7.2f} {"" if mem is None else f"{mem:9.0f}"}'
+            )
         if args.profile:
             for r in runners:
                 print(f'\n  profile of one step: {r.name}')
                 print(profile_step(r, args.profile))
         if mode == 'train' and args.saved:
             from nommer_mm.analysis import saved_for_backward_bytes
+
             saved = []
             for r in runners:
                 with fast_paths(r.fast):
-                    saved.append(saved_for_backward_bytes(
-                        r.module.train(), r.x) / 2**20)
+                    saved.append(
+                        saved_for_backward_bytes(r.module.train(), r.x) / 2**20
+                    )
             for r, mib in zip(runners, saved):
-                ratio = '' if r is runners[0] else \
-                    f'  ({mib / saved[0]:.2f}x of 1st)'
-                print(f'  saved for backward: {r.name[-40:]:40s} '
-                      f'{mib:9.1f} MiB{ratio}')
-                results.append(dict(mode='saved', model=r.name,
-                                    saved_mib=mib))
+                ratio = '' if r is runners[0] else f'  ({mib / saved[0]:.2f}x of 1st)'
+                print(f'  saved for backward: {r.name[-40:]:40s} {mib:9.1f} MiB{ratio}')
+                results.append(dict(mode='saved', model=r.name, saved_mib=mib))
         for r, v, mem in zip(runners[1:], ips[1:], mems[1:]):
-            line = (f'  => {runners[0].name}: {ips[0] / v:.2f}x the '
-                    f'throughput of {r.name}')
+            line = (
+                f'  => {runners[0].name}: {ips[0] / v:.2f}x the throughput of {r.name}'
+            )
             if mem is not None and mems[0] is not None:
                 line += f', {mems[0] / mem:.2f}x its peak memory'
             print(line)

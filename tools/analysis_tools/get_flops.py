@@ -17,6 +17,7 @@ stage on 1000 proposals, every mask head stage on the first 100. Other
 detectors run their tensor forward; segmentors run backbone + decode head
 (as mmseg's tool does).
 """
+
 import argparse
 import json
 import sys
@@ -27,8 +28,11 @@ import torch.nn as nn
 from mmengine.config import DictAction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nommer_mm.analysis import (count_flops, count_flops_module_hooks,  # noqa
-                                count_params)
+from nommer_mm.analysis import (
+    count_flops,
+    count_flops_module_hooks,  # noqa
+    count_params,
+)
 from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
 
 
@@ -46,15 +50,23 @@ class TensorForward(nn.Module):
             return self._roi_detector_dummy(inputs)
         if self.scope == 'mmdet':
             from mmdet.structures import DetDataSample
+
             H, W = self.shape
-            sample = DetDataSample(metainfo=dict(
-                img_shape=(H, W), ori_shape=(H, W), pad_shape=(H, W),
-                batch_input_shape=(H, W), scale_factor=(1.0, 1.0)))
+            sample = DetDataSample(
+                metainfo=dict(
+                    img_shape=(H, W),
+                    ori_shape=(H, W),
+                    pad_shape=(H, W),
+                    batch_input_shape=(H, W),
+                    scale_factor=(1.0, 1.0),
+                )
+            )
             return self.model(inputs, [sample], mode='tensor')
         return self.model(inputs, None, mode='tensor')
 
     def _roi_detector_dummy(self, inputs: torch.Tensor):
         from mmdet.structures.bbox import bbox2roi
+
         model = self.model
         x = model.extract_feat(inputs)
         outs = [model.rpn_head(x)]
@@ -80,33 +92,42 @@ def measure(config: str, shape, cfg_options=None) -> dict:
     cfg = load_config(config, cfg_options)
     scope = setup_codebase(cfg)
     from mmengine.registry import MODELS
+
     model = MODELS.build(cfg.model)
     model.eval()
     wrapped = TensorForward(model, scope, shape)
     inputs = torch.randn(1, 3, *shape)
     return dict(
-        config=config, scope=scope, shape=list(shape),
+        config=config,
+        scope=scope,
+        shape=list(shape),
         params=count_params(model),
         backbone_params=count_params(model.backbone)
-        if hasattr(model, 'backbone') else None,
+        if hasattr(model, 'backbone')
+        else None,
         flops_traced=count_flops(wrapped, inputs),
-        flops_module_hooks=count_flops_module_hooks(wrapped, inputs))
+        flops_module_hooks=count_flops_module_hooks(wrapped, inputs),
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
-    parser.add_argument('--shape', type=int, nargs='+', default=None,
-                        help='input H W (or one side); default 224x224 for '
-                        'classification, 1280x800 (W x H) for detection, '
-                        '2048x512 for segmentation')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs='+',
+        default=None,
+        help='input H W (or one side); default 224x224 for '
+        'classification, 1280x800 (W x H) for detection, '
+        '2048x512 for segmentation',
+    )
     parser.add_argument('--json', help='also write the figures here')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args()
     if args.shape is None:
         scope = load_config(args.config).get('default_scope')
-        shape = {'mmdet': (800, 1280), 'mmseg': (512, 2048)}.get(
-            scope, (224, 224))
+        shape = {'mmdet': (800, 1280), 'mmseg': (512, 2048)}.get(scope, (224, 224))
     else:
         shape = tuple(args.shape) * (2 if len(args.shape) == 1 else 1)
     r = measure(args.config, shape, args.cfg_options)
@@ -115,10 +136,14 @@ def main():
     print(f'params (trainable): {r["params"] / 1e6:.2f} M')
     if r['backbone_params'] is not None:
         print(f'  of which backbone: {r["backbone_params"] / 1e6:.2f} M')
-    print(f'FLOPs (a) traced, all multiply-adds incl. attention matmuls: '
-          f'{r["flops_traced"] / 1e9:.2f} G')
-    print(f'FLOPs (b) module hooks, conv/linear/norm/act/pool only: '
-          f'{r["flops_module_hooks"] / 1e9:.2f} G')
+    print(
+        f'FLOPs (a) traced, all multiply-adds incl. attention matmuls: '
+        f'{r["flops_traced"] / 1e9:.2f} G'
+    )
+    print(
+        f'FLOPs (b) module hooks, conv/linear/norm/act/pool only: '
+        f'{r["flops_module_hooks"] / 1e9:.2f} G'
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
 

@@ -17,6 +17,7 @@ max(1, its largest magnitude), a nomination differs, or the graph does not
 run at a checked shape.
 Detectors and segmentors as a whole are not exported (see README).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nommer_mm.checkpoint_safety import \
-    mmengine_loads_through_plugin  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
 from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
 
 
@@ -39,9 +39,13 @@ def parse_args(argv=None):
     parser.add_argument('config')
     parser.add_argument('checkpoint', nargs='?', default=None)
     parser.add_argument('--out', required=True, help='the .onnx file')
-    parser.add_argument('--shape', type=int, nargs='+', default=None,
-                        help='input H W (or one side); default 224, or the '
-                        "backbone's img_size")
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs='+',
+        default=None,
+        help="input H W (or one side); default 224, or the backbone's img_size",
+    )
     parser.add_argument('--dynamic-shape', action='store_true')
     parser.add_argument('--backbone-only', action='store_true')
     parser.add_argument('--verify', action='store_true')
@@ -54,8 +58,9 @@ class Exported(nn.Module):
     """What goes into the graph: logits, or the backbone's maps; with
     ``nominations`` also NomMer's nomination maps after them."""
 
-    def __init__(self, model: nn.Module, backbone_only: bool,
-                 nominations: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, backbone_only: bool, nominations: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.backbone_only = backbone_only
@@ -81,24 +86,36 @@ def build(args):
         raise SystemExit(
             f'{args.config} is a {scope} config: whole detectors and '
             'segmentors are not exported by this tool (see README, "Export '
-            'to ONNX"); use --backbone-only for the feature maps')
+            'to ONNX"); use --backbone-only for the feature maps'
+        )
     from mmengine.registry import MODELS
+
     backbone = cfg.model.get('backbone', {})
     backbone.pop('init_cfg', None)
     model = MODELS.build(cfg.model)
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
+
         with mmengine_loads_through_plugin():
-            load_checkpoint(model, args.checkpoint, map_location='cpu',
-                            strict=not args.backbone_only)
+            load_checkpoint(
+                model,
+                args.checkpoint,
+                map_location='cpu',
+                strict=not args.backbone_only,
+            )
     else:
-        print('no checkpoint: exporting the initial (random) weights',
-              file=sys.stderr)
+        print('no checkpoint: exporting the initial (random) weights', file=sys.stderr)
     return model.eval(), backbone
 
 
-def export(module: nn.Module, x: torch.Tensor, path: str, names: list,
-           dynamic: bool, opset: int) -> None:
+def export(
+    module: nn.Module,
+    x: torch.Tensor,
+    path: str,
+    names: list,
+    dynamic: bool,
+    opset: int,
+) -> None:
     axes = None
     if dynamic:
         axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
@@ -106,9 +123,16 @@ def export(module: nn.Module, x: torch.Tensor, path: str, names: list,
     # Traced with autograd on: the models then take their plain paths
     # (inference-only in-place writes do not trace into ONNX correctly).
     with torch.enable_grad():
-        torch.onnx.export(module, (x, ), path, input_names=['input'],
-                          output_names=names, dynamic_axes=axes,
-                          opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            module,
+            (x,),
+            path,
+            input_names=['input'],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def output_names(module: nn.Module, x: torch.Tensor, prefix: list) -> list:
@@ -119,10 +143,10 @@ def output_names(module: nn.Module, x: torch.Tensor, prefix: list) -> list:
     return names
 
 
-def compare(module: nn.Module, path: str, x: torch.Tensor,
-            names: list) -> dict:
+def compare(module: nn.Module, path: str, x: torch.Tensor, names: list) -> dict:
     """Largest |ONNX - PyTorch| per float output; equality of int ones."""
     import onnxruntime as ort
+
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     got = session.run(None, {'input': x.numpy()})
     with torch.no_grad():
@@ -152,35 +176,42 @@ def main(argv=None) -> None:
     names = output_names(module, x, [] if args.backbone_only else ['logits'])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     export(module, x, args.out, names, args.dynamic_shape, args.opset)
-    print(f'wrote {args.out} (input {tuple(x.shape)}, outputs {names}'
-          + (', dynamic batch/height/width' if args.dynamic_shape else '')
-          + ')')
+    print(
+        f'wrote {args.out} (input {tuple(x.shape)}, outputs {names}'
+        + (', dynamic batch/height/width' if args.dynamic_shape else '')
+        + ')'
+    )
     if not args.verify:
         return
     checks = [x]
     if args.dynamic_shape:  # another batch; then another size too
-        checks += [torch.randn(2, 3, *shape),
-                   torch.randn(2, 3, shape[0] + 32, shape[1] - 32)]
+        checks += [
+            torch.randn(2, 3, *shape),
+            torch.randn(2, 3, shape[0] + 32, shape[1] - 32),
+        ]
     nominate = type(model.backbone).__name__ == 'NomMer' and bool(
-        model.backbone.nomination_maps())
+        model.backbone.nomination_maps()
+    )
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         path, verify_names = args.out, names
         if nominate:  # a copy with the nomination maps as outputs
             module = Exported(model, args.backbone_only, nominations=True)
             verify_names = names + [
-                f'nomination:{k}' for k in model.backbone.nomination_maps()]
+                f'nomination:{k}' for k in model.backbone.nomination_maps()
+            ]
             path = os.path.join(tmp, 'with_nominations.onnx')
-            export(module, x, path, verify_names, args.dynamic_shape,
-                   args.opset)
+            export(module, x, path, verify_names, args.dynamic_shape, args.opset)
         for inputs in checks:
             try:
                 found = compare(module, path, inputs, verify_names)
             except Exception as err:  # onnxruntime refuses the input
                 ok = False
-                print(f'verify {tuple(inputs.shape)}: the exported graph does '
-                      f'not run at this shape: {str(err).splitlines()[0]}'
-                      '  FAIL')
+                print(
+                    f'verify {tuple(inputs.shape)}: the exported graph does '
+                    f'not run at this shape: {str(err).splitlines()[0]}'
+                    '  FAIL'
+                )
                 continue
             for name, value in found.items():
                 if isinstance(value, str):
@@ -192,11 +223,15 @@ def main(argv=None) -> None:
                 else:  # fp32 rounding grows with the output's size
                     diff, scale = value
                     good = diff <= args.atol * max(1.0, scale)
-                    text = (f'max |onnx - torch| = {diff:.3g} (largest '
-                            f'|output| {scale:.3g})')
+                    text = (
+                        f'max |onnx - torch| = {diff:.3g} (largest '
+                        f'|output| {scale:.3g})'
+                    )
                 ok &= good
-                print(f'verify {tuple(inputs.shape)} {name}: {text}'
-                      f'{"" if good else "  FAIL"}')
+                print(
+                    f'verify {tuple(inputs.shape)} {name}: {text}'
+                    f'{"" if good else "  FAIL"}'
+                )
     print('verify: OK' if ok else 'verify: FAILED')
     if not ok:
         sys.exit(1)

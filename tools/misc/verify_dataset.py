@@ -10,6 +10,7 @@ Lists missing, zero-byte, unreadable or truncated images and label maps,
 label maps whose size differs from their image, and boxes that lie outside
 their image, one line each naming the file; exits 1 when anything is wrong.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,11 @@ from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
-    parser.add_argument('--splits', nargs='+',
-                        default=['train', 'val', 'test'])
-    parser.add_argument('--workers', type=int,
-                        default=min(8, os.cpu_count() or 1))
+    parser.add_argument('--splits', nargs='+', default=['train', 'val', 'test'])
+    parser.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args(argv)
 
@@ -41,6 +41,7 @@ def _image_problem(path: str) -> tuple[str | None, tuple | None]:
     if osp.getsize(path) == 0:
         return 'zero bytes', None
     from PIL import Image
+
     try:
         with Image.open(path) as img:
             img.load()  # decodes every pixel: a truncated file raises here
@@ -62,15 +63,19 @@ def check_item(item: dict) -> list[str]:
         if seg_problem:
             problems.append(f'{item["seg"]}: label map {seg_problem}')
         elif size and seg_size != size:
-            problems.append(f'{item["seg"]}: label map {seg_size[0]}x'
-                            f'{seg_size[1]}, image {size[0]}x{size[1]}')
+            problems.append(
+                f'{item["seg"]}: label map {seg_size[0]}x'
+                f'{seg_size[1]}, image {size[0]}x{size[1]}'
+            )
     if size:
         W, H = size
         for box in item.get('boxes', []):
             x1, y1, x2, y2 = box
             if x1 < 0 or y1 < 0 or x2 > W or y2 > H or x2 <= x1 or y2 <= y1:
-                problems.append(f'{item["img"]}: box {list(box)} lies outside '
-                                f'the {W}x{H} image or is empty')
+                problems.append(
+                    f'{item["img"]}: box {list(box)} lies outside '
+                    f'the {W}x{H} image or is empty'
+                )
     return problems
 
 
@@ -83,9 +88,14 @@ def collect(dataset) -> list[dict]:
         if path is None or path in items:
             continue
         items[path] = dict(
-            img=path, seg=info.get('seg_map_path'),
-            boxes=[tuple(float(v) for v in inst['bbox'])
-                   for inst in info.get('instances', []) if 'bbox' in inst])
+            img=path,
+            seg=info.get('seg_map_path'),
+            boxes=[
+                tuple(float(v) for v in inst['bbox'])
+                for inst in info.get('instances', [])
+                if 'bbox' in inst
+            ],
+        )
     return list(items.values())
 
 
@@ -95,6 +105,7 @@ def build_dataset(cfg, split: str):
     import copy
 
     from mmengine.registry import DATASETS
+
     loader = cfg.get(f'{split}_dataloader')
     if not loader:
         return None
@@ -109,6 +120,7 @@ def build_dataset(cfg, split: str):
         elif isinstance(node, list):
             for value in node:
                 strip(value)
+
     strip(dataset_cfg)
     return DATASETS.build(dataset_cfg)
 
@@ -118,25 +130,25 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.cfg_options)
     setup_codebase(cfg)
     from mmengine.utils import track_parallel_progress, track_progress
+
     bad = 0
     seen = set()
     for split in args.splits:
         try:
             dataset = build_dataset(cfg, split)
         except Exception as err:  # e.g. a missing or broken annotation file
-            print(f'[{split}] cannot read the dataset: {type(err).__name__}: '
-                  f'{err}')
+            print(f'[{split}] cannot read the dataset: {type(err).__name__}: {err}')
             bad += 1
             continue
         if dataset is None:
             continue
         items = [it for it in collect(dataset) if it['img'] not in seen]
         seen.update(it['img'] for it in items)
-        print(f'[{split}] checking {len(items)} images with '
-              f'{args.workers} workers')
+        print(f'[{split}] checking {len(items)} images with {args.workers} workers')
         if args.workers > 1 and len(items) > 1:
-            results = track_parallel_progress(check_item, items,
-                                              args.workers, chunksize=16)
+            results = track_parallel_progress(
+                check_item, items, args.workers, chunksize=16
+            )
         else:
             results = track_progress(check_item, items)
         problems = [p for result in results for p in result]

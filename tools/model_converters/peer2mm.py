@@ -12,6 +12,7 @@ average pooling, ``LinearClsHead``). With it, DST holds only the backbone,
 for ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` in detection and
 segmentation configs. The backbone settings found are printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,14 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nommer_mm.checkpoint_safety import (UnsafeCheckpointError,  # noqa: E402
-                                         load_checkpoint_file)
+from nommer_mm.checkpoint_safety import (
+    UnsafeCheckpointError,  # noqa: E402
+    load_checkpoint_file,
+)
 from nommer_mm.converters import ConversionError, save_converted  # noqa: E402
 from nommer_mm.converters.peers import CONVERTERS  # noqa: E402
 
-BACKBONE_TYPES = {'gcvit': 'GCViT', 'visformer': 'Visformer',
-                  'cotnet': 'CoTNet'}
+BACKBONE_TYPES = {'gcvit': 'GCViT', 'visformer': 'Visformer', 'cotnet': 'CoTNet'}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,13 +36,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('model', choices=sorted(CONVERTERS))
     parser.add_argument('src', help='source checkpoint (.pth / .pth.tar)')
     parser.add_argument('dst', help='where to write the converted checkpoint')
-    parser.add_argument('--layout', default='auto',
-                        help='source key layout (default: detect)')
+    parser.add_argument(
+        '--layout', default='auto', help='source key layout (default: detect)'
+    )
     parser.add_argument('--backbone-only', action='store_true')
-    parser.add_argument('--ema', action='store_true',
-                        help='convert `state_dict_ema` instead of the model')
-    parser.add_argument('--num-heads', type=int, default=None,
-                        help='Visformer heads, for non-zoo checkpoints')
+    parser.add_argument(
+        '--ema',
+        action='store_true',
+        help='convert `state_dict_ema` instead of the model',
+    )
+    parser.add_argument(
+        '--num-heads',
+        type=int,
+        default=None,
+        help='Visformer heads, for non-zoo checkpoints',
+    )
     args = parser.parse_args(argv)
 
     # A checkpoint from the internet must not run code here: tensors and
@@ -49,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = load_checkpoint_file(args.src, map_location='cpu')
     except UnsafeCheckpointError as err:
         sys.exit(f'error: {err}')
-    kwargs = dict(layout=args.layout, backbone_only=args.backbone_only,
-                  use_ema=args.ema)
+    kwargs = dict(
+        layout=args.layout, backbone_only=args.backbone_only, use_ema=args.ema
+    )
     if args.model == 'visformer':
         kwargs['num_heads'] = args.num_heads
     try:
@@ -59,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f'error: {err}')
     backbone = dict(type=BACKBONE_TYPES[args.model], **info)
     if not args.backbone_only:
-        backbone['out_indices'] = (3, )
-    meta = dict(source=str(args.src), converter=f'peer2mm {args.model}',
-                backbone=backbone)
+        backbone['out_indices'] = (3,)
+    meta = dict(
+        source=str(args.src), converter=f'peer2mm {args.model}', backbone=backbone
+    )
     save_converted(state_dict, meta, args.dst)
 
 

@@ -1,8 +1,16 @@
 # Paper Table 4 ablation, NomMer-T: + conv context, summed.
 # Paper (top-1 / box AP / mask AP / mIoU): 81.7 / 50.6 / 43.8 / 44.8; the full model
-# (Gumbel nominator over all three contexts) is cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py.
+# (Gumbel nominator over all three contexts) is
+# cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py.
 _base_ = '../cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
-model = dict(backbone=dict(
-    init_cfg=dict(type='Pretrained', prefix='backbone.',
-                  checkpoint='checkpoints/nommer-tiny-wc-sum_in1k-224.pth'),
-    contexts=('conv', 'window'), fusion='sum'))
+model = dict(
+    backbone=dict(
+        init_cfg=dict(
+            type='Pretrained',
+            prefix='backbone.',
+            checkpoint='checkpoints/nommer-tiny-wc-sum_in1k-224.pth',
+        ),
+        contexts=('conv', 'window'),
+        fusion='sum',
+    )
+)

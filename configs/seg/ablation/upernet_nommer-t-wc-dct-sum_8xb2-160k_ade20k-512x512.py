@@ -1,8 +1,16 @@
 # Paper Table 4 ablation, NomMer-T: + conv + DCT global context, summed.
 # Paper (top-1 / box AP / mask AP / mIoU): 82.2 / 51.2 / 44.3 / 45.4; the full model
-# (Gumbel nominator over all three contexts) is upernet_nommer-t_8xb2-160k_ade20k-512x512.py.
+# (Gumbel nominator over all three contexts) is
+# upernet_nommer-t_8xb2-160k_ade20k-512x512.py.
 _base_ = '../upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
-model = dict(backbone=dict(
-    init_cfg=dict(type='Pretrained', prefix='backbone.',
-                  checkpoint='checkpoints/nommer-tiny-wc-dct-sum_in1k-224.pth'),
-    global_type='dct', fusion='sum'))
+model = dict(
+    backbone=dict(
+        init_cfg=dict(
+            type='Pretrained',
+            prefix='backbone.',
+            checkpoint='checkpoints/nommer-tiny-wc-dct-sum_in1k-224.pth',
+        ),
+        global_type='dct',
+        fusion='sum',
+    )
+)

@@ -2,6 +2,7 @@
 ``arch_zoo``, ``out_indices`` against the number of stages, the
 ``StagedBackbone`` base (``frozen_stages`` / ``norm_eval`` in ``train()``),
 activation checkpointing, default init, and resizing position embeddings."""
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,13 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def parse_arch(model: str, zoo: dict, keys: Sequence[str], arch: str | dict,
-               lengths: dict | None = None) -> dict:
+def parse_arch(
+    model: str,
+    zoo: dict,
+    keys: Sequence[str],
+    arch: str | dict,
+    lengths: dict | None = None,
+) -> dict:
     """Settings of ``arch``: a zoo name (case-insensitive) or a dict holding
     ``keys``. ``lengths`` gives the required length of list settings. Errors
     name the valid choices."""
@@ -31,25 +37,26 @@ def parse_arch(model: str, zoo: dict, keys: Sequence[str], arch: str | dict,
         if key not in zoo:
             raise ValueError(
                 f'Unknown {model} arch {arch!r}. Choose one of '
-                f'{sorted(set(zoo))} or give a dict with keys {list(keys)}.')
-        return {k: list(v) if isinstance(v, list) else v
-                for k, v in zoo[key].items()}
+                f'{sorted(set(zoo))} or give a dict with keys {list(keys)}.'
+            )
+        return {k: list(v) if isinstance(v, list) else v for k, v in zoo[key].items()}
     if not isinstance(arch, dict):
         raise TypeError(f'arch must be a str or dict, got {type(arch)}')
     missing = [k for k in keys if k not in arch]
     if missing:
-        raise ValueError(f'{model} arch dict lacks keys {missing}; it needs '
-                         f'{list(keys)}.')
+        raise ValueError(
+            f'{model} arch dict lacks keys {missing}; it needs {list(keys)}.'
+        )
     unknown = [k for k in arch if k not in keys]
     if unknown:
         raise ValueError(
             f'{model} arch dict has unknown keys {unknown}; it takes exactly '
-            f'{list(keys)} (other settings are arguments of {model} itself).')
+            f'{list(keys)} (other settings are arguments of {model} itself).'
+        )
     settings = {k: arch[k] for k in keys}
     for key, n in (lengths or {}).items():
         if len(settings[key]) != n:
-            raise ValueError(f'arch[{key!r}] needs {n} entries, got '
-                             f'{settings[key]}')
+            raise ValueError(f'arch[{key!r}] needs {n} entries, got {settings[key]}')
     return settings
 
 
@@ -57,25 +64,23 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(model: str, name: str, value, low: int,
-              high: int | None = None) -> int:
+def check_int(model: str, name: str, value, low: int, high: int | None = None) -> int:
     """``value`` as an int in [low, high]; else a ValueError naming the
     argument, the value and the range."""
-    if not _is_int(value) or value < low or (high is not None
-                                             and value > high):
-        allowed = f'an int >= {low}' if high is None else \
-            f'an int in [{low}, {high}]'
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        allowed = f'an int >= {low}' if high is None else f'an int in [{low}, {high}]'
         raise ValueError(f'{model}: {name}={value!r}; expected {allowed}')
     return value
 
 
-def check_ints(model: str, name: str, value, length: int,
-               low: int) -> tuple:
+def check_ints(model: str, name: str, value, length: int, low: int) -> tuple:
     """A sequence of ``length`` ints, each >= ``low``."""
-    if (not isinstance(value, (list, tuple)) or len(value) != length
-            or not all(_is_int(v) and v >= low for v in value)):
-        raise ValueError(f'{model}: {name}={value!r}; expected {length} ints '
-                         f'>= {low}')
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != length
+        or not all(_is_int(v) and v >= low for v in value)
+    ):
+        raise ValueError(f'{model}: {name}={value!r}; expected {length} ints >= {low}')
     return tuple(value)
 
 
@@ -83,18 +88,28 @@ def check_size(model: str, name: str, value) -> tuple:
     """An image size: a positive int or an (H, W) pair of them."""
     if _is_int(value) and value > 0:
         return (value, value)
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(_is_int(v) and v > 0 for v in value)):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_is_int(v) and v > 0 for v in value)
+    ):
         return tuple(value)
-    raise ValueError(f'{model}: {name}={value!r}; expected a positive int or '
-                     'an (H, W) pair of positive ints')
+    raise ValueError(
+        f'{model}: {name}={value!r}; expected a positive int or '
+        'an (H, W) pair of positive ints'
+    )
 
 
 def check_drop_path_rate(model: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not 0 <= value < 1:
-        raise ValueError(f'{model}: drop_path_rate={value!r}; expected a '
-                         'number in [0, 1) (the rate of the deepest block)')
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value < 1
+    ):
+        raise ValueError(
+            f'{model}: drop_path_rate={value!r}; expected a '
+            'number in [0, 1) (the rate of the deepest block)'
+        )
     return float(value)
 
 
@@ -102,12 +117,14 @@ def check_norm_cfg(model: str, norm_cfg) -> dict:
     """A norm config whose ``type`` is a registered norm layer."""
     from mmengine.registry import MODELS
     import mmcv.cnn  # noqa: F401  (registers BN, SyncBN, GN, LN, IN)
+
     kind = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
     if not isinstance(kind, str) or MODELS.get(kind) is None:
         raise ValueError(
             f'{model}: norm_cfg={norm_cfg!r}; expected a dict whose type is a '
             "registered norm layer, e.g. dict(type='BN') or "
-            "dict(type='SyncBN')")
+            "dict(type='SyncBN')"
+        )
     return norm_cfg
 
 
@@ -118,27 +135,35 @@ def pretrained_init_cfg(model: str, pretrained, init_cfg):
     if pretrained is None:
         return init_cfg
     if init_cfg is not None:
-        raise ValueError(f'{model}: init_cfg and pretrained={pretrained!r} '
-                         'are both set; keep init_cfg=dict(type='
-                         "'Pretrained', checkpoint=...) alone")
+        raise ValueError(
+            f'{model}: init_cfg and pretrained={pretrained!r} '
+            'are both set; keep init_cfg=dict(type='
+            "'Pretrained', checkpoint=...) alone"
+        )
     if not isinstance(pretrained, str):
-        raise ValueError(f'{model}: pretrained={pretrained!r}; expected a '
-                         'checkpoint path or URL, or None')
-    warnings.warn(f'{model}: pretrained is deprecated, please use "init_cfg" '
-                  'instead', DeprecationWarning)
+        raise ValueError(
+            f'{model}: pretrained={pretrained!r}; expected a '
+            'checkpoint path or URL, or None'
+        )
+    warnings.warn(
+        f'{model}: pretrained is deprecated, please use "init_cfg" instead',
+        DeprecationWarning,
+    )
     return dict(type='Pretrained', checkpoint=pretrained)
 
 
-def check_common(model: str, in_channels, drop_path_rate,
-                 frozen_stages, num_stages: int = 4) -> None:
+def check_common(
+    model: str, in_channels, drop_path_rate, frozen_stages, num_stages: int = 4
+) -> None:
     """The arguments every backbone here takes."""
     check_int(model, 'in_channels', in_channels, 1)
     check_drop_path_rate(model, drop_path_rate)
     check_int(model, 'frozen_stages', frozen_stages, -1, num_stages - 1)
 
 
-def check_arch_values(model: str, settings: dict, ints: Sequence[str] = (),
-                      int_lists: Sequence[str] = ()) -> None:
+def check_arch_values(
+    model: str, settings: dict, ints: Sequence[str] = (), int_lists: Sequence[str] = ()
+) -> None:
     """Arch ``ints`` are ints >= 1; ``int_lists`` are lists of them."""
     for key in ints:
         check_int(model, f'arch[{key!r}]', settings[key], 1)
@@ -147,17 +172,17 @@ def check_arch_values(model: str, settings: dict, ints: Sequence[str] = (),
         check_ints(model, f'arch[{key!r}]', value, len(value), 1)
 
 
-def parse_out_indices(out_indices: int | Sequence[int],
-                      num_stages: int) -> tuple:
+def parse_out_indices(out_indices: int | Sequence[int], num_stages: int) -> tuple:
     """Sorted, de-duplicated, non-negative stage indices; negative ones
     count from the end."""
     if isinstance(out_indices, int):
         out_indices = [out_indices]
-    if not out_indices or any(not -num_stages <= i < num_stages
-                              for i in out_indices):
-        raise ValueError(f'out_indices must be a non-empty subset of '
-                         f'0..{num_stages - 1} (or -{num_stages}..-1), got '
-                         f'{out_indices}')
+    if not out_indices or any(not -num_stages <= i < num_stages for i in out_indices):
+        raise ValueError(
+            f'out_indices must be a non-empty subset of '
+            f'0..{num_stages - 1} (or -{num_stages}..-1), got '
+            f'{out_indices}'
+        )
     return tuple(sorted({i % num_stages for i in out_indices}))
 
 
@@ -176,8 +201,9 @@ def batchnorms_eval(model: nn.Module) -> None:
             m.eval()
 
 
-def maybe_checkpoint(fn: Callable, x: torch.Tensor, *args,
-                     enabled: bool) -> torch.Tensor:
+def maybe_checkpoint(
+    fn: Callable, x: torch.Tensor, *args, enabled: bool
+) -> torch.Tensor:
     """``fn(x, *args)``, recomputed in backward instead of stored when
     ``enabled`` (``with_cp``) and gradients flow. The RNG state is restored
     for the recomputation, so drop path and Gumbel noise repeat exactly."""
@@ -201,8 +227,7 @@ def empty_batch_safe(forward: Callable) -> Callable:
         self.train(False)
         try:
             with torch.no_grad():
-                outs = forward(self, x.new_zeros((1, *x.shape[1:])), *args,
-                               **kwargs)
+                outs = forward(self, x.new_zeros((1, *x.shape[1:])), *args, **kwargs)
         finally:
             self.train(was_training)
         return type(outs)(o.new_empty((0, *o.shape[1:])) for o in outs)
@@ -234,8 +259,7 @@ class StagedBackbone(BaseModule):
         block; None for what comes after the last block (output norms)."""
         raise NotImplementedError
 
-    def get_layer_depth(self, param_name: str,
-                        prefix: str = '') -> tuple[int, int]:
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> tuple[int, int]:
         """(depth, number of depths) of a parameter, as mmpretrain's
         layer-wise lr decay reads it: the stem is depth 0, every block one
         depth, and the output norms and anything outside the backbone
@@ -244,7 +268,7 @@ class StagedBackbone(BaseModule):
         num_layers = sum(self.arch_settings['depths']) + 2
         if not param_name.startswith(prefix):
             return num_layers - 1, num_layers
-        depth = self._layer_depth(param_name[len(prefix):])
+        depth = self._layer_depth(param_name[len(prefix) :])
         return (num_layers - 1 if depth is None else depth), num_layers
 
     def train(self, mode: bool = True) -> 'StagedBackbone':
@@ -269,8 +293,10 @@ def warn_if_pretrained_does_not_fit(backbone: nn.Module) -> None:
     ``strict=False`` and says so in one easily missed line)."""
     cfg = backbone.init_cfg
     if isinstance(cfg, list):
-        cfg = next((c for c in cfg if isinstance(c, dict)
-                    and c.get('type') == 'Pretrained'), None)
+        cfg = next(
+            (c for c in cfg if isinstance(c, dict) and c.get('type') == 'Pretrained'),
+            None,
+        )
     if not isinstance(cfg, dict) or cfg.get('type') != 'Pretrained':
         return
     path, prefix = cfg.get('checkpoint'), cfg.get('prefix')
@@ -280,34 +306,49 @@ def warn_if_pretrained_does_not_fit(backbone: nn.Module) -> None:
         raise FileNotFoundError(
             f'{type(backbone).__name__}: init_cfg Pretrained checkpoint '
             f'{path!r} does not exist (relative paths start from '
-            f'{os.getcwd()}).' + (
+            f'{os.getcwd()}).'
+            + (
                 ' Convert the reference ImageNet weights to it with:\n  '
                 f'python tools/model_converters/{backbone.CONVERTER} '
-                f'<reference checkpoint> {path}' if backbone.CONVERTER
-                else ''))
+                f'<reference checkpoint> {path}'
+                if backbone.CONVERTER
+                else ''
+            )
+        )
     from mmengine.logging import print_log
 
-    from ...checkpoint_safety import (describe_mismatches,
-                                      load_checkpoint_file, weight_mismatches)
+    from ...checkpoint_safety import (
+        describe_mismatches,
+        load_checkpoint_file,
+        weight_mismatches,
+    )
+
     ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
     if prefix:
         prefix = prefix if prefix.endswith('.') else prefix + '.'
-        state = {k[len(prefix):]: v for k, v in state.items()
-                 if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     found = weight_mismatches(backbone, {'state_dict': state})
     found = {
         'missing': [k for k in found['missing'] if not _NEW_IN_DENSE.match(k)],
-        'size mismatch': [s for s in found['size mismatch']
-                          if not _RESIZED_ON_LOAD.search(s.split(':')[0])],
+        'size mismatch': [
+            s
+            for s in found['size mismatch']
+            if not _RESIZED_ON_LOAD.search(s.split(':')[0])
+        ],
     }
     if found['missing'] or found['size mismatch']:
         print_log(
             '!' * 72 + f'\n{type(backbone).__name__}: init_cfg Pretrained '
-            f'{path}' + (f' (prefix {prefix!r})' if prefix else '')
+            f'{path}'
+            + (f' (prefix {prefix!r})' if prefix else '')
             + ' leaves these weights at their random initialisation:\n'
-            + describe_mismatches(found) + '\n' + '!' * 72,
-            logger='current', level=logging.WARNING)
+            + describe_mismatches(found)
+            + '\n'
+            + '!' * 72,
+            logger='current',
+            level=logging.WARNING,
+        )
 
 
 def init_linear_and_norms(model: nn.Module) -> None:
@@ -316,7 +357,7 @@ def init_linear_and_norms(model: nn.Module) -> None:
     LayerNorm / BatchNorm; convolutions keep PyTorch's default."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
+            trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
@@ -324,21 +365,24 @@ def init_linear_and_norms(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def interpolate_pos_embed(pos: torch.Tensor, size: Sequence[int],
-                          channels_last: bool = False) -> torch.Tensor:
+def interpolate_pos_embed(
+    pos: torch.Tensor, size: Sequence[int], channels_last: bool = False
+) -> torch.Tensor:
     """Bicubic resize of a position-embedding grid to ``size``:
     (1, C, h, w) -> (1, C, *size), or (1, h, w, C) -> (1, *size, C) with
     ``channels_last``. Returns ``pos`` itself when the size already fits."""
     grid = pos.permute(0, 3, 1, 2) if channels_last else pos
     if tuple(grid.shape[-2:]) == tuple(size):
         return pos
-    out = F.interpolate(grid.float(), size=tuple(size), mode='bicubic',
-                        align_corners=False).to(pos.dtype)
+    out = F.interpolate(
+        grid.float(), size=tuple(size), mode='bicubic', align_corners=False
+    ).to(pos.dtype)
     return out.permute(0, 2, 3, 1) if channels_last else out
 
 
-def resize_pos_embed_on_load(state_dict: dict, key: str, own: torch.Tensor,
-                             channels_last: bool = False) -> None:
+def resize_pos_embed_on_load(
+    state_dict: dict, key: str, own: torch.Tensor, channels_last: bool = False
+) -> None:
     """In a load_state_dict pre-hook: interpolate the checkpoint's grid at
     ``key`` to the shape of ``own`` (e.g. a 224 checkpoint into a 384 model).
     Grids of another rank or channel count are left to the size check."""
@@ -350,6 +394,8 @@ def resize_pos_embed_on_load(state_dict: dict, key: str, own: torch.Tensor,
         return
     size = own.shape[1:3] if channels_last else own.shape[2:]
     from mmengine.logging import print_log
-    print_log(f'Resize {key} from {tuple(src.shape)} to {tuple(own.shape)}.',
-              logger='current')
+
+    print_log(
+        f'Resize {key} from {tuple(src.shape)} to {tuple(own.shape)}.', logger='current'
+    )
     state_dict[key] = interpolate_pos_embed(src, size, channels_last)

@@ -12,6 +12,7 @@ Recognition"): ResNet-50 layouts whose bottleneck 3x3 convs are CoT layers.
 A strided CoT bottleneck average-pools (3x3/2) before its CoT layer, as the
 reference does. Module names follow the reference (JDAI-CV/CoTNet).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,18 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.cot import CoTLayer, SEConv
-from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe, pretrained_init_cfg,
-                     check_norm_cfg, freeze, maybe_checkpoint, parse_arch,
-                     parse_out_indices)
+from .common import (
+    StagedBackbone,
+    check_arch_values,
+    check_common,
+    empty_batch_safe,
+    pretrained_init_cfg,
+    check_norm_cfg,
+    freeze,
+    maybe_checkpoint,
+    parse_arch,
+    parse_out_indices,
+)
 
 
 class CoTBottleneck(nn.Module):
@@ -38,10 +47,19 @@ class CoTBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int,
-                 cardinality: int, base_width: int, se_conv: bool,
-                 avg_down: bool, drop_path: float, norm_cfg: dict,
-                 with_cp: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int,
+        cardinality: int,
+        base_width: int,
+        se_conv: bool,
+        avg_down: bool,
+        drop_path: float,
+        norm_cfg: dict,
+        with_cp: bool,
+    ) -> None:
         super().__init__()
         width = int(math.floor(planes * base_width / 64)) * cardinality
         out = planes * self.expansion
@@ -51,24 +69,30 @@ class CoTBottleneck(nn.Module):
             self.avd = None
             self.conv2 = SEConv(width, width, stride, norm_cfg)
         else:
-            self.avd = nn.AvgPool2d(3, stride, padding=1) if stride > 1 \
-                else None
+            self.avd = nn.AvgPool2d(3, stride, padding=1) if stride > 1 else None
             self.conv2 = CoTLayer(width, 3, cardinality, norm_cfg)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = build_norm_layer(norm_cfg, out)[1]
         self.downsample = None
         if stride != 1 or in_channels != out:
             if avg_down:
-                pool = nn.AvgPool2d(stride, stride, ceil_mode=True,
-                                    count_include_pad=False) \
-                    if stride > 1 else nn.Identity()
+                pool = (
+                    nn.AvgPool2d(
+                        stride, stride, ceil_mode=True, count_include_pad=False
+                    )
+                    if stride > 1
+                    else nn.Identity()
+                )
                 self.downsample = nn.Sequential(
-                    pool, nn.Conv2d(in_channels, out, 1, bias=False),
-                    build_norm_layer(norm_cfg, out)[1])
+                    pool,
+                    nn.Conv2d(in_channels, out, 1, bias=False),
+                    build_norm_layer(norm_cfg, out)[1],
+                )
             else:
                 self.downsample = nn.Sequential(
                     nn.Conv2d(in_channels, out, 1, stride, bias=False),
-                    build_norm_layer(norm_cfg, out)[1])
+                    build_norm_layer(norm_cfg, out)[1],
+                )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.with_cp = with_cp
 
@@ -116,46 +140,75 @@ class CoTNet(StagedBackbone):
     CONVERTER = 'peer2mm.py cotnet'
     arch_zoo = {
         'cotnet50': {
-            'depths': [3, 4, 6, 3], 'cardinality': 1, 'base_width': 64,
-            'stem': 'resnet', 'stem_width': 64, 'avg_down': False,
-            'se_blocks': [[], [], [], []]},
+            'depths': [3, 4, 6, 3],
+            'cardinality': 1,
+            'base_width': 64,
+            'stem': 'resnet',
+            'stem_width': 64,
+            'avg_down': False,
+            'se_blocks': [[], [], [], []],
+        },
         'cotnext50': {
-            'depths': [3, 4, 6, 3], 'cardinality': 2, 'base_width': 48,
-            'stem': 'resnet', 'stem_width': 64, 'avg_down': False,
-            'se_blocks': [[], [], [], []]},
+            'depths': [3, 4, 6, 3],
+            'cardinality': 2,
+            'base_width': 48,
+            'stem': 'resnet',
+            'stem_width': 64,
+            'avg_down': False,
+            'se_blocks': [[], [], [], []],
+        },
         'se-cotnetd50': {
-            'depths': [3, 4, 6, 3], 'cardinality': 1, 'base_width': 64,
-            'stem': 'deep', 'stem_width': 32, 'avg_down': True,
-            'se_blocks': [[0, 1, 2], [0, 1, 2, 3], [1, 3, 5], []]},
+            'depths': [3, 4, 6, 3],
+            'cardinality': 1,
+            'base_width': 64,
+            'stem': 'deep',
+            'stem_width': 32,
+            'avg_down': True,
+            'se_blocks': [[0, 1, 2], [0, 1, 2, 3], [1, 3, 5], []],
+        },
     }
-    ARCH_KEYS = ('depths', 'cardinality', 'base_width', 'stem', 'stem_width',
-                 'avg_down', 'se_blocks')
+    ARCH_KEYS = (
+        'depths',
+        'cardinality',
+        'base_width',
+        'stem',
+        'stem_width',
+        'avg_down',
+        'se_blocks',
+    )
 
-    def __init__(self,
-                 arch: str | dict = 'cotnet50',
-                 in_channels: int = 3,
-                 drop_path_rate: float = 0.,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
-                 norm_cfg: dict = dict(type='BN'),
-                 zero_init_residual: bool = True,
-                 init_cfg: dict | list | None = None,
-                 pretrained: str | None = None) -> None:
-        super().__init__(init_cfg=pretrained_init_cfg(
-            'CoTNet', pretrained, init_cfg))
+    def __init__(
+        self,
+        arch: str | dict = 'cotnet50',
+        in_channels: int = 3,
+        drop_path_rate: float = 0.0,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        norm_cfg: dict = dict(type='BN'),
+        zero_init_residual: bool = True,
+        init_cfg: dict | list | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__(init_cfg=pretrained_init_cfg('CoTNet', pretrained, init_cfg))
         s = self.arch_settings = parse_arch(
-            'CoTNet', self.arch_zoo, self.ARCH_KEYS, arch,
-            lengths=dict(depths=4, se_blocks=4))
-        check_arch_values('CoTNet', s,
-                          ints=('cardinality', 'base_width', 'stem_width'),
-                          int_lists=('depths', ))
+            'CoTNet',
+            self.arch_zoo,
+            self.ARCH_KEYS,
+            arch,
+            lengths=dict(depths=4, se_blocks=4),
+        )
+        check_arch_values(
+            'CoTNet',
+            s,
+            ints=('cardinality', 'base_width', 'stem_width'),
+            int_lists=('depths',),
+        )
         check_common('CoTNet', in_channels, drop_path_rate, frozen_stages)
         check_norm_cfg('CoTNet', norm_cfg)
         if s['stem'] not in ('resnet', 'deep'):
-            raise ValueError(f"stem must be 'resnet' or 'deep', got "
-                             f"{s['stem']!r}")
+            raise ValueError(f"stem must be 'resnet' or 'deep', got {s['stem']!r}")
         self.out_indices = parse_out_indices(out_indices, 4)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -169,10 +222,13 @@ class CoTNet(StagedBackbone):
             w = s['stem_width']
             self.conv1 = nn.Sequential(
                 nn.Conv2d(in_channels, w, 3, 2, 1, bias=False),
-                build_norm_layer(norm_cfg, w)[1], nn.ReLU(inplace=True),
+                build_norm_layer(norm_cfg, w)[1],
+                nn.ReLU(inplace=True),
                 nn.Conv2d(w, w, 3, 1, 1, bias=False),
-                build_norm_layer(norm_cfg, w)[1], nn.ReLU(inplace=True),
-                nn.Conv2d(w, stem_out, 3, 1, 1, bias=False))
+                build_norm_layer(norm_cfg, w)[1],
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, stem_out, 3, 1, 1, bias=False),
+            )
             self.maxpool = None
         self.bn1 = build_norm_layer(norm_cfg, stem_out)[1]
 
@@ -182,11 +238,20 @@ class CoTNet(StagedBackbone):
             stride = 1 if (i == 0 and s['stem'] == 'resnet') else 2
             blocks = []
             for j in range(depth):
-                blocks.append(CoTBottleneck(
-                    in_ch, 64 * 2**i, stride if j == 0 else 1,
-                    s['cardinality'], s['base_width'],
-                    se_conv=j in s['se_blocks'][i], avg_down=s['avg_down'],
-                    drop_path=dpr[n], norm_cfg=norm_cfg, with_cp=with_cp))
+                blocks.append(
+                    CoTBottleneck(
+                        in_ch,
+                        64 * 2**i,
+                        stride if j == 0 else 1,
+                        s['cardinality'],
+                        s['base_width'],
+                        se_conv=j in s['se_blocks'][i],
+                        avg_down=s['avg_down'],
+                        drop_path=dpr[n],
+                        norm_cfg=norm_cfg,
+                        with_cp=with_cp,
+                    )
+                )
                 in_ch, n = self.dims[i], n + 1
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
 
@@ -196,8 +261,7 @@ class CoTNet(StagedBackbone):
     def _init_default_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out',
-                                        nonlinearity='relu')
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
             elif isinstance(m, (_BatchNorm, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -212,7 +276,7 @@ class CoTNet(StagedBackbone):
             return 0
         match = re.fullmatch(r'layer([1-4])', parts[0])
         if match:
-            return sum(d[:int(match.group(1)) - 1]) + int(parts[1]) + 1
+            return sum(d[: int(match.group(1)) - 1]) + int(parts[1]) + 1
         return None
 
     def _freeze_stages(self) -> None:
@@ -220,7 +284,8 @@ class CoTNet(StagedBackbone):
             return
         frozen = [self.conv1, self.bn1] + [
             getattr(self, f'layer{i + 1}')
-            for i in range(min(self.frozen_stages, 3) + 1)]
+            for i in range(min(self.frozen_stages, 3) + 1)
+        ]
         freeze(frozen)
 
     @empty_batch_safe

@@ -16,6 +16,7 @@ and is resized to the window when the input is not the training size. Module
 names follow the reference (NVlabs/GCVit), so its checkpoints load after a
 few renames (``nommer_mm.converters.peers``).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -28,10 +29,19 @@ from mmengine.registry import MODELS
 
 from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
 from ..layers.mlp import Mlp
-from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe, pretrained_init_cfg,
-                     check_ints, freeze, init_linear_and_norms,
-                     maybe_checkpoint, parse_arch, parse_out_indices)
+from .common import (
+    StagedBackbone,
+    check_arch_values,
+    check_common,
+    empty_batch_safe,
+    pretrained_init_cfg,
+    check_ints,
+    freeze,
+    init_linear_and_norms,
+    maybe_checkpoint,
+    parse_arch,
+    parse_out_indices,
+)
 
 
 class SqueezeExcite(nn.Module):
@@ -42,8 +52,11 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         hidden = int(channels * ratio)
         self.fc = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False), nn.GELU(),
-            nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
+            nn.Linear(channels, hidden, bias=False),
+            nn.GELU(),
+            nn.Linear(hidden, channels, bias=False),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.fc(x.mean((2, 3)))[:, :, None, None]
@@ -55,8 +68,10 @@ def _fused_mbconv(channels: int) -> nn.Sequential:
     ``conv.3``)."""
     return nn.Sequential(
         nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False),
-        nn.GELU(), SqueezeExcite(channels),
-        nn.Conv2d(channels, channels, 1, bias=False))
+        nn.GELU(),
+        SqueezeExcite(channels),
+        nn.Conv2d(channels, channels, 1, bias=False),
+    )
 
 
 class ReduceSize(nn.Module):
@@ -110,24 +125,26 @@ class GlobalQueryGen(nn.Module):
     Shapes: (B, H, W, C) -> (B, heads, w*w, C // heads)
     """
 
-    def __init__(self, channels: int, num_heads: int, window_size: int,
-                 num_pools: int) -> None:
+    def __init__(
+        self, channels: int, num_heads: int, window_size: int, num_pools: int
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
         pools = [True] * num_pools or [False]
         self.to_q_global = nn.Sequential(
-            *[FeatExtract(channels, pool) for pool in pools])
+            *[FeatExtract(channels, pool) for pool in pools]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.to_q_global(x.permute(0, 3, 1, 2))
         B, C, h, w = q.shape
         ws = self.window_size
         if (h, w) != (ws, ws):
-            q = F.interpolate(q, size=(ws, ws), mode='bicubic',
-                              align_corners=False)
-        q = q.permute(0, 2, 3, 1).reshape(B, ws * ws, self.num_heads,
-                                          C // self.num_heads)
+            q = F.interpolate(q, size=(ws, ws), mode='bicubic', align_corners=False)
+        q = q.permute(0, 2, 3, 1).reshape(
+            B, ws * ws, self.num_heads, C // self.num_heads
+        )
         return q.transpose(1, 2)
 
 
@@ -138,9 +155,16 @@ class GCViTBlock(nn.Module):
     Shapes: x (B, H, W, C), query (B, heads, w*w, C/heads) -> (B, H, W, C)
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, window_size: int,
-                 mlp_ratio: float, global_query: bool, drop_path: float,
-                 layer_scale: float | None) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        global_query: bool,
+        drop_path: float,
+        layer_scale: float | None,
+    ) -> None:
         super().__init__()
         attn = GlobalQueryWindowMSA if global_query else WindowMSA
         self.global_query = global_query
@@ -150,8 +174,8 @@ class GCViTBlock(nn.Module):
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if layer_scale is not None:
-            self.gamma1 = nn.Parameter(torch.full((embed_dims, ), layer_scale))
-            self.gamma2 = nn.Parameter(torch.full((embed_dims, ), layer_scale))
+            self.gamma1 = nn.Parameter(torch.full((embed_dims,), layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((embed_dims,), layer_scale))
         else:
             self.gamma1 = self.gamma2 = None
 
@@ -169,17 +193,35 @@ class GCViTLevel(nn.Module):
     """Blocks of one resolution, their global-query generator and the
     ReduceSize into the next level (keys ``levels.i.*``)."""
 
-    def __init__(self, embed_dims: int, depth: int, num_heads: int,
-                 window_size: int, mlp_ratio: float, num_pools: int,
-                 drop_paths: Sequence[float], layer_scale: float | None,
-                 downsample: bool, with_cp: bool) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        num_pools: int,
+        drop_paths: Sequence[float],
+        layer_scale: float | None,
+        downsample: bool,
+        with_cp: bool,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            GCViTBlock(embed_dims, num_heads, window_size, mlp_ratio,
-                       global_query=j % 2 == 1, drop_path=drop_paths[j],
-                       layer_scale=layer_scale) for j in range(depth))
-        self.q_global_gen = GlobalQueryGen(embed_dims, num_heads,
-                                           window_size, num_pools)
+            GCViTBlock(
+                embed_dims,
+                num_heads,
+                window_size,
+                mlp_ratio,
+                global_query=j % 2 == 1,
+                drop_path=drop_paths[j],
+                layer_scale=layer_scale,
+            )
+            for j in range(depth)
+        )
+        self.q_global_gen = GlobalQueryGen(
+            embed_dims, num_heads, window_size, num_pools
+        )
         self.downsample = ReduceSize(embed_dims) if downsample else None
         self.with_cp = with_cp
 
@@ -224,48 +266,89 @@ class GCViT(StagedBackbone):
 
     CONVERTER = 'peer2mm.py gcvit'
     arch_zoo = {
-        **dict.fromkeys(['xxt', 'xxtiny'], {
-            'embed_dims': 64, 'depths': [2, 2, 6, 2],
-            'num_heads': [2, 4, 8, 16], 'mlp_ratio': 3, 'layer_scale': None}),
-        **dict.fromkeys(['xt', 'xtiny'], {
-            'embed_dims': 64, 'depths': [3, 4, 6, 5],
-            'num_heads': [2, 4, 8, 16], 'mlp_ratio': 3, 'layer_scale': None}),
-        **dict.fromkeys(['t', 'tiny'], {
-            'embed_dims': 64, 'depths': [3, 4, 19, 5],
-            'num_heads': [2, 4, 8, 16], 'mlp_ratio': 3, 'layer_scale': None}),
-        **dict.fromkeys(['s', 'small'], {
-            'embed_dims': 96, 'depths': [3, 4, 19, 5],
-            'num_heads': [3, 6, 12, 24], 'mlp_ratio': 2, 'layer_scale': 1e-5}),
-        **dict.fromkeys(['b', 'base'], {
-            'embed_dims': 128, 'depths': [3, 4, 19, 5],
-            'num_heads': [4, 8, 16, 32], 'mlp_ratio': 2, 'layer_scale': 1e-5}),
+        **dict.fromkeys(
+            ['xxt', 'xxtiny'],
+            {
+                'embed_dims': 64,
+                'depths': [2, 2, 6, 2],
+                'num_heads': [2, 4, 8, 16],
+                'mlp_ratio': 3,
+                'layer_scale': None,
+            },
+        ),
+        **dict.fromkeys(
+            ['xt', 'xtiny'],
+            {
+                'embed_dims': 64,
+                'depths': [3, 4, 6, 5],
+                'num_heads': [2, 4, 8, 16],
+                'mlp_ratio': 3,
+                'layer_scale': None,
+            },
+        ),
+        **dict.fromkeys(
+            ['t', 'tiny'],
+            {
+                'embed_dims': 64,
+                'depths': [3, 4, 19, 5],
+                'num_heads': [2, 4, 8, 16],
+                'mlp_ratio': 3,
+                'layer_scale': None,
+            },
+        ),
+        **dict.fromkeys(
+            ['s', 'small'],
+            {
+                'embed_dims': 96,
+                'depths': [3, 4, 19, 5],
+                'num_heads': [3, 6, 12, 24],
+                'mlp_ratio': 2,
+                'layer_scale': 1e-5,
+            },
+        ),
+        **dict.fromkeys(
+            ['b', 'base'],
+            {
+                'embed_dims': 128,
+                'depths': [3, 4, 19, 5],
+                'num_heads': [4, 8, 16, 32],
+                'mlp_ratio': 2,
+                'layer_scale': 1e-5,
+            },
+        ),
     }
-    ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'mlp_ratio',
-                 'layer_scale')
+    ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'mlp_ratio', 'layer_scale')
 
-    def __init__(self,
-                 arch: str | dict = 'tiny',
-                 in_channels: int = 3,
-                 window_size: Sequence[int] = (7, 7, 14, 7),
-                 global_query_pools: Sequence[int] = (3, 2, 0, 0),
-                 drop_path_rate: float = 0.2,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1,
-                 with_cp: bool = False,
-                 init_cfg: dict | list | None = None,
-                 pretrained: str | None = None) -> None:
-        super().__init__(init_cfg=pretrained_init_cfg(
-            'GCViT', pretrained, init_cfg))
+    def __init__(
+        self,
+        arch: str | dict = 'tiny',
+        in_channels: int = 3,
+        window_size: Sequence[int] = (7, 7, 14, 7),
+        global_query_pools: Sequence[int] = (3, 2, 0, 0),
+        drop_path_rate: float = 0.2,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        with_cp: bool = False,
+        init_cfg: dict | list | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__(init_cfg=pretrained_init_cfg('GCViT', pretrained, init_cfg))
         self.arch_settings = parse_arch(
-            'GCViT', self.arch_zoo, self.ARCH_KEYS, arch,
-            lengths=dict(depths=4, num_heads=4))
+            'GCViT',
+            self.arch_zoo,
+            self.ARCH_KEYS,
+            arch,
+            lengths=dict(depths=4, num_heads=4),
+        )
         s = self.arch_settings
-        check_arch_values('GCViT', s, ints=('embed_dims', ),
-                          int_lists=('depths', 'num_heads'))
+        check_arch_values(
+            'GCViT', s, ints=('embed_dims',), int_lists=('depths', 'num_heads')
+        )
         check_common('GCViT', in_channels, drop_path_rate, frozen_stages)
         window_size = check_ints('GCViT', 'window_size', window_size, 4, 1)
-        global_query_pools = check_ints('GCViT', 'global_query_pools',
-                                        global_query_pools, 4, 0)
+        global_query_pools = check_ints(
+            'GCViT', 'global_query_pools', global_query_pools, 4, 0
+        )
         C, depths = s['embed_dims'], s['depths']
         self.dims = [C * 2**i for i in range(4)]
         self.out_indices = parse_out_indices(out_indices, 4)
@@ -276,11 +359,20 @@ class GCViT(StagedBackbone):
         self.levels = nn.ModuleList()
         for i in range(4):
             start = sum(depths[:i])
-            self.levels.append(GCViTLevel(
-                self.dims[i], depths[i], s['num_heads'][i], window_size[i],
-                s['mlp_ratio'], global_query_pools[i],
-                dpr[start:start + depths[i]], s['layer_scale'],
-                downsample=i < 3, with_cp=with_cp))
+            self.levels.append(
+                GCViTLevel(
+                    self.dims[i],
+                    depths[i],
+                    s['num_heads'][i],
+                    window_size[i],
+                    s['mlp_ratio'],
+                    global_query_pools[i],
+                    dpr[start : start + depths[i]],
+                    s['layer_scale'],
+                    downsample=i < 3,
+                    with_cp=with_cp,
+                )
+            )
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i]))
 
@@ -303,7 +395,7 @@ class GCViT(StagedBackbone):
             if parts[2] == 'q_global_gen':  # serves every block of the level
                 return sum(d[:level]) + 1
             if parts[2] == 'downsample':
-                return sum(d[:level + 1])
+                return sum(d[: level + 1])
         return None
 
     def _freeze_stages(self) -> None:

@@ -15,6 +15,7 @@ Layout (C = embed_dims), every stage working on channels-last tokens:
 
 Sizes round up (``ceil``) at every stride, for any input size.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -31,12 +32,24 @@ from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from ..fast import MaxPool2x2, add_into, fast_paths_enabled
 from ..layers.mlp import Mlp
-from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe, pretrained_init_cfg,
-                     check_int, check_ints, check_norm_cfg, check_size, freeze,
-                     init_linear_and_norms, interpolate_pos_embed,
-                     maybe_checkpoint, parse_arch, parse_out_indices,
-                     resize_pos_embed_on_load)
+from .common import (
+    StagedBackbone,
+    check_arch_values,
+    check_common,
+    empty_batch_safe,
+    pretrained_init_cfg,
+    check_int,
+    check_ints,
+    check_norm_cfg,
+    check_size,
+    freeze,
+    init_linear_and_norms,
+    interpolate_pos_embed,
+    maybe_checkpoint,
+    parse_arch,
+    parse_out_indices,
+    resize_pos_embed_on_load,
+)
 
 
 class _PreNormBlock(nn.Module):
@@ -44,8 +57,9 @@ class _PreNormBlock(nn.Module):
 
     token_mixer: nn.Module
 
-    def __init__(self, embed_dims: int, mlp_hidden: int, drop_path: float,
-                 with_cp: bool) -> None:
+    def __init__(
+        self, embed_dims: int, mlp_hidden: int, drop_path: float, with_cp: bool
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dims)
         self.norm2 = nn.LayerNorm(embed_dims)
@@ -78,9 +92,15 @@ class SNomMerBlock(_PreNormBlock):
     Shapes: (B, H, W, C) -> (B, H, W, C)
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, mlp_hidden: int,
-                 drop_path: float = 0., with_cp: bool = False,
-                 **mixer_kwargs) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        mlp_hidden: int,
+        drop_path: float = 0.0,
+        with_cp: bool = False,
+        **mixer_kwargs,
+    ) -> None:
         super().__init__(embed_dims, mlp_hidden, drop_path, with_cp)
         self.mixer = NomMerMixer(embed_dims, num_heads, **mixer_kwargs)
 
@@ -95,8 +115,14 @@ class GNomMerBlock(_PreNormBlock):
     Shapes: (B, N, C) -> (B, N, C)
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, mlp_hidden: int,
-                 drop_path: float = 0., with_cp: bool = False) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        mlp_hidden: int,
+        drop_path: float = 0.0,
+        with_cp: bool = False,
+    ) -> None:
         super().__init__(embed_dims, mlp_hidden, drop_path, with_cp)
         self.attn = MultiheadSelfAttention(embed_dims, num_heads)
 
@@ -109,8 +135,7 @@ class ConvStem(nn.Module):
     """conv 4x4 stride 4 (no bias) -> BN -> ReLU, input zero-padded to a
     multiple of 4. (B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C)."""
 
-    def __init__(self, in_channels: int, embed_dims: int,
-                 norm_cfg: dict) -> None:
+    def __init__(self, in_channels: int, embed_dims: int, norm_cfg: dict) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, embed_dims, 4, stride=4, bias=False)
         self.norm = build_norm_layer(norm_cfg, embed_dims)[1]
@@ -202,61 +227,76 @@ class NomMer(StagedBackbone):
 
     CONVERTER = 'nommer2mm.py'
     arch_zoo = {
-        **dict.fromkeys(['t', 'tiny'], {
-            'embed_dims': 96,
-            'depths': [2, 2, 8, 2],
-            'num_heads': [2, 2, 4, 8],
-            'bottleneck_ratios': [2, 2],
-        }),
-        **dict.fromkeys(['s', 'small'], {
-            'embed_dims': 96,
-            'depths': [6, 6, 16, 4],
-            'num_heads': [2, 2, 4, 8],
-            'bottleneck_ratios': [4, 4],
-        }),
-        **dict.fromkeys(['b', 'base'], {
-            'embed_dims': 128,
-            'depths': [6, 6, 16, 4],
-            'num_heads': [2, 2, 4, 8],
-            'bottleneck_ratios': [4, 4],
-        }),
+        **dict.fromkeys(
+            ['t', 'tiny'],
+            {
+                'embed_dims': 96,
+                'depths': [2, 2, 8, 2],
+                'num_heads': [2, 2, 4, 8],
+                'bottleneck_ratios': [2, 2],
+            },
+        ),
+        **dict.fromkeys(
+            ['s', 'small'],
+            {
+                'embed_dims': 96,
+                'depths': [6, 6, 16, 4],
+                'num_heads': [2, 2, 4, 8],
+                'bottleneck_ratios': [4, 4],
+            },
+        ),
+        **dict.fromkeys(
+            ['b', 'base'],
+            {
+                'embed_dims': 128,
+                'depths': [6, 6, 16, 4],
+                'num_heads': [2, 2, 4, 8],
+                'bottleneck_ratios': [4, 4],
+            },
+        ),
     }
     ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'bottleneck_ratios')
     OUT_TYPES = ('featmap', 'cls_token', 'avg_featmap')
     num_extra_tokens = 1
 
-    def __init__(self,
-                 arch: str | dict = 'tiny',
-                 in_channels: int = 3,
-                 img_size: int | Sequence[int] = 224,
-                 window_size: int = 7,
-                 dct_blocks: Sequence[int] = (8, 4),
-                 contexts: Sequence[str] = CONTEXT_NAMES,
-                 global_type: str = 'dct',
-                 fusion: str = 'nominator',
-                 drop_path_rate: float = 0.1,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 out_type: str = 'featmap',
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
-                 norm_cfg: dict = dict(type='BN'),
-                 init_cfg: dict | list | None = None,
-                 pretrained: str | None = None) -> None:
-        super().__init__(init_cfg=pretrained_init_cfg(
-            'NomMer', pretrained, init_cfg))
+    def __init__(
+        self,
+        arch: str | dict = 'tiny',
+        in_channels: int = 3,
+        img_size: int | Sequence[int] = 224,
+        window_size: int = 7,
+        dct_blocks: Sequence[int] = (8, 4),
+        contexts: Sequence[str] = CONTEXT_NAMES,
+        global_type: str = 'dct',
+        fusion: str = 'nominator',
+        drop_path_rate: float = 0.1,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        out_type: str = 'featmap',
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        norm_cfg: dict = dict(type='BN'),
+        init_cfg: dict | list | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__(init_cfg=pretrained_init_cfg('NomMer', pretrained, init_cfg))
         self.arch_settings = self.parse_arch(arch)
-        check_arch_values('NomMer', self.arch_settings, ints=('embed_dims', ),
-                          int_lists=('depths', 'num_heads',
-                                     'bottleneck_ratios'))
+        check_arch_values(
+            'NomMer',
+            self.arch_settings,
+            ints=('embed_dims',),
+            int_lists=('depths', 'num_heads', 'bottleneck_ratios'),
+        )
         check_common('NomMer', in_channels, drop_path_rate, frozen_stages)
         check_int('NomMer', 'window_size', window_size, 1)
         dct_blocks = check_ints('NomMer', 'dct_blocks', dct_blocks, 2, 1)
         img_size = check_size('NomMer', 'img_size', img_size)
         if min(img_size) < 16:
-            raise ValueError(f'NomMer: img_size={img_size}; the position '
-                             'embedding is laid out at stride 16, so each '
-                             'side must be >= 16')
+            raise ValueError(
+                f'NomMer: img_size={img_size}; the position '
+                'embedding is laid out at stride 16, so each '
+                'side must be >= 16'
+            )
         check_norm_cfg('NomMer', norm_cfg)
         C = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
@@ -266,8 +306,9 @@ class NomMer(StagedBackbone):
         self.dims = [C, 2 * C, 4 * C, 8 * C]
 
         if out_type not in self.OUT_TYPES:
-            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, '
-                             f'got {out_type!r}')
+            raise ValueError(
+                f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}'
+            )
         self.out_indices = parse_out_indices(out_indices, 4)
         self.out_type = out_type
         self.frozen_stages = frozen_stages
@@ -280,29 +321,50 @@ class NomMer(StagedBackbone):
         starts = [sum(depths[:i]) for i in range(4)]
         stages = []
         for i in range(2):
-            stages.append(NomMerStage([
-                SNomMerBlock(
-                    self.dims[i], heads[i], 2 * self.dims[i],
-                    drop_path=dpr[starts[i] + j], with_cp=with_cp,
-                    window_size=window_size, dct_block=dct_blocks[i],
-                    reduction=ratios[i], contexts=tuple(contexts),
-                    global_type=global_type, fusion=fusion, norm_cfg=norm_cfg)
-                for j in range(depths[i])
-            ]))
+            stages.append(
+                NomMerStage(
+                    [
+                        SNomMerBlock(
+                            self.dims[i],
+                            heads[i],
+                            2 * self.dims[i],
+                            drop_path=dpr[starts[i] + j],
+                            with_cp=with_cp,
+                            window_size=window_size,
+                            dct_block=dct_blocks[i],
+                            reduction=ratios[i],
+                            contexts=tuple(contexts),
+                            global_type=global_type,
+                            fusion=fusion,
+                            norm_cfg=norm_cfg,
+                        )
+                        for j in range(depths[i])
+                    ]
+                )
+            )
         for i in range(2, 4):
             # The MLP is 2x wide in stage 2 and 1x in stage 3.
             hidden = 2 * self.dims[i] if i == 2 else self.dims[i]
-            stages.append(NomMerStage([
-                GNomMerBlock(self.dims[i], heads[i], hidden,
-                             drop_path=dpr[starts[i] + j], with_cp=with_cp)
-                for j in range(depths[i])
-            ]))
+            stages.append(
+                NomMerStage(
+                    [
+                        GNomMerBlock(
+                            self.dims[i],
+                            heads[i],
+                            hidden,
+                            drop_path=dpr[starts[i] + j],
+                            with_cp=with_cp,
+                        )
+                        for j in range(depths[i])
+                    ]
+                )
+            )
         self.stages = nn.ModuleList(stages)
         self.merges = nn.ModuleList(
-            TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3))
+            TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3)
+        )
 
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, *self.pos_grid, self.dims[2]))
+        self.pos_embed = nn.Parameter(torch.zeros(1, *self.pos_grid, self.dims[2]))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dims[3]))
 
         for i in self.out_indices:
@@ -318,9 +380,13 @@ class NomMer(StagedBackbone):
     # ------------------------------------------------------------ settings
     @classmethod
     def parse_arch(cls, arch: str | dict) -> dict:
-        return parse_arch('NomMer', cls.arch_zoo, cls.ARCH_KEYS, arch,
-                          lengths=dict(depths=4, num_heads=4,
-                                       bottleneck_ratios=2))
+        return parse_arch(
+            'NomMer',
+            cls.arch_zoo,
+            cls.ARCH_KEYS,
+            arch,
+            lengths=dict(depths=4, num_heads=4, bottleneck_ratios=2),
+        )
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:
@@ -330,16 +396,17 @@ class NomMer(StagedBackbone):
         nn.init.normal_(self.pos_embed)
         nn.init.normal_(self.cls_token)
 
-    def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
-                               *args, **kwargs) -> None:
+    def _resize_pos_embed_hook(
+        self, state_dict: dict, prefix: str, *args, **kwargs
+    ) -> None:
         """Interpolate a checkpoint's position embedding to this model's grid
         (e.g. a 224 checkpoint into a 384 model)."""
-        resize_pos_embed_on_load(state_dict, prefix + 'pos_embed',
-                                 self.pos_embed, channels_last=True)
+        resize_pos_embed_on_load(
+            state_dict, prefix + 'pos_embed', self.pos_embed, channels_last=True
+        )
 
     @staticmethod
-    def interpolate_pos_embed(pos: torch.Tensor,
-                              size: Sequence[int]) -> torch.Tensor:
+    def interpolate_pos_embed(pos: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """(1, h, w, C) -> (1, *size, C), bicubic."""
         return interpolate_pos_embed(pos, size, channels_last=True)
 
@@ -349,9 +416,9 @@ class NomMer(StagedBackbone):
         if parts[0] == 'stem':
             return 0
         if parts[0] == 'stages':
-            return sum(d[:int(parts[1])]) + int(parts[3]) + 1
+            return sum(d[: int(parts[1])]) + int(parts[3]) + 1
         if parts[0] == 'merges':  # ends stage i, as Swin's downsample
-            return sum(d[:int(parts[1]) + 1])
+            return sum(d[: int(parts[1]) + 1])
         if parts[0] == 'pos_embed':  # added to stage 2's input
             return sum(d[:2])
         if parts[0] == 'cls_token':  # joins the tokens at stage 3
@@ -402,8 +469,7 @@ class NomMer(StagedBackbone):
 
         x = self.merges[2](x)
         B, H, W, C = x.shape
-        x = torch.cat([self.cls_token.expand(B, -1, -1),
-                       x.reshape(B, H * W, C)], dim=1)
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1)
         x = self.stages[3](x)
         if self.out_type == 'featmap':
             outs.append(self._dense(3, x[:, 1:].reshape(B, H, W, C)))

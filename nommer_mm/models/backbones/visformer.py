@@ -18,6 +18,7 @@ Sizes round up at every stride; position embeddings are interpolated to the
 input. Module names follow the reference (danczs/Visformer) without its
 BatchNorm wrapper, i.e. timm's names.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,11 +33,22 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .common import (StagedBackbone, check_arch_values, check_common,
-                     empty_batch_safe, pretrained_init_cfg,
-                     check_int, check_norm_cfg, check_size, freeze,
-                     interpolate_pos_embed, maybe_checkpoint, parse_arch,
-                     parse_out_indices, resize_pos_embed_on_load)
+from .common import (
+    StagedBackbone,
+    check_arch_values,
+    check_common,
+    empty_batch_safe,
+    pretrained_init_cfg,
+    check_int,
+    check_norm_cfg,
+    check_size,
+    freeze,
+    interpolate_pos_embed,
+    maybe_checkpoint,
+    parse_arch,
+    parse_out_indices,
+    resize_pos_embed_on_load,
+)
 
 
 class ConvMlp(nn.Module):
@@ -46,9 +58,11 @@ class ConvMlp(nn.Module):
     def __init__(self, channels: int, hidden: int, spatial_groups: int = 0):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, hidden, 1, bias=False)
-        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1,
-                               groups=spatial_groups, bias=False) \
-            if spatial_groups else None
+        self.conv2 = (
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=spatial_groups, bias=False)
+            if spatial_groups
+            else None
+        )
         self.conv3 = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,9 +96,17 @@ class VisformerBlock(nn.Module):
     """x = x + DropPath(attn(BN(x))) (attention stages only);
     x = x + DropPath(MLP(BN(x)))."""
 
-    def __init__(self, channels: int, num_heads: int, mlp_hidden: int,
-                 attention: bool, spatial_groups: int, drop_path: float,
-                 norm_cfg: dict, with_cp: bool) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        mlp_hidden: int,
+        attention: bool,
+        spatial_groups: int,
+        drop_path: float,
+        norm_cfg: dict,
+        with_cp: bool,
+    ) -> None:
         super().__init__()
         if attention:
             self.norm1 = build_norm_layer(norm_cfg, channels)[1]
@@ -108,8 +130,9 @@ class PatchEmbed(nn.Module):
     """conv k x k stride k (zero-padding the input to a multiple of k) -> BN.
     (B, Cin, H, W) -> (B, Cout, ceil(H/k), ceil(W/k))."""
 
-    def __init__(self, in_channels: int, out_channels: int, patch: int,
-                 norm_cfg: dict) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, patch: int, norm_cfg: dict
+    ) -> None:
         super().__init__()
         self.patch = patch
         self.proj = nn.Conv2d(in_channels, out_channels, patch, stride=patch)
@@ -164,49 +187,73 @@ class Visformer(StagedBackbone):
 
     CONVERTER = 'peer2mm.py visformer'
     arch_zoo = {
-        **dict.fromkeys(['t', 'tiny'], {
-            'stem_channels': 16, 'embed_dims': 192, 'depths': [7, 4, 4],
-            'num_heads': 3}),
-        **dict.fromkeys(['s', 'small'], {
-            'stem_channels': 32, 'embed_dims': 384, 'depths': [7, 4, 4],
-            'num_heads': 6}),
+        **dict.fromkeys(
+            ['t', 'tiny'],
+            {
+                'stem_channels': 16,
+                'embed_dims': 192,
+                'depths': [7, 4, 4],
+                'num_heads': 3,
+            },
+        ),
+        **dict.fromkeys(
+            ['s', 'small'],
+            {
+                'stem_channels': 32,
+                'embed_dims': 384,
+                'depths': [7, 4, 4],
+                'num_heads': 6,
+            },
+        ),
     }
     ARCH_KEYS = ('stem_channels', 'embed_dims', 'depths', 'num_heads')
 
-    def __init__(self,
-                 arch: str | dict = 'small',
-                 in_channels: int = 3,
-                 img_size: int | Sequence[int] = 224,
-                 mlp_ratio: float = 4.,
-                 spatial_groups: int = 8,
-                 drop_path_rate: float = 0.,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
-                 norm_cfg: dict = dict(type='BN'),
-                 init_cfg: dict | list | None = None,
-                 pretrained: str | None = None) -> None:
-        super().__init__(init_cfg=pretrained_init_cfg(
-            'Visformer', pretrained, init_cfg))
-        self.arch_settings = parse_arch('Visformer', self.arch_zoo,
-                                        self.ARCH_KEYS, arch,
-                                        lengths=dict(depths=3))
+    def __init__(
+        self,
+        arch: str | dict = 'small',
+        in_channels: int = 3,
+        img_size: int | Sequence[int] = 224,
+        mlp_ratio: float = 4.0,
+        spatial_groups: int = 8,
+        drop_path_rate: float = 0.0,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        norm_cfg: dict = dict(type='BN'),
+        init_cfg: dict | list | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__(
+            init_cfg=pretrained_init_cfg('Visformer', pretrained, init_cfg)
+        )
+        self.arch_settings = parse_arch(
+            'Visformer', self.arch_zoo, self.ARCH_KEYS, arch, lengths=dict(depths=3)
+        )
         s = self.arch_settings
-        check_arch_values('Visformer', s,
-                          ints=('stem_channels', 'embed_dims', 'num_heads'),
-                          int_lists=('depths', ))
+        check_arch_values(
+            'Visformer',
+            s,
+            ints=('stem_channels', 'embed_dims', 'num_heads'),
+            int_lists=('depths',),
+        )
         check_common('Visformer', in_channels, drop_path_rate, frozen_stages)
         img_size = check_size('Visformer', 'img_size', img_size)
         if min(img_size) < 32:
-            raise ValueError(f'Visformer: img_size={img_size}; the position '
-                             'embeddings go down to stride 32, so each side '
-                             'must be >= 32')
+            raise ValueError(
+                f'Visformer: img_size={img_size}; the position '
+                'embeddings go down to stride 32, so each side '
+                'must be >= 32'
+            )
         check_int('Visformer', 'spatial_groups', spatial_groups, 1)
-        if isinstance(mlp_ratio, bool) or not isinstance(
-                mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f'Visformer: mlp_ratio={mlp_ratio!r}; expected '
-                             'a positive number')
+        if (
+            isinstance(mlp_ratio, bool)
+            or not isinstance(mlp_ratio, (int, float))
+            or mlp_ratio <= 0
+        ):
+            raise ValueError(
+                f'Visformer: mlp_ratio={mlp_ratio!r}; expected a positive number'
+            )
         check_norm_cfg('Visformer', norm_cfg)
         C, depths, heads = s['embed_dims'], s['depths'], s['num_heads']
         stage_dims = [C // 2, C, 2 * C]
@@ -218,35 +265,54 @@ class Visformer(StagedBackbone):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, s['stem_channels'], 7, 2, 3, bias=False),
             build_norm_layer(norm_cfg, s['stem_channels'])[1],
-            nn.ReLU(inplace=True))
+            nn.ReLU(inplace=True),
+        )
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         in_dims = [s['stem_channels']] + stage_dims[:2]
         for i in range(3):
             stride = 8 * 2**i
-            self.add_module(f'patch_embed{i + 1}', PatchEmbed(
-                in_dims[i], stage_dims[i], 4 if i == 0 else 2, norm_cfg))
-            self.register_parameter(f'pos_embed{i + 1}', nn.Parameter(
-                torch.zeros(1, stage_dims[i], img_size[0] // stride,
-                            img_size[1] // stride)))
+            self.add_module(
+                f'patch_embed{i + 1}',
+                PatchEmbed(in_dims[i], stage_dims[i], 4 if i == 0 else 2, norm_cfg),
+            )
+            self.register_parameter(
+                f'pos_embed{i + 1}',
+                nn.Parameter(
+                    torch.zeros(
+                        1, stage_dims[i], img_size[0] // stride, img_size[1] // stride
+                    )
+                ),
+            )
             conv_stage = i == 0  # stage 1 is attention-free
-            self.add_module(f'stage{i + 1}', nn.Sequential(*[
-                VisformerBlock(
-                    stage_dims[i], heads,
-                    2 * stage_dims[i] if conv_stage
-                    else int(stage_dims[i] * mlp_ratio),
-                    attention=not conv_stage,
-                    spatial_groups=spatial_groups if conv_stage else 0,
-                    drop_path=dpr[sum(depths[:i]) + j], norm_cfg=norm_cfg,
-                    with_cp=with_cp) for j in range(depths[i])
-            ]))
+            self.add_module(
+                f'stage{i + 1}',
+                nn.Sequential(
+                    *[
+                        VisformerBlock(
+                            stage_dims[i],
+                            heads,
+                            2 * stage_dims[i]
+                            if conv_stage
+                            else int(stage_dims[i] * mlp_ratio),
+                            attention=not conv_stage,
+                            spatial_groups=spatial_groups if conv_stage else 0,
+                            drop_path=dpr[sum(depths[:i]) + j],
+                            norm_cfg=norm_cfg,
+                            with_cp=with_cp,
+                        )
+                        for j in range(depths[i])
+                    ]
+                ),
+            )
         for i in self.out_indices:
             if i == 0:
                 self.upsample0 = nn.Sequential(
                     nn.ConvTranspose2d(C // 2, C // 2, 2, stride=2),
-                    build_norm_layer(norm_cfg, C // 2)[1], nn.GELU())
+                    build_norm_layer(norm_cfg, C // 2)[1],
+                    nn.GELU(),
+                )
             else:
-                self.add_module(f'norm{i}',
-                                build_norm_layer(norm_cfg, self.dims[i])[1])
+                self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.dims[i])[1])
 
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
         self._init_default_weights()
@@ -258,21 +324,22 @@ class Visformer(StagedBackbone):
         # position embeddings ~ TN(0.02).
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out',
-                                        nonlinearity='relu')
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, _BatchNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for i in range(1, 4):
-            trunc_normal_(getattr(self, f'pos_embed{i}'), std=.02)
+            trunc_normal_(getattr(self, f'pos_embed{i}'), std=0.02)
 
-    def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
-                               *args, **kwargs) -> None:
+    def _resize_pos_embed_hook(
+        self, state_dict: dict, prefix: str, *args, **kwargs
+    ) -> None:
         for i in range(1, 4):
-            resize_pos_embed_on_load(state_dict, f'{prefix}pos_embed{i}',
-                                     getattr(self, f'pos_embed{i}'))
+            resize_pos_embed_on_load(
+                state_dict, f'{prefix}pos_embed{i}', getattr(self, f'pos_embed{i}')
+            )
 
     # ---------------------------------------------------------- train mode
     def _layer_depth(self, name: str) -> int | None:
@@ -281,7 +348,7 @@ class Visformer(StagedBackbone):
             return 0
         match = re.fullmatch(r'(patch_embed|pos_embed|stage)([123])', parts[0])
         if match:
-            start = sum(d[:int(match.group(2)) - 1])
+            start = sum(d[: int(match.group(2)) - 1])
             if match.group(1) == 'stage':
                 return start + int(parts[1]) + 1
             return start  # the stage's patch and position embedding
@@ -292,8 +359,7 @@ class Visformer(StagedBackbone):
             return
         frozen = [self.stem]
         for i in range(1, min(self.frozen_stages, 3) + 1):
-            frozen += [getattr(self, f'patch_embed{i}'),
-                       getattr(self, f'stage{i}')]
+            frozen += [getattr(self, f'patch_embed{i}'), getattr(self, f'stage{i}')]
             getattr(self, f'pos_embed{i}').requires_grad = False
             if hasattr(self, f'norm{i}'):
                 frozen.append(getattr(self, f'norm{i}'))
@@ -308,8 +374,7 @@ class Visformer(StagedBackbone):
         x = self.stem(x)
         for i in range(1, 4):
             x = getattr(self, f'patch_embed{i}')(x)
-            x = x + interpolate_pos_embed(getattr(self, f'pos_embed{i}'),
-                                          x.shape[-2:])
+            x = x + interpolate_pos_embed(getattr(self, f'pos_embed{i}'), x.shape[-2:])
             x = getattr(self, f'stage{i}')(x)
             if i == 1 and 0 in self.out_indices:
                 # crop: 2 * ceil(H/8) exceeds ceil(H/4) for some H

@@ -1,5 +1,6 @@
 """Autograd functions that keep less for backward than autograd would, each
 computing the same values and gradients as the plain layers it replaces."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ class GeluLinear(torch.autograd.Function):
     this drops one of its two hidden-width activations."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
         return linear(F.gelu(h), weight, bias)
@@ -25,7 +27,8 @@ class GeluLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple:
         h, weight = ctx.saved_tensors
         grad_h = torch.ops.aten.gelu_backward(
-            input_grad(grad, weight.to(grad.dtype)), h)
+            input_grad(grad, weight.to(grad.dtype)), h
+        )
         grad_w = weight_grad(grad, F.gelu(h).to(grad.dtype))
         grad_b = bias_grad(grad).to(weight.dtype) if ctx.has_bias else None
         return grad_h, grad_w.to(weight.dtype), grad_b
@@ -47,12 +50,12 @@ class MaxPool2x2(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        index, = ctx.saved_tensors
+        (index,) = ctx.saved_tensors
         return F.max_unpool2d(grad, index, 2, output_size=ctx.size)
 
 
 def needs_grad(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether autograd records an op on ``x`` and ``params``."""
     return torch.is_grad_enabled() and (
-        x.requires_grad or any(p is not None and p.requires_grad
-                               for p in params))
+        x.requires_grad or any(p is not None and p.requires_grad for p in params)
+    )

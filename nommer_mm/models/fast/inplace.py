@@ -1,5 +1,6 @@
 """Writing a sum into a tensor the caller just created, instead of a new
 buffer: on CPU a fresh full-size buffer costs more than the add itself."""
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,10 @@ def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     same result: same shape (no broadcast growth) and ``fresh``'s dtype is
     already the promoted one (so autocast's fp32 promotion is kept). The
     caller owns ``fresh`` and makes sure autograd does not need it."""
-    if not fast_paths_enabled() or fresh.shape != other.shape or \
-            torch.promote_types(fresh.dtype, other.dtype) != fresh.dtype:
+    if (
+        not fast_paths_enabled()
+        or fresh.shape != other.shape
+        or torch.promote_types(fresh.dtype, other.dtype) != fresh.dtype
+    ):
         return fresh + other
     return fresh.add_(other)

@@ -18,6 +18,7 @@ and neither a TorchScript trace (the FLOP counter reads ``aten::linear``) nor
 else the plain ``F.linear`` runs. Parameters and state-dict keys are those of
 ``nn.Linear``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,14 +44,16 @@ def onednn_applies(*tensors: torch.Tensor) -> bool:
     """Whether the oneDNN path computes ``F.linear`` for these tensors."""
     # is_compiling first: under dynamo it is a constant that ends the test
     # before calls dynamo would not trace
-    return (fast_paths_enabled() and not torch.compiler.is_compiling()
-            and _OP is not None
-            and not torch.jit.is_tracing()
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled
-            and all(t.device.type == 'cpu' and t.dtype == torch.float32
-                    for t in tensors)
-            and not torch.is_autocast_enabled('cpu'))
+    return (
+        fast_paths_enabled()
+        and not torch.compiler.is_compiling()
+        and _OP is not None
+        and not torch.jit.is_tracing()
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled('cpu')
+    )
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -63,14 +66,23 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def _product(x: torch.Tensor, weight: torch.Tensor,
-             bias: torch.Tensor | None = None,
-             activation: str = 'none') -> torch.Tensor:
+def _product(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = 'none',
+) -> torch.Tensor:
     """``activation(x @ weight.T + bias)``."""
     if onednn_applies(x, weight):
         # 'none' as the GELU algorithm selects the exact (erf) form
-        return _OP(_dense(x), _dense(weight), bias, activation, [],
-                   'none' if activation == 'gelu' else '')
+        return _OP(
+            _dense(x),
+            _dense(weight),
+            bias,
+            activation,
+            [],
+            'none' if activation == 'gelu' else '',
+        )
     out = F.linear(x, weight, bias)
     return F.gelu(out) if activation == 'gelu' else out
 
@@ -98,8 +110,9 @@ class _OneDNNLinear(torch.autograd.Function):
     ``F.linear`` saves (input and weight)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return _product(x, weight, bias)
@@ -115,9 +128,12 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor,
-           bias: torch.Tensor | None = None,
-           activation: str = 'none') -> torch.Tensor:
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = 'none',
+) -> torch.Tensor:
     """``activation(F.linear(x, weight, bias))``, through oneDNN where
     :func:`onednn_applies`. ``activation`` is ``'none'`` or ``'gelu'``
     (exact erf GELU); the fused activation is used without autograd.
@@ -125,11 +141,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     Shapes: x (..., in), weight (out, in), bias (out,) -> (..., out)
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f'activation must be one of {ACTIVATIONS}, '
-                         f'got {activation!r}')
+        raise ValueError(f'activation must be one of {ACTIVATIONS}, got {activation!r}')
     tracked = torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad
-        or (bias is not None and bias.requires_grad))
+        x.requires_grad
+        or weight.requires_grad
+        or (bias is not None and bias.requires_grad)
+    )
     if not tracked:
         return _product(x, weight, bias, activation)
     if onednn_applies(x, weight):
@@ -148,16 +165,17 @@ LONG_SEQUENCE = 1024
 _ROWS = 256  # query rows per step: a (256, N) score block stays in cache
 
 
-def attention_applies(q: torch.Tensor, k: torch.Tensor,
-                      v: torch.Tensor) -> bool:
+def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether :func:`attention` is the faster exact path for these inputs
     (long sequences, no autograd, and :func:`onednn_applies`)."""
-    return (q.shape[-2] >= LONG_SEQUENCE and not torch.is_grad_enabled()
-            and onednn_applies(q, k, v))
+    return (
+        q.shape[-2] >= LONG_SEQUENCE
+        and not torch.is_grad_enabled()
+        and onednn_applies(q, k, v)
+    )
 
 
-def attention(q: torch.Tensor, k: torch.Tensor,
-              v: torch.Tensor) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v, without autograd, as oneDNN products per
     image, head and block of query rows.
 
@@ -174,12 +192,13 @@ def attention(q: torch.Tensor, k: torch.Tensor,
         for h in range(heads):
             keys, values_t = k[b, h], v[b, h].t()
             for start in range(0, N, _ROWS):
-                scores = _OP(q[b, h, start:start + _ROWS], keys, None, 'none',
-                             [], '')
+                scores = _OP(q[b, h, start : start + _ROWS], keys, None, 'none', [], '')
                 p = torch.ops.aten._softmax.out(
-                    scores, -1, False, out=probs[:scores.shape[0]])
-                out[b, start:start + _ROWS, h] = _OP(p, values_t, None,
-                                                     'none', [], '')
+                    scores, -1, False, out=probs[: scores.shape[0]]
+                )
+                out[b, start : start + _ROWS, h] = _OP(
+                    p, values_t, None, 'none', [], ''
+                )
     return out
 
 
@@ -196,6 +215,7 @@ def _plain_linear_types() -> tuple:
     types = [nn.Linear]
     try:  # mmcv's wrapper differs only for empty inputs on torch < 1.5
         from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
+
         types.append(MMCVLinear)
     except ImportError:
         pass

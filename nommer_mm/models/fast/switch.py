@@ -5,6 +5,7 @@ On by default; ``NOMMER_FAST=0`` in the environment (read at import) or
 their plain PyTorch forward (module calls, out-of-place sums, autograd's own
 backward). Both paths compute the same function; the tests hold them equal.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ class fast_paths:
     def __init__(self, enabled: bool) -> None:
         global _enabled
         if not isinstance(enabled, bool):
-            raise TypeError(f'fast_paths(enabled): expected True or False, '
-                            f'got {enabled!r}')
+            raise TypeError(
+                f'fast_paths(enabled): expected True or False, got {enabled!r}'
+            )
         self._previous = _enabled
         _enabled = enabled
 

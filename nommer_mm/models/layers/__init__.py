@@ -1,19 +1,49 @@
-from .attention import (GlobalQueryWindowMSA, MultiheadSelfAttention, WindowMSA,
-                        relative_position_index, window_partition,
-                        window_reverse)
-from .context import (CompressedGlobalContext, ContextNominator, ConvContext,
-                      LocalWindowContext, NomMerMixer, PooledGlobalContext,
-                      gumbel_softmax, nominator_logits)
+from .attention import (
+    GlobalQueryWindowMSA,
+    MultiheadSelfAttention,
+    WindowMSA,
+    relative_position_index,
+    window_partition,
+    window_reverse,
+)
+from .context import (
+    CompressedGlobalContext,
+    ContextNominator,
+    ConvContext,
+    LocalWindowContext,
+    NomMerMixer,
+    PooledGlobalContext,
+    gumbel_softmax,
+    nominator_logits,
+)
 from .cot import CoTLayer, SEConv, local_aggregation
 from .dct import BlockDCT, dct_basis, dct_kronecker_basis
 from ..fast import Linear, linear, use_onednn_linear
 from .mlp import Mlp
 
 __all__ = [
-    'GlobalQueryWindowMSA', 'MultiheadSelfAttention', 'WindowMSA', 'relative_position_index',
-    'window_partition', 'window_reverse', 'CompressedGlobalContext',
-    'ContextNominator', 'ConvContext', 'LocalWindowContext', 'NomMerMixer',
-    'PooledGlobalContext', 'gumbel_softmax', 'nominator_logits', 'BlockDCT', 'dct_basis',
-    'dct_kronecker_basis', 'CoTLayer', 'SEConv', 'local_aggregation', 'Mlp', 'Linear', 'linear',
-    'use_onednn_linear'
+    'GlobalQueryWindowMSA',
+    'MultiheadSelfAttention',
+    'WindowMSA',
+    'relative_position_index',
+    'window_partition',
+    'window_reverse',
+    'CompressedGlobalContext',
+    'ContextNominator',
+    'ConvContext',
+    'LocalWindowContext',
+    'NomMerMixer',
+    'PooledGlobalContext',
+    'gumbel_softmax',
+    'nominator_logits',
+    'BlockDCT',
+    'dct_basis',
+    'dct_kronecker_basis',
+    'CoTLayer',
+    'SEConv',
+    'local_aggregation',
+    'Mlp',
+    'Linear',
+    'linear',
+    'use_onednn_linear',
 ]

@@ -6,6 +6,7 @@ relative position bias of window attention enters as an additive mask.
 Global attention over long sequences on CPU without autograd (dense inputs)
 uses :func:`.onednn.attention` instead, which is faster there.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,12 +31,12 @@ class MultiheadSelfAttention(nn.Module):
         x: (B, N, C) -> (B, N, C)
     """
 
-    def __init__(self, embed_dims: int, num_heads: int,
-                 qkv_bias: bool = False) -> None:
+    def __init__(self, embed_dims: int, num_heads: int, qkv_bias: bool = False) -> None:
         super().__init__()
         if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
-                             f'num_heads {num_heads}')
+            raise ValueError(
+                f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}'
+            )
         self.num_heads = num_heads
         self.qkv = Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         self.proj = Linear(embed_dims, embed_dims)
@@ -53,8 +54,9 @@ class MultiheadSelfAttention(nn.Module):
 def relative_position_index(window: int) -> torch.Tensor:
     """Index into a ((2w-1)^2, heads) bias table for every query/key pair of
     a w x w window, row-major tokens (Swin's layout). Shape (w*w, w*w)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window),
-                                        torch.arange(window), indexing='ij'))
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window), torch.arange(window), indexing='ij')
+    )
     coords = coords.flatten(1)  # (2, w*w)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     rel = rel + (window - 1)
@@ -68,8 +70,7 @@ def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, C)
 
 
-def window_reverse(windows: torch.Tensor, window: int, H: int,
-                   W: int) -> torch.Tensor:
+def window_reverse(windows: torch.Tensor, window: int, H: int, W: int) -> torch.Tensor:
     """Inverse of :func:`window_partition`: (B*nW, w*w, C) -> (B, H, W, C)."""
     C = windows.shape[-1]
     x = windows.view(-1, H // window, W // window, window, window, C)
@@ -103,60 +104,78 @@ class WindowMSA(nn.Module):
 
     num_projections = 3  # q, k and v from the window's tokens
 
-    def __init__(self, embed_dims: int, num_heads: int, window_size: int = 7,
-                 qkv_bias: bool = True) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        window_size: int = 7,
+        qkv_bias: bool = True,
+    ) -> None:
         super().__init__()
         if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
-                             f'num_heads {num_heads}')
+            raise ValueError(
+                f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}'
+            )
         self.num_heads = num_heads
         self.window_size = window_size
         self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * window_size - 1)**2, num_heads))
+            torch.zeros((2 * window_size - 1) ** 2, num_heads)
+        )
         # Derived from window_size alone, so not saved in checkpoints.
-        self.register_buffer('relative_position_index',
-                             relative_position_index(window_size),
-                             persistent=False)
-        self.qkv = Linear(embed_dims, embed_dims * self.num_projections,
-                             bias=qkv_bias)
+        self.register_buffer(
+            'relative_position_index',
+            relative_position_index(window_size),
+            persistent=False,
+        )
+        self.qkv = Linear(embed_dims, embed_dims * self.num_projections, bias=qkv_bias)
         self.proj = Linear(embed_dims, embed_dims)
-        trunc_normal_(self.relative_position_bias_table, std=.02)
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
         self._register_load_state_dict_pre_hook(self._resize_bias_table_hook)
 
-    def _resize_bias_table_hook(self, state_dict: dict, prefix: str,
-                                *args, **kwargs) -> None:
+    def _resize_bias_table_hook(
+        self, state_dict: dict, prefix: str, *args, **kwargs
+    ) -> None:
         """Bicubic-resize a checkpoint's bias table trained for another
         window (e.g. a 7x7 ImageNet table into a 24x24 detection window)."""
         key = prefix + 'relative_position_bias_table'
         src = state_dict.get(key)
         dst = self.relative_position_bias_table
-        if src is None or src.shape == dst.shape or src.ndim != 2 \
-                or src.shape[1] != dst.shape[1]:
+        if (
+            src is None
+            or src.shape == dst.shape
+            or src.ndim != 2
+            or src.shape[1] != dst.shape[1]
+        ):
             return  # equal, or left to the size check to report
-        side_src, side_dst = round(src.shape[0]**0.5), 2 * self.window_size - 1
+        side_src, side_dst = round(src.shape[0] ** 0.5), 2 * self.window_size - 1
         if side_src**2 != src.shape[0]:
             return
         grid = src.T.reshape(1, -1, side_src, side_src).float()
-        grid = F.interpolate(grid, size=(side_dst, side_dst), mode='bicubic',
-                             align_corners=False)
+        grid = F.interpolate(
+            grid, size=(side_dst, side_dst), mode='bicubic', align_corners=False
+        )
         state_dict[key] = grid.reshape(-1, side_dst**2).T.to(src.dtype)
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, w*w, w*w) additive attention bias."""
         n = self.window_size**2
-        bias = self.relative_position_bias_table[
-            self.relative_position_index.view(-1)]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor,
-                query: torch.Tensor | None = None) -> torch.Tensor:
-        if fast_paths_enabled() and not torch.is_grad_enabled() and \
-                x.numel() * x.element_size() > 2 * STRIP_BYTES:
+    def forward(
+        self, x: torch.Tensor, query: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if (
+            fast_paths_enabled()
+            and not torch.is_grad_enabled()
+            and x.numel() * x.element_size() > 2 * STRIP_BYTES
+        ):
             return self._forward_in_strips(x, query)
         return self._forward(x, query)
 
-    def _forward_in_strips(self, x: torch.Tensor,
-                           query: torch.Tensor | None) -> torch.Tensor:
+    def _forward_in_strips(
+        self, x: torch.Tensor, query: torch.Tensor | None
+    ) -> torch.Tensor:
         """Without autograd, a large map runs a strip of window rows at a
         time. Windows start at multiples of ``w`` from the top-left, so none
         straddles two strips and the result is the same; the temporaries
@@ -167,14 +186,13 @@ class WindowMSA(nn.Module):
         rows = max(1, STRIP_BYTES // (B * w * W * C * x.element_size())) * w
         out = None
         for top in range(0, H, rows):
-            part = self._forward(x[:, top:top + rows], query)
+            part = self._forward(x[:, top : top + rows], query)
             if out is None:
                 out = part.new_empty(B, H, W, part.shape[-1])
-            out[:, top:top + rows] = part
+            out[:, top : top + rows] = part
         return out
 
-    def _forward(self, x: torch.Tensor,
-                 query: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, query: torch.Tensor | None) -> torch.Tensor:
         B, H, W, C = x.shape
         w = self.window_size
         pad_h, pad_w = (-H) % w, (-W) % w
@@ -204,20 +222,29 @@ class WindowMSA(nn.Module):
         """The ``num_projections`` projections of (B*nW, n, C) windows, each
         split into heads: (B*nW, h, n, d)."""
         n, C = windows.shape[1:]
-        proj = self.qkv(windows).reshape(-1, n, self.num_projections,
-                                         self.num_heads, C // self.num_heads)
+        proj = self.qkv(windows).reshape(
+            -1, n, self.num_projections, self.num_heads, C // self.num_heads
+        )
         return proj.permute(2, 0, 3, 1, 4).unbind(0)
 
-    def _project(self, windows: torch.Tensor, query: torch.Tensor | None,
-                 B: int) -> tuple:
+    def _project(
+        self, windows: torch.Tensor, query: torch.Tensor | None, B: int
+    ) -> tuple:
         if query is not None:
             raise TypeError(f'{type(self).__name__} takes no external query')
         return self._heads(windows)
 
-    def _redo_border_windows(self, out: torch.Tensor, q: torch.Tensor,
-                             k: torch.Tensor, v: torch.Tensor,
-                             bias: torch.Tensor, B: int, H: int,
-                             W: int) -> torch.Tensor:
+    def _redo_border_windows(
+        self,
+        out: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        B: int,
+        H: int,
+        W: int,
+    ) -> torch.Tensor:
         """Attention again for the windows that hold padding (the last row
         and column of windows), with padded keys masked out. All windows
         first ran with the bias alone, which is exact for the others: one
@@ -225,11 +252,13 @@ class WindowMSA(nn.Module):
         NomMer-T at 800x1333, batch 2) is never built."""
         border, mask = self._border_windows(H, W, q)
         num_windows = q.shape[0] // B
-        index = (torch.arange(B, device=q.device)[:, None] * num_windows
-                 + border).flatten()
+        index = (
+            torch.arange(B, device=q.device)[:, None] * num_windows + border
+        ).flatten()
         mask = bias + mask.repeat(B, 1, 1, 1)  # (B*nb, h, n, n)
-        redone = F.scaled_dot_product_attention(q[index], k[index],
-                                                v[index], attn_mask=mask)
+        redone = F.scaled_dot_product_attention(
+            q[index], k[index], v[index], attn_mask=mask
+        )
         if not fast_paths_enabled() or torch.is_grad_enabled():
             # SDPA's backward may keep ``out``
             return out.index_copy(0, index, redone)
@@ -256,10 +285,11 @@ class WindowMSA(nn.Module):
         if H % w:
             border.append(grid[-1])
         if W % w:
-            border.append(grid[:rows - 1 if H % w else rows, -1])
+            border.append(grid[: rows - 1 if H % w else rows, -1])
         border = torch.cat(border)
-        real = torch.zeros(1, rows * w, cols * w, 1, dtype=torch.bool,
-                           device=ref.device)
+        real = torch.zeros(
+            1, rows * w, cols * w, 1, dtype=torch.bool, device=ref.device
+        )
         real[:, :H, :W] = True
         real = window_partition(real, w)[border, :, 0]  # (nb, n)
         mask = torch.zeros(real.shape, dtype=ref.dtype, device=ref.device)
@@ -280,8 +310,9 @@ class GlobalQueryWindowMSA(WindowMSA):
 
     num_projections = 2
 
-    def _project(self, windows: torch.Tensor, query: torch.Tensor | None,
-                 B: int) -> tuple:
+    def _project(
+        self, windows: torch.Tensor, query: torch.Tensor | None, B: int
+    ) -> tuple:
         if query is None:
             raise TypeError('GlobalQueryWindowMSA needs the global query')
         k, v = self._heads(windows)

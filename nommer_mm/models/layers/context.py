@@ -4,6 +4,7 @@ between them (NomMer, CVPR 2022, Sec. 3).
 Every candidate maps the normalized tokens (B, H, W, C) to (B, H, W, C) for
 any H, W: padding to whole windows / DCT blocks happens inside and is cropped.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,9 @@ class ConvContext(nn.Module):
     """CNN context F_C: a ResNet bottleneck (1x1 -> 3x3 -> 1x1, BN, ReLU)
     with identity shortcut, width ``C / reduction``."""
 
-    def __init__(self, embed_dims: int, reduction: int = 4,
-                 norm_cfg: dict = dict(type='BN')) -> None:
+    def __init__(
+        self, embed_dims: int, reduction: int = 4, norm_cfg: dict = dict(type='BN')
+    ) -> None:
         super().__init__()
         width = embed_dims // reduction
         self.conv1 = nn.Conv2d(embed_dims, width, 1, bias=False)
@@ -52,8 +54,9 @@ class _BlockGlobalContext(nn.Module):
     """Shared skeleton of the global candidates: summarise every N x N block
     into one token, run global MHSA over the block tokens, spread back."""
 
-    def __init__(self, embed_dims: int, num_heads: int, block_size: int,
-                 norm_cfg: dict) -> None:
+    def __init__(
+        self, embed_dims: int, num_heads: int, block_size: int, norm_cfg: dict
+    ) -> None:
         super().__init__()
         self.block_size = block_size
         self.embed_dims = embed_dims
@@ -98,15 +101,19 @@ class CompressedGlobalContext(_BlockGlobalContext):
     global MHSA over the H/N x W/N block tokens, grouped 1x1 ``expand`` back
     to C*l*l coefficients, inverse DCT."""
 
-    def __init__(self, embed_dims: int, num_heads: int, block_size: int = 8,
-                 groups: int = 8, norm_cfg: dict = dict(type='BN')) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        block_size: int = 8,
+        groups: int = 8,
+        norm_cfg: dict = dict(type='BN'),
+    ) -> None:
         super().__init__(embed_dims, num_heads, block_size, norm_cfg)
         self.dct = BlockDCT(block_size)
         coeffs = embed_dims * self.dct.keep**2
-        self.compress = nn.Conv2d(coeffs, embed_dims, 1, groups=groups,
-                                  bias=False)
-        self.expand = nn.Conv2d(embed_dims, coeffs, 1, groups=groups,
-                                bias=False)
+        self.compress = nn.Conv2d(coeffs, embed_dims, 1, groups=groups, bias=False)
+        self.expand = nn.Conv2d(embed_dims, coeffs, 1, groups=groups, bias=False)
 
     def summarize(self, x: torch.Tensor) -> torch.Tensor:
         return _grouped_1x1(self.dct(x), self.compress)
@@ -138,8 +145,9 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return ((logits + gumbels) / tau).softmax(dim=-1)
 
 
-def select_nominated(feats: list, index: torch.Tensor,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
+def select_nominated(
+    feats: list, index: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``feats[index]`` per position: (B, H, W, C) candidates, (B, H, W)
     index. Equal to the one-hot weighted sum, without a (B, H, W, P, C) stack
     or products.
@@ -152,8 +160,7 @@ def select_nominated(feats: list, index: torch.Tensor,
     an eval model), and in a trace (ONNX export: ``where`` has no ``out=``
     there), it selects out of place."""
     index = index.unsqueeze(-1)
-    if not fast_paths_enabled() or torch.is_grad_enabled() \
-            or torch.jit.is_tracing():
+    if not fast_paths_enabled() or torch.is_grad_enabled() or torch.jit.is_tracing():
         selected = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
             selected = torch.where(index == i, feats[i], selected)
@@ -168,8 +175,9 @@ def select_nominated(feats: list, index: torch.Tensor,
     return out
 
 
-def nominator_logits(summed: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor) -> torch.Tensor:
+def nominator_logits(
+    summed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """(B, H, W, C) sum of candidates -> (B, H, W, P) logits, in fp32 (or
     fp64) even under autocast: the Gumbel sample is sensitive to
     half-precision rounding."""
@@ -207,8 +215,9 @@ class _NominateAndCombine(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tau: float, weight: torch.Tensor, bias: torch.Tensor,
-                *feats: torch.Tensor) -> tuple:
+    def forward(
+        ctx, tau: float, weight: torch.Tensor, bias: torch.Tensor, *feats: torch.Tensor
+    ) -> tuple:
         summed = _sum(feats)
         logits = nominator_logits(summed, weight, bias)
         soft = gumbel_softmax(logits, tau)
@@ -226,11 +235,12 @@ class _NominateAndCombine(torch.autograd.Function):
         weight, soft, index, *feats = ctx.saved_tensors
         C = grad.shape[-1]
         grad_soft = torch.stack(
-            [torch.linalg.vecdot(grad, f.to(grad.dtype)) for f in feats],
-            dim=-1).to(soft.dtype)
+            [torch.linalg.vecdot(grad, f.to(grad.dtype)) for f in feats], dim=-1
+        ).to(soft.dtype)
         # softmax backward, on (B, H, W, P): small
-        grad_logits = soft * (grad_soft - (grad_soft * soft).sum(
-            -1, keepdim=True)) / ctx.tau
+        grad_logits = (
+            soft * (grad_soft - (grad_soft * soft).sum(-1, keepdim=True)) / ctx.tau
+        )
         rows = grad_logits.reshape(-1, len(feats))
         summed = _sum(feats)
         grad_weight = rows.t() @ summed.reshape(-1, C).to(rows.dtype)
@@ -245,8 +255,12 @@ class _NominateAndCombine(torch.autograd.Function):
             else:
                 g_p = torch.addcmul(grad_summed, grad, chosen)
             grad_feats.append(g_p.to(f.dtype))
-        return (None, grad_weight.to(weight.dtype),
-                grad_bias.to(weight.dtype), *grad_feats)
+        return (
+            None,
+            grad_weight.to(weight.dtype),
+            grad_bias.to(weight.dtype),
+            *grad_feats,
+        )
 
 
 class ContextNominator(nn.Module):
@@ -262,8 +276,9 @@ class ContextNominator(nn.Module):
         feats: P candidates, each (B, H, W, C) -> (B, H, W, C)
     """
 
-    def __init__(self, embed_dims: int, num_candidates: int = 3,
-                 tau: float = 1.0) -> None:
+    def __init__(
+        self, embed_dims: int, num_candidates: int = 3, tau: float = 1.0
+    ) -> None:
         super().__init__()
         self.fc = nn.Linear(embed_dims, num_candidates)
         self.tau = tau
@@ -271,25 +286,27 @@ class ContextNominator(nn.Module):
 
     def forward(self, feats: list) -> torch.Tensor:
         if len(feats) != self.fc.out_features:
-            raise ValueError(f'expected {self.fc.out_features} candidates, '
-                             f'got {len(feats)}')
+            raise ValueError(
+                f'expected {self.fc.out_features} candidates, got {len(feats)}'
+            )
         if self.training and fast_paths_enabled():
             out, index = _NominateAndCombine.apply(
-                self.tau, self.fc.weight, self.fc.bias, *feats)
+                self.tau, self.fc.weight, self.fc.bias, *feats
+            )
         elif self.training:
             # hard Gumbel-softmax with straight-through gradients: the
             # forward takes the one-hot sample, the backward the soft one's
             soft = gumbel_softmax(
-                nominator_logits(_sum(feats), self.fc.weight, self.fc.bias),
-                self.tau)
+                nominator_logits(_sum(feats), self.fc.weight, self.fc.bias), self.tau
+            )
             index = soft.argmax(-1)
             hard = F.one_hot(index, len(feats)).to(soft.dtype)
             weights = hard - soft.detach() + soft
-            out = _sum([weights[..., p, None] * f
-                        for p, f in enumerate(feats)])
+            out = _sum([weights[..., p, None] * f for p, f in enumerate(feats)])
         else:
-            index = nominator_logits(_sum(feats), self.fc.weight,
-                                     self.fc.bias).argmax(-1)
+            index = nominator_logits(_sum(feats), self.fc.weight, self.fc.bias).argmax(
+                -1
+            )
             out = select_nominated(feats, index)
         self.nomination = index.detach()
         return out
@@ -319,20 +336,30 @@ class NomMerMixer(nn.Module):
         x: (B, H, W, C) -> (B, H, W, C)
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, window_size: int = 7,
-                 dct_block: int = 8, reduction: int = 4,
-                 contexts: tuple = CONTEXT_NAMES, global_type: str = 'dct',
-                 fusion: str = 'nominator',
-                 norm_cfg: dict = dict(type='BN')) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        window_size: int = 7,
+        dct_block: int = 8,
+        reduction: int = 4,
+        contexts: tuple = CONTEXT_NAMES,
+        global_type: str = 'dct',
+        fusion: str = 'nominator',
+        norm_cfg: dict = dict(type='BN'),
+    ) -> None:
         super().__init__()
         contexts = tuple(contexts)
         unknown = [c for c in contexts if c not in CONTEXT_NAMES]
         if unknown or not contexts:
-            raise ValueError(f'contexts must be a non-empty subset of '
-                             f'{CONTEXT_NAMES}, got {contexts}')
+            raise ValueError(
+                f'contexts must be a non-empty subset of '
+                f'{CONTEXT_NAMES}, got {contexts}'
+            )
         if global_type not in GLOBAL_TYPES:
-            raise ValueError(f'global_type must be one of {GLOBAL_TYPES}, '
-                             f'got {global_type!r}')
+            raise ValueError(
+                f'global_type must be one of {GLOBAL_TYPES}, got {global_type!r}'
+            )
         if fusion not in FUSIONS:
             raise ValueError(f'fusion must be one of {FUSIONS}, got {fusion!r}')
         # Keep the reference order whatever order the user gave.
@@ -341,13 +368,14 @@ class NomMerMixer(nn.Module):
         if 'conv' in self.contexts:
             self.conv_context = ConvContext(embed_dims, reduction, norm_cfg)
         if 'window' in self.contexts:
-            self.window_context = LocalWindowContext(embed_dims, num_heads,
-                                                     window_size)
+            self.window_context = LocalWindowContext(embed_dims, num_heads, window_size)
         if 'global' in self.contexts:
-            cls = (CompressedGlobalContext
-                   if global_type == 'dct' else PooledGlobalContext)
-            self.global_context = cls(embed_dims, num_heads, dct_block,
-                                      norm_cfg=norm_cfg)
+            cls = (
+                CompressedGlobalContext if global_type == 'dct' else PooledGlobalContext
+            )
+            self.global_context = cls(
+                embed_dims, num_heads, dct_block, norm_cfg=norm_cfg
+            )
         if fusion == 'nominator' and len(self.contexts) > 1:
             self.nominator = ContextNominator(embed_dims, len(self.contexts))
         else:

@@ -5,6 +5,7 @@ The reference aggregates values with CuPy kernels (GPU only);
 :func:`local_aggregation` computes the same sum with k*k shifted
 multiply-adds, on any device and differentiable by autograd.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 
 
-def local_aggregation(x: torch.Tensor, weight: torch.Tensor,
-                      kernel_size: int = 3) -> torch.Tensor:
+def local_aggregation(
+    x: torch.Tensor, weight: torch.Tensor, kernel_size: int = 3
+) -> torch.Tensor:
     """Per-position local filtering with zero padding:
 
         out[n, c, i, j] = sum_{a,b} weight[n, c % Cw, a*k + b, i, j]
@@ -35,7 +37,7 @@ def local_aggregation(x: torch.Tensor, weight: torch.Tensor,
     # One shifted multiply-add per kernel tap: no (N, C, k*k, H, W) unfold.
     for a in range(k):
         for b in range(k):
-            term = padded[..., a:a + H, b:b + W] * weight[:, None, :, a * k + b]
+            term = padded[..., a : a + H, b : b + W] * weight[:, None, :, a * k + b]
             out = term if out is None else out + term
     return out.reshape(N, C, H, W)
 
@@ -62,8 +64,13 @@ class CoTLayer(nn.Module):
     share_planes = 8
     radix = 2
 
-    def __init__(self, channels: int, kernel_size: int = 3, groups: int = 1,
-                 norm_cfg: dict = dict(type='BN')) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        groups: int = 1,
+        norm_cfg: dict = dict(type='BN'),
+    ) -> None:
         super().__init__()
         C, k = channels, kernel_size
         self.kernel_size = k
@@ -74,20 +81,28 @@ class CoTLayer(nn.Module):
 
         self.key_embed = nn.Sequential(
             nn.Conv2d(C, C, k, padding=k // 2, groups=4 * groups, bias=False),
-            bn(C), nn.ReLU(inplace=True))
+            bn(C),
+            nn.ReLU(inplace=True),
+        )
         weights = k * k * C // self.share_planes
         self.embed = nn.Sequential(
             nn.Conv2d(2 * C, C // 2, 1, groups=groups, bias=False),
-            bn(C // 2), nn.ReLU(inplace=True),
+            bn(C // 2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(C // 2, weights, 1, groups=groups),
-            nn.GroupNorm(C // self.share_planes, weights))
+            nn.GroupNorm(C // self.share_planes, weights),
+        )
         self.conv1x1 = nn.Sequential(
-            nn.Conv2d(C, C, 1, groups=groups, bias=False), bn(C))
+            nn.Conv2d(C, C, 1, groups=groups, bias=False), bn(C)
+        )
         self.bn = bn(C)
         attn = max(C * self.radix // 4, 32)
         self.se = nn.Sequential(
-            nn.Conv2d(C, attn, 1), bn(attn), nn.ReLU(inplace=True),
-            nn.Conv2d(attn, self.radix * C, 1))
+            nn.Conv2d(C, attn, 1),
+            bn(attn),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(attn, self.radix * C, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -115,12 +130,16 @@ class SEConv(nn.Module):
     Shapes: (B, Cin, H, W) -> (B, Cout, ceil(H/stride), ceil(W/stride))
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 norm_cfg: dict = dict(type='BN')) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        norm_cfg: dict = dict(type='BN'),
+    ) -> None:
         super().__init__()
         attn = max(in_channels // 4, 32)
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1,
-                              bias=False)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn0 = build_norm_layer(norm_cfg, out_channels)[1]
         self.fc1 = nn.Conv2d(out_channels, attn, 1)
         self.bn1 = build_norm_layer(norm_cfg, attn)[1]

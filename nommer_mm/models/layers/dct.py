@@ -4,6 +4,7 @@ The transforms are fixed orthonormal bases, held as non-persistent buffers
 (never trained, never saved) and applied as small matrix products per block,
 not as convolutions with N x N kernels.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,9 @@ class BlockDCT(nn.Module):
         self.block_size = block_size
         self.keep = keep if keep is not None else (block_size + 1) // 2
         kron = dct_kronecker_basis(block_size, self.keep)
-        self.register_buffer('basis', kron.to(torch.get_default_dtype()),
-                             persistent=False)
+        self.register_buffer(
+            'basis', kron.to(torch.get_default_dtype()), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape

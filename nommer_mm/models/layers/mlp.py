@@ -1,4 +1,5 @@
 """The transformer MLP shared by NomMer and GC ViT."""
+
 from __future__ import annotations
 
 import torch
@@ -28,6 +29,5 @@ class Mlp(nn.Module):
 
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         if needs_grad(x, *self.parameters()):
-            return GeluLinear.apply(self.fc1(x), self.fc2.weight,
-                                    self.fc2.bias)
+            return GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias)
         return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, 'gelu'))

@@ -96,7 +96,7 @@ def _draws_predictions(cfg, tmp_path, image):
     png = tmp_path / 'pred.png'
     proc = run_tool(
         [
-            ROOT / 'tools/visualize_predictions.py',
+            ROOT / 'tools/visualization/visualize_predictions.py',
             cfg,
             tmp_path / 'work' / 'iter_2.pth',
             image,

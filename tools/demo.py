@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CLS_CONFIG = ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py'
 
@@ -139,7 +138,7 @@ def classification(args, out: Path) -> None:
     run(
         [
             sys.executable,
-            ROOT / 'tools/visualize_nomination.py',
+            ROOT / 'tools/visualization/visualize_nomination.py',
             CLS_CONFIG,
             ckpt,
             image,
@@ -231,7 +230,7 @@ def dense(task: str, args, out: Path) -> None:
     run(
         [
             sys.executable,
-            ROOT / 'tools/visualize_predictions.py',
+            ROOT / 'tools/visualization/visualize_predictions.py',
             config,
             ckpt,
             image,

@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
-from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
+from nommer_mm.launch import load_config, setup_codebase
 
 
 def parse_args(argv=None):

@@ -6,14 +6,12 @@ python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta]
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
 from nommer_mm.launch import (
     add_launch_args,
-    build_runner,  # noqa: E402
+    build_runner,
     check_weights_fit,
     dist_timeout,
     prepare,

@@ -7,13 +7,10 @@ segmentation): the codebase comes from the config's ``default_scope``.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
 from nommer_mm.launch import (
-    add_finite_loss_check,  # noqa: E402
+    add_finite_loss_check,
     add_launch_args,
     build_runner,
     dist_timeout,

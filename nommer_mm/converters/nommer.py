@@ -16,6 +16,7 @@ from collections import OrderedDict
 import torch
 
 from ..models.backbones.nommer import NomMer
+from .common import ConversionError, extract_state_dict, need
 from ..models.layers.dct import dct_kronecker_basis
 from ..models.layers.attention import relative_position_index
 
@@ -72,32 +73,6 @@ _PARAM_SUFFIXES = (
     '.running_var',
     '.num_batches_tracked',
 )
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message says why."""
-
-
-def extract_state_dict(checkpoint: dict, use_ema: bool = False) -> dict:
-    """The model weights inside a reference checkpoint: ``model``,
-    ``state_dict_ema`` (with ``use_ema``) or the plain state dict."""
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f'expected a dict, got {type(checkpoint)}')
-    if use_ema:
-        if 'state_dict_ema' not in checkpoint:
-            raise ConversionError(
-                'no `state_dict_ema` in this checkpoint; '
-                f'its keys: {sorted(checkpoint)[:10]}'
-            )
-        sd = checkpoint['state_dict_ema']
-    elif 'model' in checkpoint:
-        sd = checkpoint['model']
-    elif 'state_dict' in checkpoint:
-        sd = checkpoint['state_dict']
-    else:
-        sd = checkpoint
-    # DataParallel / EMA wrappers prefix their keys.
-    return OrderedDict((re.sub(r'^(module\.)+', '', k), v) for k, v in sd.items())
 
 
 def _rename(key: str) -> str | None:
@@ -189,12 +164,7 @@ def infer_arch(sd: dict) -> dict:
 
 
 def _need(sd: dict, key: str) -> torch.Tensor:
-    if key not in sd:
-        raise ConversionError(
-            f'the reference checkpoint has no {key!r}; '
-            'it is incomplete and cannot be converted'
-        )
-    return sd[key]
+    return need(sd, key, 'the reference')
 
 
 def _reference_name(key: str) -> str:

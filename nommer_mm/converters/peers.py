@@ -23,21 +23,8 @@ from typing import Callable
 
 import torch
 
-from .nommer import ConversionError, extract_state_dict
+from .common import ConversionError, Rules, extract_state_dict, need, rename
 
-
-def _need(state: dict, key: str) -> torch.Tensor:
-    if key not in state:
-        raise ConversionError(
-            f'the checkpoint has no tensor for {key!r} '
-            '(after renaming); it is incomplete'
-        )
-    return state[key]
-
-
-# (pattern, replacement) pairs; the first full match wins; replacement None
-# drops the key (derived buffers).
-Rules = list[tuple[str, str | None]]
 
 # Sub-rules are written with named groups (``t`` = the key's tail) so they
 # can be nested under prefixes that have groups of their own.
@@ -106,27 +93,6 @@ GCVIT_RULES = {
 }
 
 
-def rename(state_dict: dict, rules: Rules, source: str) -> OrderedDict:
-    """Apply ``rules`` to every key; keys no rule matches are an error."""
-    compiled = [(re.compile(p), r) for p, r in rules]
-    out, unmatched = OrderedDict(), []
-    for key, value in state_dict.items():
-        for pattern, repl in compiled:
-            if pattern.fullmatch(key):
-                if repl is not None:
-                    out[pattern.sub(repl, key)] = value
-                break
-        else:
-            unmatched.append(key)
-    if unmatched:
-        raise ConversionError(
-            f'{len(unmatched)} keys of the {source} checkpoint have no place '
-            f"in this plugin's model, e.g. {unmatched[:5]}. Is it the "
-            f'right model and layout?'
-        )
-    return out
-
-
 def _gcvit_fix_shapes(state: OrderedDict) -> OrderedDict:
     # timm's squeeze-excite uses 1x1 convs where the reference has Linear.
     for key, value in state.items():
@@ -155,8 +121,8 @@ def infer_gcvit_arch(state: dict) -> dict | str:
         ]
         for i in range(4)
     ]
-    C = _need(state, 'backbone.patch_embed.proj.weight').shape[0]
-    fc1 = _need(state, 'backbone.levels.0.blocks.0.mlp.fc1.weight')
+    C = need(state, 'backbone.patch_embed.proj.weight').shape[0]
+    fc1 = need(state, 'backbone.levels.0.blocks.0.mlp.fc1.weight')
     gamma = state.get('backbone.levels.0.blocks.0.gamma1')
     arch = dict(
         embed_dims=C,
@@ -307,11 +273,11 @@ def infer_visformer_arch(state: dict) -> dict | str:
         len({k.split('.')[2] for k in state if k.startswith(f'backbone.stage{i}.')})
         for i in (1, 2, 3)
     ]
-    C = _need(state, 'backbone.patch_embed2.proj.weight').shape[0]
+    C = need(state, 'backbone.patch_embed2.proj.weight').shape[0]
     return _match_zoo(
         Visformer,
         dict(
-            stem_channels=_need(state, 'backbone.stem.0.weight').shape[0],
+            stem_channels=need(state, 'backbone.stem.0.weight').shape[0],
             embed_dims=C,
             depths=depths,
             num_heads=None,
@@ -369,7 +335,7 @@ def infer_cotnet_arch(state: dict) -> dict | str:
         for i in range(1, 5)
     ]
     deep = 'backbone.conv1.0.weight' in state
-    width = _need(state, 'backbone.layer1.0.conv1.weight').shape[0]
+    width = need(state, 'backbone.layer1.0.conv1.weight').shape[0]
     key_groups = 1
     for k, v in state.items():  # the first CoT layer's key conv tells
         if k.endswith('conv2.key_embed.0.weight'):
@@ -394,7 +360,7 @@ def infer_cotnet_arch(state: dict) -> dict | str:
             base_width=width // cardinality,  # layer1 has 64 planes
             stem='deep' if deep else 'resnet',
             stem_width=(
-                _need(state, 'backbone.conv1.0.weight').shape[0] if deep else 64
+                need(state, 'backbone.conv1.0.weight').shape[0] if deep else 64
             ),
             avg_down='backbone.layer1.0.downsample.2.weight' in state,
             se_blocks=se_blocks,

@@ -45,9 +45,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from nommer_mm.models.fast import fast_paths
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from nommer_mm.models.fast import fast_paths  # noqa: E402
 
 DEFAULT_MODELS = [
     'configs/cls/nommer-tiny_8xb128_in1k.py',

@@ -20,20 +20,18 @@ detectors run their tensor forward; segmentors run backbone + decode head
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from mmengine.config import DictAction
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from nommer_mm.analysis import (
     count_flops,
     count_flops_module_hooks,  # noqa
     count_params,
 )
-from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
+from nommer_mm.launch import load_config, setup_codebase
 
 
 class TensorForward(nn.Module):

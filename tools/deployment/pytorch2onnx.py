@@ -29,9 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
-from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
+from nommer_mm.launch import load_config, setup_codebase
 
 
 def parse_args(argv=None):

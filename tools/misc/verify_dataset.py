@@ -17,10 +17,8 @@ import argparse
 import os
 import os.path as osp
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
+from nommer_mm.launch import load_config, setup_codebase
 
 
 def parse_args(argv=None):

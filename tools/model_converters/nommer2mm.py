@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from nommer_mm.checkpoint_safety import (
-    UnsafeCheckpointError,  # noqa: E402
+    UnsafeCheckpointError,
     load_checkpoint_file,
 )
 from nommer_mm.converters import (

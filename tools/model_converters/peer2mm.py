@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from nommer_mm.checkpoint_safety import (
-    UnsafeCheckpointError,  # noqa: E402
+    UnsafeCheckpointError,
     load_checkpoint_file,
 )
-from nommer_mm.converters import ConversionError, save_converted  # noqa: E402
-from nommer_mm.converters.peers import CONVERTERS  # noqa: E402
+from nommer_mm.converters import ConversionError, save_converted
+from nommer_mm.converters.peers import CONVERTERS
 
 BACKBONE_TYPES = {'gcvit': 'GCViT', 'visformer': 'Visformer', 'cotnet': 'CoTNet'}
 

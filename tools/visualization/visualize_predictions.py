@@ -1,17 +1,15 @@
 #!/usr/bin/env python3
 """Draw a detector's or segmentor's predictions on one image.
 
-python tools/visualize_predictions.py CONFIG CHECKPOINT IMAGE --out PNG
+python tools/visualization/visualize_predictions.py CONFIG CHECKPOINT IMAGE --out PNG
     [--score-thr 0.3]
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
-from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
+from nommer_mm.launch import load_config, setup_codebase
 
 
 def main():
@@ -67,7 +65,7 @@ def main():
         raise SystemExit(
             f'{args.config}: default_scope {scope!r} is neither '
             'mmdet nor mmseg; for classifiers use '
-            'tools/visualize_nomination.py'
+            'tools/visualization/visualize_nomination.py'
         )
 
 

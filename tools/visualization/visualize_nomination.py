@@ -3,7 +3,7 @@
 the nominator picked at each position, over the input image:
 red = conv context, green = window (local) context, blue = global context.
 
-    python tools/visualize_nomination.py CONFIG CHECKPOINT IMAGE --out PNG
+    python tools/visualization/visualize_nomination.py CONFIG CHECKPOINT IMAGE --out PNG
         [--short-side N]
 
 Works with any config of this repository whose backbone is NomMer
@@ -12,16 +12,14 @@ Works with any config of this repository whose backbone is NomMer
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin  # noqa: E402
-from nommer_mm.launch import load_config, setup_codebase  # noqa: E402
+from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
+from nommer_mm.launch import load_config, setup_codebase
 
 COLOURS = {'conv': (220, 40, 40), 'window': (40, 180, 40), 'global': (40, 90, 230)}
 

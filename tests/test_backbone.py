@@ -534,3 +534,15 @@ def test_eval_with_autograd_selects_out_of_place():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     sum(o.sum() for o in out).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_nomination_contexts_name_the_indices():
+    """Index k of nomination_maps() is nomination_contexts()[k], in the
+    reference order whatever order the config gives."""
+    model = NomMer('tiny', contexts=('window', 'conv')).eval()
+    assert model.nomination_contexts() == ('conv', 'window')
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    maps = model.nomination_maps()
+    assert len(maps) == 4
+    assert all(int(m.max()) < 2 for m in maps.values())

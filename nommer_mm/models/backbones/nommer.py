@@ -99,10 +99,26 @@ class SNomMerBlock(_PreNormBlock):
         mlp_hidden: int,
         drop_path: float = 0.0,
         with_cp: bool = False,
-        **mixer_kwargs,
+        window_size: int = 7,
+        dct_block: int = 8,
+        reduction: int = 4,
+        contexts: tuple = CONTEXT_NAMES,
+        global_type: str = 'dct',
+        fusion: str = 'nominator',
+        norm_cfg: dict = dict(type='BN'),
     ) -> None:
         super().__init__(embed_dims, mlp_hidden, drop_path, with_cp)
-        self.mixer = NomMerMixer(embed_dims, num_heads, **mixer_kwargs)
+        self.mixer = NomMerMixer(
+            embed_dims,
+            num_heads,
+            window_size=window_size,
+            dct_block=dct_block,
+            reduction=reduction,
+            contexts=contexts,
+            global_type=global_type,
+            fusion=fusion,
+            norm_cfg=norm_cfg,
+        )
 
     @property
     def token_mixer(self) -> nn.Module:
@@ -257,7 +273,6 @@ class NomMer(StagedBackbone):
     }
     ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'bottleneck_ratios')
     OUT_TYPES = ('featmap', 'cls_token', 'avg_featmap')
-    num_extra_tokens = 1
 
     def __init__(
         self,
@@ -484,10 +499,17 @@ class NomMer(StagedBackbone):
         """Candidate chosen per position by every S-NomMer block in the last
         forward: ``{'stages.0.blocks.0': (B, H, W) int64}``, values index
         ``mixer.contexts`` (by default 0 = conv, 1 = window, 2 = global).
-        Empty when the blocks sum their contexts instead of nominating."""
+        Empty when the blocks sum their contexts instead of nominating. The
+        names of the indices: :meth:`nomination_contexts`."""
         maps = OrderedDict()
         for i in range(2):
             for j, block in enumerate(self.stages[i].blocks):
                 if block.mixer.nomination is not None:
                     maps[f'stages.{i}.blocks.{j}'] = block.mixer.nomination
         return maps
+
+    def nomination_contexts(self) -> tuple:
+        """What the indices of :meth:`nomination_maps` mean:
+        ``nomination_contexts()[k]`` is the context index ``k`` chose, e.g.
+        ``('conv', 'window', 'global')``."""
+        return self.stages[0].blocks[0].mixer.contexts

@@ -56,7 +56,7 @@ def onednn_applies(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _dense(t: torch.Tensor) -> torch.Tensor:
+def _onednn_layout(t: torch.Tensor) -> torch.Tensor:
     """``t`` if oneDNN reads it at full speed (contiguous, or the 2-D
     transpose of a contiguous matrix), else a contiguous copy: other strides
     (e.g. a slice of rows) send oneDNN to reference kernels, up to 1000x
@@ -76,8 +76,8 @@ def _product(
     if onednn_applies(x, weight):
         # 'none' as the GELU algorithm selects the exact (erf) form
         return _OP(
-            _dense(x),
-            _dense(weight),
+            _onednn_layout(x),
+            _onednn_layout(weight),
             bias,
             activation,
             [],

@@ -6,19 +6,7 @@
 # augmentation is the base's DeiT pipeline (the reference used RandAugment
 # m15 and no random erasing) and mmpretrain's LinearClsHead has no dropout
 # (the reference drops 0.25 before the classifier).
-_base_ = ['./nommer-tiny_8xb128_in1k.py']
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='CoTNet',
-        arch='cotnet50',
-        drop_path_rate=0.1,
-        out_indices=(3,),
-    ),
-    neck=dict(_delete_=True, type='GlobalAveragePooling'),
-    head=dict(in_channels=2048),
-)
+_base_ = ['../_base_/models/cotnet_cls.py']
 
 optim_wrapper = dict(
     _delete_=True, optimizer=dict(type='SGD', lr=0.25, momentum=0.9, weight_decay=4e-5)

@@ -3,15 +3,7 @@
 # batch 1024, weight decay 0.05, 20 warm-up epochs from 1e-6, cosine to 5e-6
 # at epoch 300 then 10 cool-down epochs, grad-norm clip 5, model EMA 0.9998,
 # DeiT augmentation (the base's pipeline, Mixup/CutMix, label smoothing).
-_base_ = ['./nommer-tiny_8xb128_in1k.py']
-
-model = dict(
-    backbone=dict(
-        _delete_=True, type='GCViT', arch='tiny', drop_path_rate=0.2, out_indices=(3,)
-    ),
-    neck=dict(_delete_=True, type='GlobalAveragePooling'),
-    head=dict(in_channels=512),
-)
+_base_ = ['../_base_/models/gcvit_cls.py']
 
 optim_wrapper = dict(optimizer=dict(lr=5e-3))
 param_scheduler = [

@@ -2,19 +2,7 @@
 # DeiT recipe as used by danczs/Visformer: AdamW lr 5e-4 per 512 images
 # (1e-3 at total batch 1024), weight decay 0.05, 5 warm-up epochs from 1e-6,
 # cosine to 1e-5 over 300 epochs, DeiT augmentation (the base's pipeline).
-_base_ = ['./nommer-tiny_8xb128_in1k.py']
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='Visformer',
-        arch='small',
-        drop_path_rate=0.0,
-        out_indices=(3,),
-    ),
-    neck=dict(_delete_=True, type='GlobalAveragePooling'),
-    head=dict(in_channels=768),
-)
+_base_ = ['../_base_/models/visformer_cls.py']
 
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3),

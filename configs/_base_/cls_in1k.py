@@ -1,0 +1,62 @@
+# What every ImageNet-1K classification config here shares: Swin's
+# mmpretrain bases (the DeiT pipeline at 224 and the AdamW schedule), an
+# ImageClassifier with a label-smoothed linear head and Mixup 0.8 / CutMix
+# 1.0, 8 GPUs x 128 images, no weight decay on norms, biases, position
+# embeddings, class tokens and relative position tables, and the runtime
+# settings of this repository. A family base (models/*.py) adds the
+# backbone and neck; a config adds its recipe (lr, schedule, epochs).
+_base_ = [
+    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
+    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['nommer_mm'], allow_failed_imports=False)
+
+model = dict(
+    type='ImageClassifier',
+    head=dict(
+        type='LinearClsHead',
+        num_classes=1000,
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.0),
+        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        cal_acc=False,
+    ),
+    train_cfg=dict(
+        augments=[
+            dict(type='Mixup', alpha=0.8),
+            dict(type='CutMix', alpha=1.0),
+        ]
+    ),
+)
+
+# 8 GPUs x 128 = 1024 images per step
+train_dataloader = dict(batch_size=128)
+val_dataloader = dict(batch_size=128)
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(
+    # no decay on norms and biases (base: *_decay_mult=0.0), nor on:
+    paramwise_cfg=dict(
+        custom_keys={
+            '.pos_embed': dict(decay_mult=0.0),
+            '.cls_token': dict(decay_mult=0.0),
+            '.relative_position_bias_table': dict(decay_mult=0.0),
+        }
+    ),
+    clip_grad=dict(max_norm=5.0),
+)
+auto_scale_lr = dict(base_batch_size=1024)
+
+# Resuming a killed run then follows the same random stream (Gumbel noise,
+# drop path) as an uninterrupted one.
+custom_hooks = [dict(type='RNGStateHook')]
+
+# Checkpoints written atomically, old ones removed only once the new one is
+# complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
+# a peer that stops answering ends the run after 10 minutes, not 30.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=600))
+# Results are gathered through the process group, not a shared temporary
+# directory: evaluation on several nodes needs no shared file system.
+val_evaluator = dict(collect_device='gpu')
+test_evaluator = dict(collect_device='gpu')

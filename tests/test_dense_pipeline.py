@@ -7,8 +7,15 @@ import json
 import pytest
 import torch
 
-from cls_helpers import ROOT, check_curves, failure_report, run_tool
-from nommer_mm.testing.configs import CASCADE_T, small_det_config, small_seg_config
+from cls_helpers import (
+    CASCADE_T,
+    ROOT,
+    UPERNET_T,
+    check_curves,
+    failure_report,
+    run_tool,
+)
+from nommer_mm.testing.configs import small_det_config, small_seg_config
 from nommer_mm.testing import make_ade_layout, make_coco_layout
 
 
@@ -55,7 +62,7 @@ def _train_and_test(cfg, tmp_path, port, test_args=()):
 
 
 def test_cascade_mask_rcnn_distributed(coco, tmp_path):
-    cfg = small_det_config(coco, tmp_path / 'det.py')
+    cfg = small_det_config(coco, tmp_path / 'det.py', CASCADE_T)
     metrics, log = _train_and_test(cfg, tmp_path, 29621)
     check_curves(tmp_path / 'work', ['loss', 'coco/bbox_mAP'], tmp_path / 'curves.png')
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
@@ -65,7 +72,7 @@ def test_cascade_mask_rcnn_distributed(coco, tmp_path):
 
 
 def test_upernet_distributed_single_and_multiscale(ade, tmp_path):
-    cfg = small_seg_config(ade, tmp_path / 'seg.py')
+    cfg = small_seg_config(ade, tmp_path / 'seg.py', UPERNET_T)
     metrics, log = _train_and_test(cfg, tmp_path, 29631)
     check_curves(tmp_path / 'work', ['loss', 'mIoU'], tmp_path / 'curves.png')
     assert 0 <= metrics['mIoU'] <= 100

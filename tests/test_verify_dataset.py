@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from cls_helpers import ROOT, write_config
+from cls_helpers import CASCADE_T, ROOT, write_config
 from nommer_mm.testing import make_coco_layout, make_imagenet_layout
 from nommer_mm.testing.configs import small_det_config
 
@@ -48,7 +48,7 @@ def test_detection_layout(tmp_path):
     box['bbox'] = [image['width'] - 5, 2.0, 40.0, 10.0]  # past the right edge
     ann.write_text(json.dumps(coco))
     (root / 'val' / coco_val_name(root)).unlink()
-    cfg = small_det_config(root, tmp_path / 'det.py')
+    cfg = small_det_config(root, tmp_path / 'det.py', CASCADE_T)
     proc = _run(cfg, tmp_path)
     out = proc.stdout
     assert proc.returncode == 1, (out + proc.stderr)[-3000:]

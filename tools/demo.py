@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CLS_CONFIG = ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py'
+DET_CONFIG = ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
+SEG_CONFIG = ROOT / 'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
 
 
 # mmengine's progress lines: "... - INFO - Iter(train) [ 25/300]  ... eta:
@@ -193,7 +195,13 @@ def dense(task: str, args, out: Path) -> None:
         if not (data / 'annotations').is_dir():
             make_coco_layout(data, {'train': 300, 'val': 30}, size=(192, 256))
         config = small_det_config(
-            data, work / 'config.py', iters=iters, scale=(256, 192), lr=2e-4, batch=4
+            data,
+            work / 'config.py',
+            DET_CONFIG,
+            iters=iters,
+            scale=(256, 192),
+            lr=2e-4,
+            batch=4,
         )
         image = data / 'val' / '00000.png'
         metric_keys = ('coco/bbox_mAP', 'coco/segm_mAP')
@@ -202,7 +210,13 @@ def dense(task: str, args, out: Path) -> None:
         if not (data / 'images').is_dir():
             make_ade_layout(data, {'training': 300, 'validation': 30}, size=(192, 256))
         config = small_seg_config(
-            data, work / 'config.py', iters=iters, crop=(128, 128), lr=2e-4, batch=4
+            data,
+            work / 'config.py',
+            SEG_CONFIG,
+            iters=iters,
+            crop=(128, 128),
+            lr=2e-4,
+            batch=4,
         )
         image = data / 'images' / 'validation' / '00000.jpg'
         metric_keys = ('mIoU', 'aAcc')

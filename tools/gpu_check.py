@@ -337,6 +337,7 @@ def check_dist(device: str, report: Report, work: Path) -> None:
             small_det_config(
                 make_coco_layout(work / 'coco', {'train': 4, 'val': 4}),
                 work / 'det.py',
+                ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py',
                 iters=iters,
             ),
             'coco/bbox_mAP',
@@ -346,6 +347,7 @@ def check_dist(device: str, report: Report, work: Path) -> None:
             small_seg_config(
                 make_ade_layout(work / 'ade', {'training': 4, 'validation': 2}),
                 work / 'seg.py',
+                ROOT / 'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py',
                 iters=iters,
             ),
             'mIoU',

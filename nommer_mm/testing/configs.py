@@ -1,6 +1,8 @@
 """Small CPU variants of the detection and segmentation configs: the real
 model, heads, losses, runners and metrics, on generated data with small
-images and 4 shape classes. Used by the tests and by tools/demo.py."""
+images and 4 shape classes, derived from the config file given as ``base``
+(e.g. the repository's NomMer-T Cascade Mask R-CNN or UperNet config).
+Used by the tests, tools/demo.py and tools/gpu_check.py."""
 
 from __future__ import annotations
 
@@ -9,10 +11,6 @@ from pathlib import Path
 from mmengine.config import Config
 
 from .shapes import SHAPES
-
-ROOT = Path(__file__).resolve().parents[2]
-CASCADE_T = ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
-UPERNET_T = ROOT / 'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
 
 
 def _iter_schedule(cfg: Config, iters: int, lr: float | None) -> None:
@@ -73,8 +71,8 @@ def _set_num_classes(node, n: int) -> None:
 def small_det_config(
     data_root: Path,
     out: Path,
+    base: str | Path,
     iters: int = 2,
-    base: Path = CASCADE_T,
     scale=(128, 96),
     lr: float | None = None,
     batch: int = 2,
@@ -143,8 +141,8 @@ def small_det_config(
 def small_seg_config(
     data_root: Path,
     out: Path,
+    base: str | Path,
     iters: int = 2,
-    base: Path = UPERNET_T,
     crop=(64, 64),
     lr: float | None = None,
     batch: int = 2,

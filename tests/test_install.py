@@ -305,3 +305,41 @@ def test_gpu_check_skips_without_a_gpu():
     if 'skipped' not in proc.stdout:
         pytest.skip('a GPU is present: tools/gpu_check.py runs for real')
     assert proc.returncode == 0
+
+
+def test_wheelhouse_closure_reads_markers_for_the_target_python():
+    """What the image provides and what the stack needs are computed for the
+    target interpreter (pip's report records its marker environment), not
+    for the Python running the installer."""
+    inst = _installer()
+    env = dict(
+        python_version='3.12',
+        python_full_version='3.12.3',
+        sys_platform='linux',
+        platform_machine='x86_64',
+        os_name='posix',
+        platform_system='Linux',
+        implementation_name='cpython',
+        platform_python_implementation='CPython',
+    )
+    report = {
+        'environment': env,
+        'install': [
+            {
+                'metadata': {
+                    'name': 'torch',
+                    'requires_dist': [
+                        'setuptools; python_version >= "3.12"',
+                        'filelock',
+                        'opt-einsum; extra == "opt-einsum"',
+                    ],
+                }
+            },
+            {'metadata': {'name': 'setuptools'}},
+            {'metadata': {'name': 'filelock'}},
+            {'metadata': {'name': 'opt_einsum'}},
+        ],
+    }
+    assert inst.closure(report, ['torch']) == {'torch', 'setuptools', 'filelock'}
+    env['python_version'] = '3.11'
+    assert inst.closure(report, ['Torch']) == {'torch', 'filelock'}

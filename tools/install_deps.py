@@ -819,13 +819,15 @@ def closure(report: dict, roots: list[str]) -> set[str]:
         from packaging.requirements import Requirement
     except ImportError:
         from pip._vendor.packaging.requirements import Requirement
+    # markers are evaluated for the target interpreter, which pip records
+    environment = dict(report.get('environment') or {}, extra='')
     requires = {}
     for item in report['install']:
         meta = item['metadata']
         deps = []
         for spec in meta.get('requires_dist') or []:
             req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate({'extra': ''}):
+            if req.marker is None or req.marker.evaluate(environment):
                 deps.append(canonical(req.name))
         requires[canonical(meta['name'])] = deps
     seen, todo = set(), [canonical(r) for r in roots]

@@ -525,7 +525,7 @@ def test_eval_selection_keeps_type_promotion():
 
 @pytest.mark.parametrize('size', [(56, 56), (57, 55)])
 def test_merge_max_pool_keeps_indices_only_with_equal_gradients(size):
-    from nommer_mm.models.backbones.nommer import _MaxPool2x2
+    from nommer_mm.models.fast import MaxPool2x2
 
     x = torch.randn(2, 8, *size).to(memory_format=torch.channels_last)
     x.requires_grad_()
@@ -534,7 +534,7 @@ def test_merge_max_pool_keeps_indices_only_with_equal_gradients(size):
     with torch.autograd.graph.saved_tensors_hooks(
         lambda t: saved.append(t) or t, lambda t: t
     ):
-        got = _MaxPool2x2.apply(x)
+        got = MaxPool2x2.apply(x)
     assert [t.dtype for t in saved] == [torch.int64]  # not the input
     probe = torch.randn_like(expected)
     assert torch.equal(got, expected)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cls_helpers import DEMO, ROOT
+from cls_helpers import CASCADE_T, DEMO, ROOT, UPERNET_T
 from nommer_mm.testing.configs import small_det_config, small_seg_config
 
 PHOTO = matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
@@ -64,7 +64,8 @@ def test_classification_prints_the_top_classes(tmp_path):
 @pytest.mark.parametrize('task', ['det', 'seg'])
 def test_dense_tasks_draw_a_png(task, tmp_path):
     make = small_det_config if task == 'det' else small_seg_config
-    cfg = make(tmp_path / 'data', tmp_path / f'{task}.py')
+    base = CASCADE_T if task == 'det' else UPERNET_T
+    cfg = make(tmp_path / 'data', tmp_path / f'{task}.py', base)
     scope = 'mmdet' if task == 'det' else 'mmseg'
     ckpt = _checkpoint(cfg, scope, tmp_path / f'{task}.pth', {})
     out = tmp_path / 'out'

@@ -98,10 +98,8 @@ def check_ops(device: str, report: Report) -> None:
     report.add(
         'ops', 'nms', keep_cpu.tolist() == keep_dev.cpu().tolist(), kept=len(keep_cpu)
     )
-    dets_cpu, keep_cpu = batched_nms(
-        boxes, scores, idxs, dict(type='nms', iou_threshold=0.6)
-    )
-    dets_dev, keep_dev = batched_nms(
+    _, keep_cpu = batched_nms(boxes, scores, idxs, dict(type='nms', iou_threshold=0.6))
+    _, keep_dev = batched_nms(
         boxes.to(device),
         scores.to(device),
         idxs.to(device),

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import importlib.metadata as md
 import json
 import os
@@ -149,6 +150,14 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def packaging(module: str):
+    """``packaging.<module>``, or pip's vendored copy in a bare interpreter."""
+    try:
+        return importlib.import_module(f'packaging.{module}')
+    except ImportError:
+        return importlib.import_module(f'pip._vendor.packaging.{module}')
 
 
 # ----------------------------------------------------------------- torch
@@ -455,12 +464,8 @@ def cache_dir(situation: dict) -> Path:
 
 def candidate_wheels(folder: Path, situation: dict) -> list[Path]:
     """mmcv 2.1.0 wheels in ``folder`` whose tags fit this interpreter."""
-    try:
-        from packaging.tags import sys_tags
-        from packaging.utils import parse_wheel_filename
-    except ImportError:  # a bare interpreter: pip vendors packaging
-        from pip._vendor.packaging.tags import sys_tags
-        from pip._vendor.packaging.utils import parse_wheel_filename
+    sys_tags = packaging('tags').sys_tags
+    parse_wheel_filename = packaging('utils').parse_wheel_filename
     supported = set(sys_tags())
     found = []
     for whl in sorted(folder.glob('mmcv-*.whl')):
@@ -675,10 +680,7 @@ def pins_satisfied() -> list[str]:
 
 
 def requirement_met(requirement: str) -> bool:
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:
-        from pip._vendor.packaging.requirements import Requirement
+    Requirement = packaging('requirements').Requirement
     req = Requirement(requirement)
     installed = version_of(req.name)
     return installed is not None and req.specifier.contains(installed, prereleases=True)
@@ -815,10 +817,7 @@ def side_environment(python_version: str, torch_version: str) -> Path:
 def closure(report: dict, roots: list[str]) -> set[str]:
     """Names (canonical) of ``roots`` and everything they require, within
     a ``pip install --report`` resolution."""
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:
-        from pip._vendor.packaging.requirements import Requirement
+    Requirement = packaging('requirements').Requirement
     # markers are evaluated for the target interpreter, which pip records
     environment = dict(report.get('environment') or {}, extra='')
     requires = {}

@@ -75,14 +75,29 @@ _PARAM_SUFFIXES = (
 )
 
 
-def _rename(key: str) -> str | None:
-    """Reference key -> ours, None for a fixed tensor; raises if unknown."""
+def local_stages(sd: dict) -> int:
+    """How many leading stages are S-NomMer: those whose first block has a
+    conv context (the reference: two)."""
+    n = 0
+    while f'transformer{n + 1}.layers.0.0.fn.cnn.conv1.weight' in sd:
+        n += 1
+    if not 1 <= n <= 3:
+        raise ConversionError(
+            f'{n} leading S-NomMer stages (transformerK.layers.0.0.fn.cnn.*); '
+            'a NomMer checkpoint has 1 to 3'
+        )
+    return n
+
+
+def _rename(key: str, num_local: int) -> str | None:
+    """Reference key -> ours, None for a fixed tensor; raises if unknown.
+    Stages ``< num_local`` are S-NomMer."""
     m = _BLOCK_RE.match(key)
     if m:
         stage, block, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
         if any(rest.endswith(f) for f in _FIXED):
             return None
-        table = _SNOMMER_RENAMES if stage < 2 else _GNOMMER_RENAMES
+        table = _SNOMMER_RENAMES if stage < num_local else _GNOMMER_RENAMES
         for old, new in table.items():
             for suffix in ('', *_PARAM_SUFFIXES):
                 if rest == old + suffix:
@@ -100,9 +115,10 @@ def _rename(key: str) -> str | None:
 
 
 def infer_arch(sd: dict) -> dict:
-    """Embed dims, depths, stage 0-1 heads, bottleneck ratios and DCT block
-    sizes from the tensor shapes. Stage 2-3 heads leave no trace in the
-    weights; they are taken from the zoo arch with the same shape."""
+    """Embed dims, depths, the S-NomMer stages' heads, bottleneck ratios and
+    DCT block sizes from the tensor shapes. The G-NomMer stages' heads leave
+    no trace in the weights; they are taken from the zoo arch with the same
+    shape."""
     if 'cnn1.weight' not in sd:
         raise ConversionError('no `cnn1.weight`: not a reference NomMer checkpoint')
     C = sd['cnn1.weight'].shape[0]
@@ -120,7 +136,7 @@ def infer_arch(sd: dict) -> dict:
             )
         depths.append(len(ids))
     heads, ratios, blocks = [], [], []
-    for s in range(2):
+    for s in range(local_stages(sd)):
         p = f'transformer{s + 1}.layers.0.0.fn.'
         heads.append(_need(sd, p + 'attention.relative_position_bias_table').shape[1])
         ratios.append((C * 2**s) // _need(sd, p + 'cnn.conv1.weight').shape[0])
@@ -142,7 +158,7 @@ def infer_arch(sd: dict) -> dict:
     arch = dict(
         embed_dims=C,
         depths=depths,
-        num_heads=heads + [None, None],
+        num_heads=heads + [None] * (4 - len(heads)),
         bottleneck_ratios=ratios,
     )
     for name in ('tiny', 'small', 'base'):
@@ -150,7 +166,7 @@ def infer_arch(sd: dict) -> dict:
         if (
             zoo['embed_dims'],
             zoo['depths'],
-            zoo['num_heads'][:2],
+            zoo['num_heads'][: len(heads)],
             zoo['bottleneck_ratios'],
         ) == (C, depths, heads, ratios):
             arch['num_heads'] = list(zoo['num_heads'])
@@ -167,13 +183,13 @@ def _need(sd: dict, key: str) -> torch.Tensor:
     return need(sd, key, 'the reference')
 
 
-def _reference_name(key: str) -> str:
+def _reference_name(key: str, num_local: int) -> str:
     """The reference key that :func:`_rename` turns into ``key``."""
     key = key if key.startswith(('backbone.', 'head.')) else 'backbone.' + key
     m = re.match(r'^backbone\.stages\.(\d)\.blocks\.(\d+)\.(.+)$', key)
     if m:
         stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
-        table = _SNOMMER_RENAMES if stage < 2 else _GNOMMER_RENAMES
+        table = _SNOMMER_RENAMES if stage < num_local else _GNOMMER_RENAMES
         for old, new in table.items():
             if rest.startswith(new + '.') or rest == new:
                 return f'transformer{stage + 1}.layers.{block}.{old}{rest[len(new) :]}'
@@ -186,6 +202,7 @@ def _reference_name(key: str) -> str:
 def _check_complete(out: dict, info: dict, backbone_only: bool) -> None:
     """Every tensor of the target model is filled, with its shape."""
     model = NomMer(**info, out_type='cls_token', out_indices=(3,)).state_dict()
+    num_local = len(info['arch']['bottleneck_ratios'])
     expect = {k: tuple(v.shape) for k, v in model.items()}
     if not backbone_only:
         expect = {f'backbone.{k}': v for k, v in expect.items()}
@@ -199,13 +216,15 @@ def _check_complete(out: dict, info: dict, backbone_only: bool) -> None:
             expect['head.fc.weight'] = expect['head.fc.bias'] = None
     missing = [k for k in expect if k not in out]
     wrong = [
-        f'{k} ({_reference_name(k)}): {tuple(out[k].shape)}, expected {expect[k]}'
+        f'{k} ({_reference_name(k, num_local)}): {tuple(out[k].shape)}, '
+        f'expected {expect[k]}'
         for k in expect
         if k in out and tuple(out[k].shape) != expect[k]
     ]
     if missing or wrong:
         lines = [
-            f'missing {k} (reference key {_reference_name(k)!r})' for k in missing
+            f'missing {k} (reference key {_reference_name(k, num_local)!r})'
+            for k in missing
         ] + [f'wrong shape: {w}' for w in wrong]
         raise ConversionError(
             f'the reference checkpoint does not fill the model '
@@ -263,7 +282,8 @@ def convert_reference(
 
     ``backbone_kwargs`` (arch, window_size, dct_blocks, img_size) build the
     matching :class:`NomMer`; ``arch`` overrides the inferred one (needed
-    for a non-zoo arch, whose stage 2-3 heads are not in the weights).
+    for a non-zoo arch, whose G-NomMer stages' heads are not in the
+    weights).
     """
     sd = extract_state_dict(checkpoint, use_ema)
     info = infer_arch(sd)
@@ -275,24 +295,26 @@ def convert_reference(
                 raise ConversionError(
                     f'--arch says {key}={given[key]}, the checkpoint has {found[key]}'
                 )
-        if list(given['num_heads'][:2]) != found['num_heads'][:2]:
+        n = len(found['bottleneck_ratios'])
+        if list(given['num_heads'][:n]) != found['num_heads'][:n]:
             raise ConversionError(
-                f'--arch says num_heads[:2]='
-                f'{given["num_heads"][:2]}, the checkpoint '
-                f'has {found["num_heads"][:2]}'
+                f'--arch says num_heads[:{n}]={given["num_heads"][:n]}, the '
+                f'checkpoint has {found["num_heads"][:n]}'
             )
         info['arch'] = given
     elif 'name' not in info['arch']:
         raise ConversionError(
             f'the checkpoint (embed_dims={info["arch"]["embed_dims"]}, depths='
             f'{info["arch"]["depths"]}) is no zoo arch; give --arch as a dict '
-            'with the stage 2-3 num_heads, which the weights do not record'
+            "with the G-NomMer stages' num_heads, which the weights do not "
+            'record'
         )
     info['arch'] = {k: info['arch'][k] for k in NomMer.ARCH_KEYS}
 
     out = OrderedDict()
+    num_local = len(info['arch']['bottleneck_ratios'])
     for key, value in sd.items():
-        new = _rename(key)
+        new = _rename(key, num_local)
         if new is None:
             stage = int(_BLOCK_RE.match(key).group(1)) - 1
             _check_fixed(key, value, info['dct_blocks'][stage])

@@ -13,11 +13,15 @@ Layout (C = embed_dims), every stage working on channels-last tokens:
     merge 2                                                  (B, H/32, W/32, 8C)
     stage 3  [class token] + G-NomMer blocks                 (B, 1 + H/32*W/32, 8C)
 
-Sizes round up (``ceil``) at every stride, for any input size.
+Sizes round up (``ceil``) at every stride, for any input size. The arch's
+``bottleneck_ratios`` has one entry per leading S-NomMer stage (two above);
+the position embedding joins the first G-NomMer stage, the class token the
+last.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Sequence
 
@@ -30,7 +34,7 @@ from mmengine.registry import MODELS
 
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
-from ..fast import MaxPool2x2, add_into, fast_paths_enabled
+from .. import fast
 from ..layers.mlp import Mlp
 from .common import (
     StagedBackbone,
@@ -76,13 +80,9 @@ class _PreNormBlock(nn.Module):
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """``x + branch``. Fast path without autograd: the sum is written into
-    ``branch``, the block's own freshly computed output (``add_into``); the
-    input ``x`` is untouched. With autograd, ``branch`` may be saved by its
-    producer."""
-    if not fast_paths_enabled() or torch.is_grad_enabled():
-        return x + branch
-    return add_into(branch, x)
+    """``x + branch`` (fast path: :func:`.fast.residual`)."""
+    out = fast.residual(x, branch)
+    return out if out is not None else x + branch
 
 
 class SNomMerBlock(_PreNormBlock):
@@ -175,10 +175,8 @@ class TokenMerge(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x.permute(0, 3, 1, 2))
         # ceil_mode keeps the last row/column of odd maps (no-op when even).
-        if fast_paths_enabled() and torch.is_grad_enabled():
-            x = MaxPool2x2.apply(x)  # keeps indices only for backward
-        else:
-            x = F.max_pool2d(x, 2, ceil_mode=True)
+        pooled = fast.max_pool_2x2(x)
+        x = pooled if pooled is not None else F.max_pool2d(x, 2, ceil_mode=True)
         return self.norm(x.permute(0, 2, 3, 1))
 
 
@@ -200,13 +198,16 @@ class NomMer(StagedBackbone):
     Args:
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` (also ``'t'``,
             ``'s'``, ``'b'``) or a dict with keys ``embed_dims``, ``depths``,
-            ``num_heads``, ``bottleneck_ratios``.
+            ``num_heads`` (4 entries each) and ``bottleneck_ratios``, one per
+            S-NomMer stage: stages ``0..len - 1`` are S-NomMer, the rest
+            G-NomMer (the paper: 2 and 2).
         in_channels (int): Input channels. Defaults to 3.
         img_size (int | tuple): Size the position embedding is laid out for
-            (its grid is ``img_size // 16``); other input sizes interpolate
-            it. Defaults to 224.
+            (its grid is ``img_size`` over the first G stage's stride, 16 in
+            the paper's layout); other input sizes interpolate it. Defaults
+            to 224.
         window_size (int): Window of the local context. Defaults to 7.
-        dct_blocks (tuple[int]): DCT block size N of stages 0 and 1.
+        dct_blocks (tuple[int]): DCT block size N of each S-NomMer stage.
             Defaults to (8, 4).
         contexts (tuple[str]): Candidate contexts of the S-NomMer blocks,
             a subset of ``('conv', 'window', 'global')`` (Table 4 ablation).
@@ -304,13 +305,28 @@ class NomMer(StagedBackbone):
         )
         check_common('NomMer', in_channels, drop_path_rate, frozen_stages)
         check_int('NomMer', 'window_size', window_size, 1)
-        dct_blocks = check_ints('NomMer', 'dct_blocks', dct_blocks, 2, 1)
+        # One S-NomMer stage per bottleneck ratio (the paper: two), the rest
+        # G-NomMer; the position embedding enters the first G stage.
+        self.num_local_stages = len(self.arch_settings['bottleneck_ratios'])
+        if not isinstance(dct_blocks, (list, tuple)) or len(dct_blocks) != (
+            self.num_local_stages
+        ):
+            raise ValueError(
+                f'NomMer: dct_blocks={dct_blocks!r}; expected one DCT block '
+                f'size per S-NomMer stage, {self.num_local_stages} as arch '
+                f'bottleneck_ratios={self.arch_settings["bottleneck_ratios"]} '
+                'says'
+            )
+        dct_blocks = check_ints(
+            'NomMer', 'dct_blocks', dct_blocks, self.num_local_stages, 1
+        )
         img_size = check_size('NomMer', 'img_size', img_size)
-        if min(img_size) < 16:
+        pos_stride = 4 * 2**self.num_local_stages
+        if min(img_size) < pos_stride:
             raise ValueError(
                 f'NomMer: img_size={img_size}; the position '
-                'embedding is laid out at stride 16, so each '
-                'side must be >= 16'
+                f'embedding is laid out at stride {pos_stride}, so each '
+                f'side must be >= {pos_stride}'
             )
         check_norm_cfg('NomMer', norm_cfg)
         C = self.arch_settings['embed_dims']
@@ -328,42 +344,33 @@ class NomMer(StagedBackbone):
         self.out_type = out_type
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.pos_grid = (img_size[0] // 16, img_size[1] // 16)
+        self.pos_grid = (img_size[0] // pos_stride, img_size[1] // pos_stride)
 
         self.stem = ConvStem(in_channels, C, norm_cfg)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         starts = [sum(depths[:i]) for i in range(4)]
         stages = []
-        for i in range(2):
-            stages.append(
-                NomMerStage(
-                    [
-                        SNomMerBlock(
-                            self.dims[i],
-                            heads[i],
-                            2 * self.dims[i],
-                            drop_path=dpr[starts[i] + j],
-                            with_cp=with_cp,
-                            window_size=window_size,
-                            dct_block=dct_blocks[i],
-                            reduction=ratios[i],
-                            contexts=tuple(contexts),
-                            global_type=global_type,
-                            fusion=fusion,
-                            norm_cfg=norm_cfg,
-                        )
-                        for j in range(depths[i])
-                    ]
+        for i in range(4):
+            if i < self.num_local_stages:
+                make_block = functools.partial(
+                    SNomMerBlock,
+                    window_size=window_size,
+                    dct_block=dct_blocks[i],
+                    reduction=ratios[i],
+                    contexts=tuple(contexts),
+                    global_type=global_type,
+                    fusion=fusion,
+                    norm_cfg=norm_cfg,
                 )
-            )
-        for i in range(2, 4):
-            # The MLP is 2x wide in stage 2 and 1x in stage 3.
-            hidden = 2 * self.dims[i] if i == 2 else self.dims[i]
+            else:
+                make_block = GNomMerBlock
+            # The MLP is 2x wide, 1x in the last stage (the reference's).
+            hidden = self.dims[i] if i == 3 else 2 * self.dims[i]
             stages.append(
                 NomMerStage(
                     [
-                        GNomMerBlock(
+                        make_block(
                             self.dims[i],
                             heads[i],
                             hidden,
@@ -379,7 +386,9 @@ class NomMer(StagedBackbone):
             TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3)
         )
 
-        self.pos_embed = nn.Parameter(torch.zeros(1, *self.pos_grid, self.dims[2]))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, *self.pos_grid, self.dims[self.num_local_stages])
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dims[3]))
 
         for i in self.out_indices:
@@ -395,13 +404,21 @@ class NomMer(StagedBackbone):
     # ------------------------------------------------------------ settings
     @classmethod
     def parse_arch(cls, arch: str | dict) -> dict:
-        return parse_arch(
+        settings = parse_arch(
             'NomMer',
             cls.arch_zoo,
             cls.ARCH_KEYS,
             arch,
-            lengths=dict(depths=4, num_heads=4, bottleneck_ratios=2),
+            lengths=dict(depths=4, num_heads=4),
         )
+        ratios = settings['bottleneck_ratios']
+        if not isinstance(ratios, (list, tuple)) or not 1 <= len(ratios) <= 3:
+            raise ValueError(
+                f"NomMer: arch['bottleneck_ratios']={ratios!r}; expected one "
+                'ratio per S-NomMer stage, 1 to 3 of them (the paper: 2), so '
+                'that the last stage is a G-NomMer stage'
+            )
+        return settings
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:
@@ -434,8 +451,8 @@ class NomMer(StagedBackbone):
             return sum(d[: int(parts[1])]) + int(parts[3]) + 1
         if parts[0] == 'merges':  # ends stage i, as Swin's downsample
             return sum(d[: int(parts[1]) + 1])
-        if parts[0] == 'pos_embed':  # added to stage 2's input
-            return sum(d[:2])
+        if parts[0] == 'pos_embed':  # added to the first G stage's input
+            return sum(d[: self.num_local_stages])
         if parts[0] == 'cls_token':  # joins the tokens at stage 3
             return sum(d[:3])
         return None
@@ -451,47 +468,44 @@ class NomMer(StagedBackbone):
             if hasattr(self, f'norm{i}'):
                 frozen.append(getattr(self, f'norm{i}'))
         freeze(frozen)
-        if self.frozen_stages >= 2:
+        if self.frozen_stages >= self.num_local_stages:
             self.pos_embed.requires_grad = False
         if self.frozen_stages >= 3:
             self.cls_token.requires_grad = False
 
     # ------------------------------------------------------------- forward
-    def _dense(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def _normed_map(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> normed (B, C, H, W)."""
         return getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous()
 
     @empty_batch_safe
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []
-        last = max(self.out_indices)
-        x = self.stem(x)
-        for i in range(2):
-            x = self.stages[i](x)
-            if i in self.out_indices:
-                outs.append(self._dense(i, x))
-            if last == i:
-                return tuple(outs)
-            x = self.merges[i](x)
-
-        B, H, W, C = x.shape
-        x = x + self.interpolate_pos_embed(self.pos_embed, (H, W))
-        x = self.stages[2](x.reshape(B, H * W, C)).view(B, H, W, C)
-        if 2 in self.out_indices:
-            outs.append(self._dense(2, x))
-        if last == 2:
-            return tuple(outs)
-
-        x = self.merges[2](x)
-        B, H, W, C = x.shape
-        x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1)
-        x = self.stages[3](x)
-        if self.out_type == 'featmap':
-            outs.append(self._dense(3, x[:, 1:].reshape(B, H, W, C)))
-        elif self.out_type == 'cls_token':
-            outs.append(self.final_norm(x[:, 0]))
-        else:
-            outs.append(self.final_norm(x[:, 1:].mean(dim=1)))
+        x = self.stem(x)  # (B, H, W, C)
+        for i, stage in enumerate(self.stages[: max(self.out_indices) + 1]):
+            if i > 0:
+                x = self.merges[i - 1](x)
+            if i < self.num_local_stages:  # S-NomMer: on the 2-D map
+                x = stage(x)
+            else:  # G-NomMer: on the token sequence
+                B, H, W, C = x.shape
+                if i == self.num_local_stages:  # from here on, absolute position
+                    x = x + self.interpolate_pos_embed(self.pos_embed, (H, W))
+                tokens = x.reshape(B, H * W, C)
+                if i == 3:  # the class token joins the last stage
+                    tokens = torch.cat(
+                        [self.cls_token.expand(B, -1, -1), tokens], dim=1
+                    )
+                tokens = stage(tokens)
+                x = tokens[:, -H * W :].reshape(B, H, W, C)
+            if i not in self.out_indices:
+                continue
+            if i == 3 and self.out_type == 'cls_token':
+                outs.append(self.final_norm(tokens[:, 0]))
+            elif i == 3 and self.out_type == 'avg_featmap':
+                outs.append(self.final_norm(tokens[:, 1:].mean(dim=1)))
+            else:
+                outs.append(self._normed_map(i, x))
         return tuple(outs)
 
     # ---------------------------------------------------------- inspection
@@ -502,7 +516,7 @@ class NomMer(StagedBackbone):
         Empty when the blocks sum their contexts instead of nominating. The
         names of the indices: :meth:`nomination_contexts`."""
         maps = OrderedDict()
-        for i in range(2):
+        for i in range(self.num_local_stages):
             for j, block in enumerate(self.stages[i].blocks):
                 if block.mixer.nomination is not None:
                     maps[f'stages.{i}.blocks.{j}'] = block.mixer.nomination

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .onednn import bias_grad, input_grad, linear, weight_grad
+from .switch import fast_paths_enabled
 
 
 class GeluLinear(torch.autograd.Function):
@@ -59,3 +60,23 @@ def needs_grad(x: torch.Tensor, *params: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (
         x.requires_grad or any(p is not None and p.requires_grad for p in params)
     )
+
+
+def mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor | None:
+    """``mlp.fc2(gelu(mlp.fc1(x)))`` of an MLP whose ``act`` is GELU. With
+    autograd, GELU + fc2 run as :class:`GeluLinear` (one hidden-width
+    activation fewer kept); without, the GELU is applied inside fc1's oneDNN
+    product. None when the fast paths are off."""
+    if not fast_paths_enabled():
+        return None
+    if needs_grad(x, *mlp.parameters()):
+        return GeluLinear.apply(mlp.fc1(x), mlp.fc2.weight, mlp.fc2.bias)
+    return mlp.fc2(linear(x, mlp.fc1.weight, mlp.fc1.bias, 'gelu'))
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
+    """2x2 ceil-mode max-pool keeping only indices for backward (with
+    autograd); None where it does not apply."""
+    if not fast_paths_enabled() or not torch.is_grad_enabled():
+        return None
+    return MaxPool2x2.apply(x)

@@ -20,3 +20,12 @@ def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     ):
         return fresh + other
     return fresh.add_(other)
+
+
+def residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor | None:
+    """``x + branch`` of a residual block, written into ``branch`` (the
+    block's own freshly computed output) when autograd is off, where its
+    producer may not have saved it; ``x`` is untouched. None otherwise."""
+    if not fast_paths_enabled() or torch.is_grad_enabled():
+        return None
+    return add_into(branch, x)

@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 
-from ..fast import onednn
-from ..fast import Linear, fast_paths_enabled
+from .. import fast
+from ..fast import Linear, onednn
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -75,13 +75,6 @@ def window_reverse(windows: torch.Tensor, window: int, H: int, W: int) -> torch.
     C = windows.shape[-1]
     x = windows.view(-1, H // window, W // window, window, window, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
-
-
-# Input bytes per strip of window rows in inference (WindowMSA); measured on
-# stage 0 of NomMer-T at 800x1333, batch 2: 2-4 MiB strips 96-102 ms, 8-16
-# MiB 210-219 ms, the whole 51 MiB map at once 291 ms (glibc maps every
-# allocation over 32 MiB afresh, page by page).
-STRIP_BYTES = 4 << 20
 
 
 class WindowMSA(nn.Module):
@@ -165,32 +158,8 @@ class WindowMSA(nn.Module):
     def forward(
         self, x: torch.Tensor, query: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if (
-            fast_paths_enabled()
-            and not torch.is_grad_enabled()
-            and x.numel() * x.element_size() > 2 * STRIP_BYTES
-        ):
-            return self._forward_in_strips(x, query)
-        return self._forward(x, query)
-
-    def _forward_in_strips(
-        self, x: torch.Tensor, query: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Without autograd, a large map runs a strip of window rows at a
-        time. Windows start at multiples of ``w`` from the top-left, so none
-        straddles two strips and the result is the same; the temporaries
-        (q/k/v alone is 3x the input) stay small enough for the allocator to
-        reuse instead of mapping fresh pages for each, and in cache."""
-        B, H, W, C = x.shape
-        w = self.window_size
-        rows = max(1, STRIP_BYTES // (B * w * W * C * x.element_size())) * w
-        out = None
-        for top in range(0, H, rows):
-            part = self._forward(x[:, top : top + rows], query)
-            if out is None:
-                out = part.new_empty(B, H, W, part.shape[-1])
-            out[:, top : top + rows] = part
-        return out
+        out = fast.window_attention_in_strips(self._forward, x, self.window_size, query)
+        return out if out is not None else self._forward(x, query)
 
     def _forward(self, x: torch.Tensor, query: torch.Tensor | None) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -204,14 +173,18 @@ class WindowMSA(nn.Module):
         n = windows.shape[1]
         q, k, v = self._project(windows, query, B)  # each (B*nW, h, n, d)
         bias = self.relative_position_bias().to(q.dtype).unsqueeze(0)
-        if (pad_h or pad_w) and not fast_paths_enabled():
-            # every window, its padded keys masked out
-            mask = bias + self._padding_mask(H, W, q).repeat(B, 1, 1, 1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if pad_h or pad_w:
+            border, border_mask = self._border_windows(H, W, q)
+            out = fast.attention_with_border_masks(
+                q, k, v, bias, B, border, border_mask
+            )
+            if out is None:  # every window, its padded keys masked out
+                mask = self._padding_mask(H, W, border, border_mask)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=bias + mask.repeat(B, 1, 1, 1)
+                )
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            if pad_h or pad_w:  # fast path: only the border windows masked
-                out = self._redo_border_windows(out, q, k, v, bias, B, H, W)
         out = self.proj(out.transpose(1, 2).reshape(-1, n, C))
         out = window_reverse(out, w, Hp, Wp)
         if pad_h or pad_w:
@@ -234,40 +207,11 @@ class WindowMSA(nn.Module):
             raise TypeError(f'{type(self).__name__} takes no external query')
         return self._heads(windows)
 
-    def _redo_border_windows(
-        self,
-        out: torch.Tensor,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        bias: torch.Tensor,
-        B: int,
-        H: int,
-        W: int,
+    def _padding_mask(
+        self, H: int, W: int, border: torch.Tensor, border_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Attention again for the windows that hold padding (the last row
-        and column of windows), with padded keys masked out. All windows
-        first ran with the bias alone, which is exact for the others: one
-        (B*nW, h, n, n) mask over every window (53 MiB per stage-0 block of
-        NomMer-T at 800x1333, batch 2) is never built."""
-        border, mask = self._border_windows(H, W, q)
-        num_windows = q.shape[0] // B
-        index = (
-            torch.arange(B, device=q.device)[:, None] * num_windows + border
-        ).flatten()
-        mask = bias + mask.repeat(B, 1, 1, 1)  # (B*nb, h, n, n)
-        redone = F.scaled_dot_product_attention(
-            q[index], k[index], v[index], attn_mask=mask
-        )
-        if not fast_paths_enabled() or torch.is_grad_enabled():
-            # SDPA's backward may keep ``out``
-            return out.index_copy(0, index, redone)
-        return out.index_copy_(0, index, redone)
-
-    def _padding_mask(self, H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
         """(nW, 1, 1, w*w) additive mask of one image's windows: -inf on
-        padded keys, 0 elsewhere."""
-        border, border_mask = self._border_windows(H, W, ref)
+        padded keys, 0 elsewhere; from :meth:`_border_windows`."""
         w = self.window_size
         num_windows = -(-H // w) * -(-W // w)
         mask = border_mask.new_zeros(num_windows, *border_mask.shape[1:])

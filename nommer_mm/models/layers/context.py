@@ -8,6 +8,7 @@ any H, W: padding to whole windows / DCT blocks happens inside and is cropped.
 from __future__ import annotations
 
 import functools
+import operator
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ from mmcv.cnn import build_norm_layer
 
 from .attention import MultiheadSelfAttention, WindowMSA
 from .dct import BlockDCT
-from ..fast import add_into, fast_paths_enabled
+from .. import fast
 
 
 class ConvContext(nn.Module):
@@ -145,34 +146,19 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return ((logits + gumbels) / tau).softmax(dim=-1)
 
 
-def select_nominated(
-    feats: list, index: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def select_nominated(feats: list, index: torch.Tensor) -> torch.Tensor:
     """``feats[index]`` per position: (B, H, W, C) candidates, (B, H, W)
     index. Equal to the one-hot weighted sum, without a (B, H, W, P, C) stack
-    or products.
-
-    Without autograd the result is written into ``out`` when given (a
-    buffer of the candidates' common dtype that the caller owns), else into
-    the last candidate's buffer (no new full-size allocation: 5% faster
-    NomMer-T inference on CPU) unless that buffer is not contiguous or has
-    not the candidates' common dtype. With autograd (e.g. input gradients of
-    an eval model), and in a trace (ONNX export: ``where`` has no ``out=``
-    there), it selects out of place."""
+    or products. (Fast path without autograd: written into a buffer the
+    candidates no longer need.)"""
+    out = fast.select_into(feats, index)
+    if out is not None:
+        return out
     index = index.unsqueeze(-1)
-    if not fast_paths_enabled() or torch.is_grad_enabled() or torch.jit.is_tracing():
-        selected = feats[-1]
-        for i in range(len(feats) - 2, -1, -1):
-            selected = torch.where(index == i, feats[i], selected)
-        return selected
-    dtype = functools.reduce(torch.promote_types, [f.dtype for f in feats])
-    if out is None:
-        out = feats[-1].to(dtype).contiguous()  # itself when already so
-    else:
-        out.copy_(feats[-1])
+    selected = feats[-1]
     for i in range(len(feats) - 2, -1, -1):
-        torch.where(index == i, feats[i], out, out=out)
-    return out
+        selected = torch.where(index == i, feats[i], selected)
+    return selected
 
 
 def nominator_logits(
@@ -187,80 +173,8 @@ def nominator_logits(
 
 
 def _sum(feats: list) -> torch.Tensor:
-    summed = feats[0] + feats[1]
-    for f in feats[2:]:
-        # add's backward needs no inputs, so accumulating into the fresh sum
-        # is safe under autograd too
-        summed = add_into(summed, f)
-    return summed
-
-
-class _NominateAndCombine(torch.autograd.Function):
-    """Training nomination, fused: logits from the candidates' sum, a hard
-    Gumbel-softmax sample, and the nominated candidate per position, with
-    the straight-through gradients of the soft sample.
-
-    The unfused form (``weights = hard - soft.detach() + soft``, then
-    ``sum_p weights_p * feats_p``) keeps the candidates' sum for the
-    nominator's weight gradient and builds P products and P - 1 sums, all
-    full-size. Here the forward selects (the one-hot weights are exactly 0
-    or 1) and the backward recomputes the sum, so one full-size activation
-    per block fewer is kept and most temporaries go.
-
-    Gradients, with ``g`` the output gradient, ``s`` the soft sample and
-    ``W`` the nominator's weight:
-        dL/ds_p      = <g, feats_p>               (per position)
-        dL/dlogits   = softmax_backward(dL/ds, s) / tau
-        dL/dfeats_p  = [index == p] * g + dL/dlogits @ W
-    """
-
-    @staticmethod
-    def forward(
-        ctx, tau: float, weight: torch.Tensor, bias: torch.Tensor, *feats: torch.Tensor
-    ) -> tuple:
-        summed = _sum(feats)
-        logits = nominator_logits(summed, weight, bias)
-        soft = gumbel_softmax(logits, tau)
-        index = soft.argmax(-1)
-        # the sum is spent: its buffer takes the output
-        out = select_nominated(feats, index, out=summed)
-        ctx.tau = tau
-        ctx.save_for_backward(weight, soft, index, *feats)
-        ctx.mark_non_differentiable(index)
-        return out, index
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor, _) -> tuple:
-        weight, soft, index, *feats = ctx.saved_tensors
-        C = grad.shape[-1]
-        grad_soft = torch.stack(
-            [torch.linalg.vecdot(grad, f.to(grad.dtype)) for f in feats], dim=-1
-        ).to(soft.dtype)
-        # softmax backward, on (B, H, W, P): small
-        grad_logits = (
-            soft * (grad_soft - (grad_soft * soft).sum(-1, keepdim=True)) / ctx.tau
-        )
-        rows = grad_logits.reshape(-1, len(feats))
-        summed = _sum(feats)
-        grad_weight = rows.t() @ summed.reshape(-1, C).to(rows.dtype)
-        del summed
-        grad_bias = rows.sum(0)
-        grad_summed = (grad_logits @ weight.to(rows.dtype)).to(grad.dtype)
-        grad_feats = []
-        for p, f in enumerate(feats):
-            chosen = (index == p).unsqueeze(-1).to(grad.dtype)
-            if p == len(feats) - 1:  # the last one may take the buffer
-                g_p = grad_summed.addcmul_(grad, chosen)
-            else:
-                g_p = torch.addcmul(grad_summed, grad, chosen)
-            grad_feats.append(g_p.to(f.dtype))
-        return (
-            None,
-            grad_weight.to(weight.dtype),
-            grad_bias.to(weight.dtype),
-            *grad_feats,
-        )
+    summed = fast.sum_candidates(feats)
+    return summed if summed is not None else functools.reduce(operator.add, feats)
 
 
 class ContextNominator(nn.Module):
@@ -289,24 +203,29 @@ class ContextNominator(nn.Module):
             raise ValueError(
                 f'expected {self.fc.out_features} candidates, got {len(feats)}'
             )
-        if self.training and fast_paths_enabled():
-            out, index = _NominateAndCombine.apply(
-                self.tau, self.fc.weight, self.fc.bias, *feats
+        if self.training:
+            fused = fast.nominate_and_combine(
+                feats,
+                self.fc.weight,
+                self.fc.bias,
+                self.tau,
+                nominator_logits,
+                gumbel_softmax,
             )
-        elif self.training:
-            # hard Gumbel-softmax with straight-through gradients: the
-            # forward takes the one-hot sample, the backward the soft one's
-            soft = gumbel_softmax(
-                nominator_logits(_sum(feats), self.fc.weight, self.fc.bias), self.tau
-            )
-            index = soft.argmax(-1)
-            hard = F.one_hot(index, len(feats)).to(soft.dtype)
-            weights = hard - soft.detach() + soft
-            out = _sum([weights[..., p, None] * f for p, f in enumerate(feats)])
+            if fused is not None:
+                out, index = fused
+            else:
+                # hard Gumbel-softmax with straight-through gradients: the
+                # forward takes the one-hot sample, the backward the soft one's
+                logits = nominator_logits(_sum(feats), self.fc.weight, self.fc.bias)
+                soft = gumbel_softmax(logits, self.tau)
+                index = soft.argmax(-1)
+                hard = F.one_hot(index, len(feats)).to(soft.dtype)
+                weights = hard - soft.detach() + soft
+                out = _sum([weights[..., p, None] * f for p, f in enumerate(feats)])
         else:
-            index = nominator_logits(_sum(feats), self.fc.weight, self.fc.bias).argmax(
-                -1
-            )
+            logits = nominator_logits(_sum(feats), self.fc.weight, self.fc.bias)
+            index = logits.argmax(-1)
             out = select_nominated(feats, index)
         self.nomination = index.detach()
         return out

@@ -5,16 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..fast import GeluLinear, Linear, fast_paths_enabled, linear, needs_grad
+from .. import fast
+from ..fast import Linear
 
 
 class Mlp(nn.Module):
     """Linear -> GELU -> Linear. (B, ..., C) -> (B, ..., C).
 
-    Fast path (:func:`~nommer_mm.fast_paths`): with autograd, GELU + fc2 run
-    as one function that recomputes the GELU in backward (one hidden-width
-    activation fewer kept per block); without, the GELU is applied inside
-    fc1's oneDNN product."""
+    Fast path (:func:`~nommer_mm.fast_paths`): :func:`.fast.mlp_forward`."""
 
     def __init__(self, embed_dims: int, hidden_dims: int) -> None:
         super().__init__()
@@ -23,11 +21,5 @@ class Mlp(nn.Module):
         self.fc2 = Linear(hidden_dims, embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast_paths_enabled():
-            return self._fast_forward(x)
-        return self.fc2(self.act(self.fc1(x)))
-
-    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if needs_grad(x, *self.parameters()):
-            return GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias)
-        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, 'gelu'))
+        out = fast.mlp_forward(self, x)
+        return out if out is not None else self.fc2(self.act(self.fc1(x)))

@@ -76,6 +76,57 @@ def test_cls_token_stays_out_of_dense_output():
         assert torch.equal(a, b)
 
 
+def test_dense_stage3_is_norm3_of_the_patch_tokens():
+    """Stage 3's map is ``norm3`` of its patch tokens, the class token
+    (first in the sequence) dropped, laid out as (B, C, H/32, W/32)."""
+    model = small_nommer().eval()
+    seen = {}
+    model.stages[3].register_forward_hook(lambda m, i, o: seen.update(tokens=o))
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 96, 64))[3]
+    tokens = seen['tokens']
+    assert tokens.shape == (2, 1 + 3 * 2, 256)
+    expected = model.norm3(tokens[:, 1:]).reshape(2, 3, 2, 256).permute(0, 3, 1, 2)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize('num_local', [1, 3])
+def test_stages_follow_the_arch(num_local):
+    """``bottleneck_ratios`` sets how many leading stages are S-NomMer; the
+    position embedding joins the first G stage, at its stride."""
+    arch = dict(SMALL, bottleneck_ratios=[2] * num_local)
+    dct = (8, 4, 2)[:num_local]
+    model = small_nommer(arch=arch, dct_blocks=dct, img_size=128).eval()
+    stride = 4 * 2**num_local
+    assert model.pos_embed.shape == (1, 128 // stride, 128 // stride, 32 * stride // 4)
+    kinds = [type(s.blocks[0]).__name__ for s in model.stages]
+    assert kinds == ['SNomMerBlock'] * num_local + ['GNomMerBlock'] * (4 - num_local)
+    x = torch.randn(1, 3, 100, 70)
+    with torch.no_grad():
+        outs = model(x)
+    for i, out in enumerate(outs):
+        s = 2 ** (i + 2)
+        assert out.shape == (1, 32 * 2**i, math.ceil(100 / s), math.ceil(70 / s))
+    assert list(model.nomination_maps()) == [
+        f'stages.{i}.blocks.0' for i in range(num_local)
+    ]
+    # the position embedding is added where the G stages begin
+    with torch.no_grad():
+        model.pos_embed.add_(1.0)
+        moved = model(x)
+    assert all(torch.equal(a, b) for a, b in zip(outs[:num_local], moved[:num_local]))
+    assert not torch.equal(outs[num_local], moved[num_local])
+    with pytest.raises(ValueError, match=r'dct_blocks=\(8, 4\); expected one'):
+        small_nommer(arch=arch)
+    with pytest.raises(ValueError, match=f'side must be >= {stride}'):
+        small_nommer(arch=arch, dct_blocks=dct, img_size=stride - 1)
+
+
+def test_arch_needs_a_g_stage_at_the_end():
+    with pytest.raises(ValueError, match=r"arch\['bottleneck_ratios'\]"):
+        small_nommer(arch=dict(SMALL, bottleneck_ratios=[2] * 4), dct_blocks=(2,) * 4)
+
+
 def test_unknown_arch_lists_valid_names():
     with pytest.raises(ValueError) as err:
         NomMer(arch='huge')
@@ -287,6 +338,7 @@ def test_padded_window_attention_equals_full_mask(size):
 def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
     """Inference on a large map runs strips of window rows: the same
     result as the whole map at once (the last strip partial and padded)."""
+    from nommer_mm.models.fast import strips as strips_mod
     from nommer_mm.models.layers import attention as attention_mod
 
     torch.manual_seed(0)
@@ -295,7 +347,7 @@ def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
     with torch.no_grad():
         whole = attn(x)  # under STRIP_BYTES: one pass
         calls = []
-        monkeypatch.setattr(attention_mod, 'STRIP_BYTES', 1000)
+        monkeypatch.setattr(strips_mod, 'STRIP_BYTES', 1000)
         forward = attn._forward
         monkeypatch.setattr(
             attn, '_forward', lambda *a: calls.append(a[0].shape[1]) or forward(*a)
@@ -309,7 +361,7 @@ def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
     query = torch.randn(2, 2, 16, 4)
     with torch.no_grad():
         strips = gq(x, query)
-        monkeypatch.setattr(attention_mod, 'STRIP_BYTES', 1 << 30)
+        monkeypatch.setattr(strips_mod, 'STRIP_BYTES', 1 << 30)
         torch.testing.assert_close(strips, gq(x, query), rtol=1e-6, atol=1e-6)
 
 
@@ -330,6 +382,31 @@ def test_frozen_stages_and_norm_eval():
     model.train()
     assert not model.pos_embed.requires_grad
     assert not model.cls_token.requires_grad
+
+
+@pytest.mark.parametrize('k', [-1, 0, 1, 2, 3])
+def test_frozen_stages_freeze_exactly_their_parameters(k):
+    """The frozen set, written out from the docstring: the stem and stages
+    0..k with the merges into them and their output norms, the position
+    embedding from stage 2 on, the class token at stage 3; their modules in
+    eval mode after train(), every other module training."""
+    model = small_nommer(frozen_stages=k)
+    model.train()
+    prefixes = (['stem.'] if k >= 0 else []) + [
+        p
+        for i in range(k + 1)
+        for p in (f'stages.{i}.', f'norm{i}.', *([f'merges.{i - 1}.'] if i else []))
+    ]
+    expected = {n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))}
+    expected |= {'pos_embed'} if k >= 2 else set()
+    expected |= {'cls_token'} if k >= 3 else set()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == expected
+    for name, module in model.named_modules():
+        if name:
+            assert module.training == (not (name + '.').startswith(tuple(prefixes))), (
+                name
+            )
 
 
 def test_with_cp_matches_plain_gradients():

@@ -54,7 +54,53 @@ def test_converted_logits_equal_reference(float64, arch, num_classes):
         expected = ref(x)
         got = model(x, mode='tensor')
     assert expected.abs().max() > 1  # not a trivially small output
-    assert (got - expected).abs().max() < 1e-4
+    # float64: only rounding separates the two programs
+    assert (got - expected).abs().max() <= 1e-9 * expected.abs().max()
+
+
+def test_converted_model_fp32_equal_with_and_without_fast_paths():
+    """The converted tiny model in float32, as users run it: the fast paths
+    give the plain path's logits (1e-5 relative) and its nominations
+    wherever the nominator's top two logits are not near-tied."""
+    from nommer_mm import fast_paths
+    from nommer_mm.models.layers import ContextNominator
+
+    torch.manual_seed(0)
+    ref = randomize_(ReferenceLayoutNomMer(num_classes=1000)).eval()
+    state, info = convert_reference({'model': ref.state_dict()})
+    model = build_classifier(info, 1000)
+    model.load_state_dict(state, strict=True)
+    margins = {}
+
+    def record_margin(module, args, out, name=None):
+        logits = torch.nn.functional.linear(
+            sum(args[0]), module.fc.weight, module.fc.bias
+        )
+        top2 = logits.topk(2, dim=-1).values
+        margins[name] = top2[..., 0] - top2[..., 1]
+
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, ContextNominator):
+            m.register_forward_hook(
+                lambda mod, a, o, n=name.rsplit('.mixer', 1)[0]: record_margin(
+                    mod, a, o, n
+                )
+            )
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        fast = model(x, mode='tensor')
+        fast_noms = dict(model.backbone.nomination_maps())
+        with fast_paths(False):
+            plain = model(x, mode='tensor')
+            plain_noms = dict(model.backbone.nomination_maps())
+    assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
+    assert fast_noms.keys() == plain_noms.keys() == margins.keys()
+    clear = 0
+    for key in fast_noms:
+        tied = margins[key] < 1e-4
+        assert torch.equal(fast_noms[key][~tied], plain_noms[key][~tied]), key
+        clear += int((~tied).sum())
+    assert clear > 0.99 * sum(v.numel() for v in fast_noms.values())
 
 
 def test_checkpoint_wrappers_are_accepted():

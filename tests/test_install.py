@@ -23,12 +23,24 @@ def test_installer_is_a_no_op_on_a_working_stack():
 
 
 def test_mmcv_ops_work():
-    from mmcv.ops import RoIAlign, nms  # noqa: F401
+    from mmcv.ops import RoIAlign, nms
     import torch
 
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
     _, keep = nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
     assert keep.tolist() == [0]
+    # RoIAlign of a linear ramp: bilinear sampling reproduces it, so every
+    # bin holds the ramp's value at the bin centre
+    feat = torch.arange(16.0).view(1, 1, 1, 16).expand(1, 1, 16, 16).contiguous()
+    rois = torch.tensor([[0.0, 2.0, 2.0, 10.0, 10.0]])  # image 0, x1 y1 x2 y2
+    out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(
+        feat, rois
+    )
+    # aligned: the box shifts by -0.5 into pixel-index coordinates, [1.5,
+    # 9.5]; bin centres 3.5 and 7.5, where the ramp (value = column) is 3.5
+    # and 7.5
+    assert out.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(out[0, 0], torch.tensor([[3.5, 7.5], [3.5, 7.5]]))
 
 
 # ------------------------------------------------ CUDA builds, wheelhouse

@@ -148,8 +148,14 @@ def test_long_sequence_attention_equals_sdpa(op_calls):
     # the layer takes it, with the same result as the fused kernel
     attn = MultiheadSelfAttention(16, 2).eval()
     x = torch.randn(1, n, 16)
+    op_calls.clear()
     with torch.no_grad():
         got = attn(x)
+        taken = len(op_calls)
         with torch.backends.mkldnn.flags(enabled=False):
             ref = attn(x)
     _close(got, ref)
+    # the layer did take it: 1 image x 2 heads x 5 row blocks x 2 products,
+    # plus its qkv and proj linears; the reference run none of them
+    assert taken == 20 + 2
+    assert len(op_calls) == taken

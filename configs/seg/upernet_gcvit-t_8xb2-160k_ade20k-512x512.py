@@ -1,12 +1,11 @@
 # UperNet + GC ViT-T, ADE20K, 512x512 crops, 160k iterations, batch 16.
-# The same segmenter, pipeline and schedule as the NomMer-T config (Swin's
-# UperNet recipe); only the backbone differs.
-_base_ = ['./upernet_nommer-t_8xb2-160k_ade20k-512x512.py']
+# The segmenter, pipeline and schedule of the NomMer configs (Swin's UperNet
+# recipe, in _base_/seg); only the backbone differs.
+_base_ = ['../_base_/seg/upernet_8xb2-160k_ade20k-512x512.py']
 
 pretrained = 'checkpoints/gcvit-tiny_in1k-224.pth'
 model = dict(
     backbone=dict(
-        _delete_=True,
         type='GCViT',
         arch='tiny',
         drop_path_rate=0.2,

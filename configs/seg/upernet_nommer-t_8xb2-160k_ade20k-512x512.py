@@ -1,24 +1,10 @@
 # UperNet + NomMer-T, ADE20K, 512x512 crops, 160k iterations, batch 16
-# (paper Table 3: 46.1 mIoU, 47.3 multi-scale + flip). The Swin UperNet
-# recipe the paper follows: AdamW lr 6e-5, weight decay 0.01 (none on norms,
-# position embedding, class token, relative position tables), 1500-iteration
-# linear warm-up then poly decay; auxiliary FCN head on stage 3.
-# Multi-scale + flip evaluation: tools/test.py CONFIG CKPT --tta.
-_base_ = [
-    'mmseg::_base_/models/upernet_swin.py',
-    'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
-    'mmseg::_base_/schedules/schedule_160k.py',
-]
-custom_imports = dict(imports=['nommer_mm'], allow_failed_imports=False)
+# (paper Table 3: 46.1 mIoU, 47.3 multi-scale + flip), on the shared recipe.
+_base_ = ['../_base_/seg/upernet_8xb2-160k_ade20k-512x512.py']
 
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
 pretrained = 'checkpoints/nommer-tiny_in1k-224.pth'
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
-        _delete_=True,
         type='NomMer',
         arch='tiny',
         drop_path_rate=0.1,
@@ -26,38 +12,6 @@ model = dict(
         norm_cfg=dict(type='SyncBN', requires_grad=True),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.'),
     ),
-    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
-    auxiliary_head=dict(in_channels=384, num_classes=150),
+    decode_head=dict(in_channels=[96, 192, 384, 768]),
+    auxiliary_head=dict(in_channels=384),
 )
-
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        custom_keys={
-            'pos_embed': dict(decay_mult=0.0),
-            'cls_token': dict(decay_mult=0.0),
-            'relative_position_bias_table': dict(decay_mult=0.0),
-            'norm': dict(decay_mult=0.0),
-        }
-    ),
-)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
-]
-# 8 GPUs x 2 images = 16
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader
-
-# Checkpoints written atomically, old ones removed only once the new one is
-# complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
-# a peer that stops answering ends the run after 10 minutes, not 30.
-default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
-env_cfg = dict(dist_cfg=dict(timeout=600))
-# Results are gathered through the process group, not a shared temporary
-# directory: evaluation on several nodes needs no shared file system.
-val_evaluator = dict(collect_device='gpu')
-test_evaluator = dict(collect_device='gpu')

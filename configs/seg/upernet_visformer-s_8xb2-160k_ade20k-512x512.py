@@ -1,13 +1,12 @@
 # UperNet + Visformer-S, ADE20K, 512x512 crops, 160k iterations, batch 16.
-# The same segmenter, pipeline and schedule as the NomMer-T config (Swin's
-# UperNet recipe); only the backbone differs.
+# The segmenter, pipeline and schedule of the NomMer configs (Swin's UperNet
+# recipe, in _base_/seg); only the backbone differs.
 # Output 0 (stride 4) is a learned upsampling of stage 1, trained from scratch.
-_base_ = ['./upernet_nommer-t_8xb2-160k_ade20k-512x512.py']
+_base_ = ['../_base_/seg/upernet_8xb2-160k_ade20k-512x512.py']
 
 pretrained = 'checkpoints/visformer-small_in1k-224.pth'
 model = dict(
     backbone=dict(
-        _delete_=True,
         type='Visformer',
         arch='small',
         drop_path_rate=0.1,

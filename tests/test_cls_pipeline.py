@@ -38,17 +38,51 @@ def test_distributed_train_then_test(shapes, tmp_path):
     assert 'loss: 4 points' in said  # one per iteration
     assert 'accuracy/top1: 1 points' in said and 'at iteration 4' in said
 
-    out = tmp_path / 'metrics.json'
+    # 11 of the 12 held-out images: two ranks get 6 each, the sampler
+    # repeating one to pad; the repeat must not be counted
+    subset = ['--cfg-options', 'test_dataloader.dataset.indices=11']
+    out, dump = tmp_path / 'metrics.json', tmp_path / 'predictions.pkl'
     test = run_tool(
-        [ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir', work, '--out', out],
+        [ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir', work]
+        + ['--out', out, '--dump', dump, *subset],
         cwd=tmp_path,
         port=29612,
     )
     assert test.returncode == 0, failure_report(test)
     metrics = json.loads(out.read_text())
-    # mmpretrain's Accuracy over the 12 held-out images of both ranks
-    assert 0.0 <= metrics['accuracy/top1'] <= 100.0
     assert 'accuracy/top1' in test.stdout + test.stderr
+    images = {str(p) for p in shapes.glob('val/*/*.png')}
+    assert len(images) == 12
+    preds = _predictions(dump)  # each image once
+    assert len(preds) == 11 and set(preds) <= images
+    # mmpretrain's top-1 is the share of those predictions that are right
+    right = sum(label == truth for label, truth in preds.values())
+    assert metrics['accuracy/top1'] == pytest.approx(100.0 * right / 11)
+
+    # one process over the same images: the same predictions and metrics
+    out1, dump1 = tmp_path / 'metrics1.json', tmp_path / 'predictions1.pkl'
+    single = run_tool(
+        [ROOT / 'tools/test.py', cfg, ckpt, '--work-dir', tmp_path / 'single']
+        + ['--out', out1, '--dump', dump1, *subset],
+        cwd=tmp_path,
+    )
+    assert single.returncode == 0, failure_report(single)
+    assert json.loads(out1.read_text()) == metrics
+    assert _predictions(dump1) == preds
+
+
+def _predictions(path) -> dict:
+    """{image path: (predicted label, true label)} from a --dump file (our
+    own test output, so unpickling it is safe)."""
+    import pickle
+
+    with open(path, 'rb') as f:
+        samples = pickle.load(f)
+    out = {}
+    for s in samples:
+        assert s['img_path'] not in out, f'{s["img_path"]} evaluated twice'
+        out[s['img_path']] = (int(s['pred_label']), int(s['gt_label']))
+    return out
 
 
 def test_kill_and_resume_equals_uninterrupted(shapes, tmp_path):

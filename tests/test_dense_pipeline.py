@@ -31,7 +31,10 @@ def ade(tmp_path_factory):
     )
 
 
-def _train_and_test(cfg, tmp_path, port, test_args=()):
+def _train_and_test(cfg, tmp_path, port, num_images, test_args=()):
+    """2-process training, then 2-process testing of ``num_images`` held-out
+    images checked against a 1-process test.py run on the same checkpoint:
+    every image evaluated exactly once, the same metrics."""
     work = tmp_path / 'work'
     train = run_tool(
         [ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir', work],
@@ -41,29 +44,45 @@ def _train_and_test(cfg, tmp_path, port, test_args=()):
     log = train.stdout + train.stderr
     assert train.returncode == 0, failure_report(train)
     assert 'Iter(train) [2/2]' in log
-    out = tmp_path / 'metrics.json'
+    ckpt = work / 'iter_2.pth'
+    args = ['--cfg-options', f'test_dataloader.dataset.indices={num_images}']
+    out, dump = tmp_path / 'metrics.json', tmp_path / 'predictions.pkl'
     test = run_tool(
-        [
-            ROOT / 'tools/dist_test.sh',
-            cfg,
-            work / 'iter_2.pth',
-            2,
-            '--work-dir',
-            work,
-            '--out',
-            out,
-            *test_args,
-        ],
+        [ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir', work]
+        + ['--out', out, '--dump', dump, *args, *test_args],
         cwd=tmp_path,
         port=port + 1,
     )
     assert test.returncode == 0, failure_report(test)
-    return json.loads(out.read_text()), test.stdout + test.stderr
+    metrics = json.loads(out.read_text())
+    images = _evaluated_images(dump)
+    assert len(images) == len(set(images)) == num_images, images
+
+    out1, dump1 = tmp_path / 'metrics1.json', tmp_path / 'predictions1.pkl'
+    single = run_tool(
+        [ROOT / 'tools/test.py', cfg, ckpt, '--work-dir', tmp_path / 'single']
+        + ['--out', out1, '--dump', dump1, *args, *test_args],
+        cwd=tmp_path,
+    )
+    assert single.returncode == 0, failure_report(single)
+    assert sorted(_evaluated_images(dump1)) == sorted(images)
+    assert json.loads(out1.read_text()) == pytest.approx(metrics, abs=1e-6)
+    return metrics, test.stdout + test.stderr
+
+
+def _evaluated_images(path) -> list:
+    """The image of every sample in a --dump file (our own test output, so
+    unpickling it is safe)."""
+    import pickle
+
+    with open(path, 'rb') as f:
+        return [s['img_path'] for s in pickle.load(f)]
 
 
 def test_cascade_mask_rcnn_distributed(coco, tmp_path):
     cfg = small_det_config(coco, tmp_path / 'det.py', CASCADE_T)
-    metrics, log = _train_and_test(cfg, tmp_path, 29621)
+    # 3 of 4 images over 2 ranks: the sampler pads one rank with a repeat
+    metrics, log = _train_and_test(cfg, tmp_path, 29621, num_images=3)
     check_curves(tmp_path / 'work', ['loss', 'coco/bbox_mAP'], tmp_path / 'curves.png')
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
         assert key in metrics and -1 <= metrics[key] <= 1
@@ -73,7 +92,7 @@ def test_cascade_mask_rcnn_distributed(coco, tmp_path):
 
 def test_upernet_distributed_single_and_multiscale(ade, tmp_path):
     cfg = small_seg_config(ade, tmp_path / 'seg.py', UPERNET_T)
-    metrics, log = _train_and_test(cfg, tmp_path, 29631)
+    metrics, log = _train_and_test(cfg, tmp_path, 29631, num_images=2)
     check_curves(tmp_path / 'work', ['loss', 'mIoU'], tmp_path / 'curves.png')
     assert 0 <= metrics['mIoU'] <= 100
     assert 'per class results' in log

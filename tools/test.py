@@ -2,7 +2,7 @@
 """Evaluate a checkpoint with any config of this repository.
 
 python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta]
-    [--out FILE] [--cfg-options k=v ...] [--launcher ...]
+    [--out FILE] [--dump FILE.pkl] [--cfg-options k=v ...] [--launcher ...]
 """
 
 import argparse
@@ -27,6 +27,11 @@ def parse_args():
     parser.add_argument('--work-dir', help='where to save the metrics')
     parser.add_argument('--out', help='dump the metrics (json) to this file')
     parser.add_argument(
+        '--dump',
+        help="also save every evaluated sample's prediction to this .pkl file "
+        "(mmengine's DumpResults, gathered like the metrics)",
+    )
+    parser.add_argument(
         '--tta',
         action='store_true',
         help='test-time augmentation from the config '
@@ -34,6 +39,21 @@ def parse_args():
     )
     add_launch_args(parser)
     return parser.parse_args()
+
+
+def add_dump(cfg, path: str) -> None:
+    """Append mmengine's DumpResults to the test evaluator, collecting as the
+    config's first metric does (through the process group or a directory)."""
+    if not path.endswith(('.pkl', '.pickle')):
+        raise SystemExit(f'--dump {path}: the file must end in .pkl or .pickle')
+    metrics = cfg.test_evaluator
+    metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+    collect = metrics[0].get('collect_device', 'cpu')
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    cfg.test_evaluator = [
+        *metrics,
+        dict(type='DumpResults', out_file_path=path, collect_device=collect),
+    ]
 
 
 def main():
@@ -49,6 +69,8 @@ def main():
             type=cfg.tta_model.pop('type'), module=cfg.model, **cfg.tta_model
         )
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    if args.dump:
+        add_dump(cfg, args.dump)
     with mmengine_loads_through_plugin():
         runner = build_runner(cfg)
         check_weights_fit(runner.model, args.checkpoint)

@@ -145,7 +145,7 @@ class PatchEmbed(nn.Module):
             x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
         if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
             # oneDNN's bf16 kernel for this strided convolution was seen
-            # 120% off fp32 on some CPUs (see tests/test_arguments.py); it
+            # 120% off fp32 on some CPUs (see tests/models/test_arguments.py); it
             # is a small layer, so it runs in fp32.
             with torch.autocast('cpu', enabled=False):
                 return self.norm(self.proj(x.float()))

@@ -15,7 +15,7 @@ import nommer_mm  # noqa: F401  (backbones, LayerDecayOptimWrapperConstructor)
 from nommer_mm import CoTNet, GCViT, NomMer, Visformer
 from small_archs import SMALL
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # the stem's first weight, and the prefix of block b of stage s

@@ -8,7 +8,7 @@ import torch
 from nommer_mm.converters import ConversionError, convert_reference
 from reference_layout import ReferenceLayoutNomMer, randomize_
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONVERTER = ROOT / 'tools' / 'model_converters' / 'nommer2mm.py'
 
 CUSTOM = dict(

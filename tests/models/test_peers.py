@@ -308,7 +308,7 @@ def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     src = tmp_path / 'visformer_tiny_timm.pth'
     torch.save(timm.create_model('visformer_tiny').state_dict(), src)
     dst = tmp_path / 'out' / 'visformer-tiny_in1k-224.pth'

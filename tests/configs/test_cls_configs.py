@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / 'configs/cls').rglob('*.py'))
 ABLATIONS = sorted((ROOT / 'configs').rglob('ablation/*.py'))
 

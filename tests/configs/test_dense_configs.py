@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DET = sorted((ROOT / 'configs/det').rglob('*.py'))
 SEG = sorted((ROOT / 'configs/seg').rglob('*.py'))
 

@@ -399,7 +399,9 @@ def test_visformer_reference_layout_equals_timm_layout():
 
 
 def test_visformer_pos_embeds_resized_on_load():
-    from nommer_mm.models.backbones.common import interpolate_pos_embed
+    """Against ``F.interpolate`` itself (bicubic, not corner-aligned), not
+    the helper the load hook calls."""
+    import torch.nn.functional as F
 
     src = Visformer(arch=VIS_SMALL).state_dict()
     model = Visformer(arch=VIS_SMALL, img_size=288)
@@ -407,6 +409,85 @@ def test_visformer_pos_embeds_resized_on_load():
     for i in (1, 2, 3):
         own = getattr(model, f'pos_embed{i}')
         assert own.shape[-2:] == (288 // (4 * 2**i),) * 2
-        torch.testing.assert_close(
-            own.data, interpolate_pos_embed(src[f'pos_embed{i}'], own.shape[-2:])
+        expected = F.interpolate(
+            src[f'pos_embed{i}'],
+            size=own.shape[-2:],
+            mode='bicubic',
+            align_corners=False,
         )
+        assert not torch.equal(own.data[..., :3, :3], src[f'pos_embed{i}'][..., :3, :3])
+        torch.testing.assert_close(own.data, expected, rtol=0, atol=0)
+
+
+def _reference_layouts() -> dict:
+    """Key, shape and dtype lists recorded from the reference repositories'
+    own model code (tests/data/record_reference_layouts.py)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / 'data/reference_layouts.json.gz'
+    with gzip.open(path, 'rt') as f:
+        return json.load(f)
+
+
+REFERENCE_LAYOUTS = _reference_layouts()
+REFERENCE_MODELS = {
+    'NVlabs/GCVit:models/gc_vit.py/gc_vit_xxtiny': ('gcvit', 'xxtiny'),
+    'NVlabs/GCVit:models/gc_vit.py/gc_vit_xtiny': ('gcvit', 'xtiny'),
+    'NVlabs/GCVit:models/gc_vit.py/gc_vit_tiny': ('gcvit', 'tiny'),
+    'NVlabs/GCVit:models/gc_vit.py/gc_vit_small': ('gcvit', 'small'),
+    'NVlabs/GCVit:models/gc_vit.py/gc_vit_base': ('gcvit', 'base'),
+    'danczs/Visformer:models.py/visformer_tiny': ('visformer', 'tiny'),
+    'danczs/Visformer:models.py/visformer_small': ('visformer', 'small'),
+    'JDAI-CV/CoTNet:models/cotnet.py/cotnet50': ('cotnet', 'cotnet50'),
+    'JDAI-CV/CoTNet:models/cotnet.py/cotnext50_2x48d': ('cotnet', 'cotnext50'),
+    'JDAI-CV/CoTNet:models/cotnet_hybrid.py/se_cotnetd_50': (
+        'cotnet',
+        'se-cotnetd50',
+    ),
+}
+
+
+def test_reference_layouts_were_recorded_for_every_zoo_arch():
+    assert set(REFERENCE_LAYOUTS) == set(REFERENCE_MODELS)
+
+
+@pytest.mark.parametrize('source', sorted(REFERENCE_MODELS))
+def test_converters_take_the_reference_layouts(source):
+    """A checkpoint with exactly the reference model's keys, shapes and
+    dtypes (random values) converts to the right arch, fills every tensor of
+    our model, and every converted tensor is a reference tensor unchanged
+    (or, for fixed index tables, dropped)."""
+    family, arch = REFERENCE_MODELS[source]
+    convert = dict(gcvit=convert_gcvit, visformer=convert_visformer)
+    convert['cotnet'] = convert_cotnet
+    cls = dict(gcvit=GCViT, visformer=Visformer, cotnet=CoTNet)[family]
+    torch.manual_seed(0)
+    ref = {}
+    for key, shape, dtype in REFERENCE_LAYOUTS[source]:
+        dtype = getattr(torch, dtype)
+        ref[key] = (
+            torch.randn(shape, dtype=dtype)
+            if dtype.is_floating_point
+            else torch.zeros(shape, dtype=dtype)
+        )
+    state, info = convert[family]({'state_dict': ref}, backbone_only=True)
+    assert info['arch'] == arch
+    model = cls(**info, out_indices=(3,))
+    model.load_state_dict(state, strict=True)
+    own = model.state_dict()
+    assert set(state) == set(own)
+    by_bytes = {
+        (tuple(v.shape), v.float().sum().item(), v.float().abs().max().item())
+        for v in ref.values()
+        if v.is_floating_point()
+    }
+    for key, value in state.items():
+        if value.is_floating_point():
+            probe = (
+                tuple(value.shape),
+                value.float().sum().item(),
+                value.float().abs().max().item(),
+            )
+            assert probe in by_bytes, f'{key} is no reference tensor'

@@ -113,6 +113,40 @@ def test_out_indices_frozen_stages_and_errors(name):
         type(model)(arch='huge')
 
 
+def _frozen_prefixes(name: str, k: int) -> tuple:
+    """What ``frozen_stages=k`` freezes, written out from the docstrings."""
+    if k < 0:
+        return ()
+    if name == 'gcvit':  # patch embedding, levels 0..k, the ReduceSize into
+        prefixes = ['patch_embed.']  # them, their output norms
+        for i in range(k + 1):
+            prefixes += [f'levels.{i}.blocks.', f'levels.{i}.q_global_gen.']
+            prefixes += [f'norm{i}.'] + ([f'levels.{i - 1}.downsample.'] if i else [])
+    elif name == 'visformer':  # stem, stages 1..k with their patch and
+        prefixes = ['stem.']  # position embeddings and output norms
+        for i in range(1, k + 1):
+            prefixes += [f'patch_embed{i}.', f'stage{i}.', f'pos_embed{i}', f'norm{i}.']
+    else:  # stem, layer1..layer(k+1)
+        prefixes = ['conv1.', 'bn1.'] + [f'layer{i + 1}.' for i in range(k + 1)]
+    return tuple(prefixes)
+
+
+@pytest.mark.parametrize('name', ['gcvit', 'visformer', 'cotnet'])
+@pytest.mark.parametrize('k', [-1, 0, 1, 2, 3])
+def test_frozen_stages_freeze_exactly_their_parameters(name, k):
+    model = small(name, frozen_stages=k).train()
+    prefixes = _frozen_prefixes(name, k)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    expected = {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+    assert frozen == expected
+    if k >= 0:
+        assert frozen
+    for module_name, module in model.named_modules():
+        if module_name:
+            inside = (module_name + '.').startswith(prefixes)
+            assert module.training == (not inside), module_name
+
+
 def test_gcvit_global_query_is_per_image():
     """Every window of image b uses image b's global query (the reference's
     batch-level repeat mixed images, NVlabs/GCVit issue #10)."""

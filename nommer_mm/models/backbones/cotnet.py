@@ -122,7 +122,7 @@ class CoTNet(StagedBackbone):
         drop_path_rate (float): Stochastic depth, rising linearly from 0.
         out_indices (Sequence[int]): Layers to output (0..3 = layer1..4).
         frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and
-            layer1..layer(k+1).
+            layer1..layer(k+1), in eval mode.
         norm_eval (bool): Keep BatchNorm layers in eval mode while training
             (the usual setting for detection).
         with_cp (bool): Activation checkpointing per block.

@@ -253,7 +253,8 @@ class GCViT(StagedBackbone):
             through its own LayerNorm ``norm{i}`` (``norm3`` is the
             reference's final norm).
         frozen_stages (int): -1 freezes nothing; k >= 0 freezes the patch
-            embedding and levels 0..k (with the ReduceSize into them).
+            embedding and levels 0..k (blocks, global query generators, the
+            ReduceSize into them, their output norms) in eval mode.
         with_cp (bool): Activation checkpointing per block.
         init_cfg (dict | list[dict], optional): e.g. ``Pretrained``.
         pretrained (str, optional): deprecated, as in mmdet / mmseg: the

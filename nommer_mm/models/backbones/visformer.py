@@ -171,8 +171,9 @@ class Visformer(StagedBackbone):
             16, 32. 1..3 are stages 1..3 through BatchNorms ``norm{i}``
             (``norm3`` is the reference's final norm); 0 is the learned
             upsampling of stage 1 (see the module docstring).
-        frozen_stages (int): -1 freezes nothing; k >= 1 freezes the stem and
-            stages 1..k with their patch embeddings and position embeddings.
+        frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and
+            stages 1..k (none for k = 0) with their patch embeddings,
+            position embeddings and output norms, in eval mode.
         norm_eval (bool): Keep BatchNorm layers in eval mode while training.
         with_cp (bool): Activation checkpointing per block.
         norm_cfg (dict): BatchNorm config (``SyncBN`` for multi-GPU).

@@ -355,3 +355,56 @@ def test_wheelhouse_closure_reads_markers_for_the_target_python():
     assert inst.closure(report, ['torch']) == {'torch', 'setuptools', 'filelock'}
     env['python_version'] = '3.11'
     assert inst.closure(report, ['Torch']) == {'torch', 'filelock'}
+
+
+def test_package_works_from_a_wheel_outside_the_repository(tmp_path):
+    """``nommer_mm`` installed from its wheel (not editable) and run from
+    another directory: it reads nothing of the repository (configs, tools).
+    The wheel holds only the package; the three codebases find the
+    backbones through the registry."""
+    import zipfile
+
+    dist = tmp_path / 'dist'
+    subprocess.run(
+        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation']
+        + ['-q', '-w', dist, ROOT],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = dist.glob('nommer_mm-*.whl')
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.startswith(('configs/', 'tools/', 'tests/'))]
+    target = tmp_path / 'site'
+    subprocess.run(
+        [sys.executable, '-m', 'pip', 'install', '--no-deps', '-q']
+        + ['--target', target, wheel],
+        check=True,
+        capture_output=True,
+    )
+    code = """
+import torch, nommer_mm
+from mmengine.registry import init_default_scope
+from nommer_mm.converters import convert_reference
+print(nommer_mm.__file__)
+for scope in ('mmpretrain', 'mmdet', 'mmseg'):
+    init_default_scope(scope)
+    reg = __import__(scope + '.registry', fromlist=['MODELS']).MODELS
+    for name in ('NomMer', 'GCViT', 'Visformer', 'CoTNet'):
+        assert reg.get(name) is not None, (scope, name)
+model = reg.build(dict(type='NomMer', arch=dict(embed_dims=32, depths=[1, 1, 1, 1],
+    num_heads=[2, 2, 2, 4], bottleneck_ratios=[2, 2]))).eval()
+with torch.no_grad():
+    print([tuple(o.shape) for o in model(torch.randn(1, 3, 64, 64))])
+"""
+    env = dict(os.environ, PYTHONPATH=str(target))
+    proc = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, shapes = proc.stdout.strip().splitlines()[-2:]
+    assert first.startswith(str(target)), first
+    assert shapes == '[(1, 32, 16, 16), (1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]'

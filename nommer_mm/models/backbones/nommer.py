@@ -224,8 +224,9 @@ class NomMer(StagedBackbone):
             its patch tokens through ``final_norm``, (B, 8C). Stages 0-2
             always give normed NCHW maps.
         frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and
-            stages 0..k (with the merges into them, the position embedding
-            from stage 2 and the class token at stage 3) in eval mode.
+            stages 0..k (with the merges into them and their output norms,
+            the position embedding from the first G stage on, 2 in the
+            paper's layout, and the class token at stage 3) in eval mode.
         norm_eval (bool): Keep BatchNorm layers in eval mode while training.
         with_cp (bool): Activation checkpointing per block.
         norm_cfg (dict): Config of the BatchNorm layers (stem, conv context,

@@ -364,10 +364,20 @@ def test_package_works_from_a_wheel_outside_the_repository(tmp_path):
     backbones through the registry."""
     import zipfile
 
+    # built from a copy: setuptools writes build/ and *.egg-info beside
+    # setup.py, which must not land in the checkout
+    src = tmp_path / 'src'
+    shutil.copytree(
+        ROOT / 'nommer_mm',
+        src / 'nommer_mm',
+        ignore=shutil.ignore_patterns('__pycache__'),
+    )
+    for name in ('setup.py', 'README.md'):
+        shutil.copy(ROOT / name, src / name)
     dist = tmp_path / 'dist'
     subprocess.run(
         [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation']
-        + ['-q', '-w', dist, ROOT],
+        + ['-q', '-w', dist, src],
         check=True,
         capture_output=True,
     )

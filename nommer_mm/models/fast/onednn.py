@@ -8,8 +8,9 @@ EPYC runs a (1568, 384) x (384, 768) product at about 89 GMAC/s through
 ``F.linear`` and 196 GMAC/s through oneDNN) that is a 2x on every linear
 layer. oneDNN also applies the MLP's GELU to the product while it is still in
 cache, in place of one more pass over memory. The fused CPU attention kernel
-uses the slower BLAS too, so global attention over long sequences (dense
-inputs) is faster as oneDNN products per head (:func:`attention`).
+uses the slower BLAS too, so on AVX-512 CPUs global attention over long
+sequences (dense inputs) is faster as oneDNN products per head
+(:func:`attention`); on AVX2 CPUs it is not, and the fused kernel stays.
 
 The fast path is taken only where it computes the same function: CPU, fp32
 inputs and weights, autocast off, oneDNN enabled (``torch.backends.mkldnn``),
@@ -157,19 +158,34 @@ def linear(
 
 
 # Global attention over at least this many tokens runs through
-# :func:`attention` without autograd. Measured against the fused CPU kernel
-# (``F.scaled_dot_product_attention``), B=2, 4 heads of 96: 1050 tokens 15 vs
-# 21 ms, 4200 tokens (stage 3 of NomMer at 800x1333) 222 vs 326 ms; but 196
-# tokens (batch 8, 224) 20 vs 3.6 ms, where the per-head loop dominates.
+# :func:`attention` without autograd, on CPUs with AVX-512: there the
+# per-head oneDNN products beat the fused CPU kernel
+# (``F.scaled_dot_product_attention``) from about a thousand tokens on, and
+# lose below, where the per-head loop dominates. On an AVX2 CPU they lost at
+# every size tried (README, "Speed and memory").
 LONG_SEQUENCE = 1024
 _ROWS = 256  # query rows per step: a (256, N) score block stays in cache
 
 
+def attention_pays_off(capability: str | None = None) -> bool:
+    """Whether this CPU (or ``capability``, as
+    ``torch.backends.cpu.get_cpu_capability()`` names it) is one where
+    :func:`attention` was measured faster than the fused kernel: AVX-512."""
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return capability.upper().startswith('AVX512')
+
+
+LONG_ATTENTION = attention_pays_off()  # read once, at import
+
+
 def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether :func:`attention` is the faster exact path for these inputs
-    (long sequences, no autograd, and :func:`onednn_applies`)."""
+    (an AVX-512 CPU, long sequences, no autograd, and
+    :func:`onednn_applies`)."""
     return (
-        q.shape[-2] >= LONG_SEQUENCE
+        LONG_ATTENTION
+        and q.shape[-2] >= LONG_SEQUENCE
         and not torch.is_grad_enabled()
         and onednn_applies(q, k, v)
     )

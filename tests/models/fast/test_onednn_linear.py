@@ -126,12 +126,29 @@ def test_use_onednn_linear_swaps_plain_linears_only():
     assert lin.use_onednn_linear(model) == 0  # already swapped
 
 
+def test_long_attention_only_where_it_was_measured_faster(monkeypatch):
+    """The per-head oneDNN attention on AVX-512 CPUs only (AVX2: the fused
+    kernel was faster); the CPU's capability is read once, at import."""
+    assert lin.attention_pays_off('AVX512')
+    assert not lin.attention_pays_off('AVX2')
+    assert not lin.attention_pays_off('DEFAULT')
+    assert lin.LONG_ATTENTION == lin.attention_pays_off(
+        torch.backends.cpu.get_cpu_capability()
+    )
+    monkeypatch.setattr(lin, 'LONG_ATTENTION', False)
+    q = torch.randn(1, 2, lin.LONG_SEQUENCE, 8)
+    with torch.no_grad():
+        assert not lin.attention_applies(q, q, q)
+
+
 @needs_onednn
-def test_long_sequence_attention_equals_sdpa(op_calls):
+def test_long_sequence_attention_equals_sdpa(op_calls, monkeypatch):
     """Global attention over >= LONG_SEQUENCE tokens without autograd runs
-    as oneDNN products per head (rows in blocks, the last one partial)."""
+    as oneDNN products per head (rows in blocks, the last one partial), on
+    an AVX-512 CPU (set here, so that the kernel is tested on any CPU)."""
     from nommer_mm.models.layers.attention import MultiheadSelfAttention
 
+    monkeypatch.setattr(lin, 'LONG_ATTENTION', True)
     torch.manual_seed(0)
     n = lin.LONG_SEQUENCE + lin._ROWS // 2 + 3  # a partial last row block
     qkv = torch.randn(2, n, 3, 2, 8).permute(2, 0, 3, 1, 4)

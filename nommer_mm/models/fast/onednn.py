@@ -3,10 +3,9 @@ run through oneDNN.
 
 ``F.linear`` on CPU in fp32 calls the BLAS that torch was built with (MKL in
 the PyPI wheels). oneDNN, also inside those wheels, has its own matmul
-kernels; on AVX-512 CPUs where MKL takes a slower path (this project's AMD
-EPYC runs a (1568, 384) x (384, 768) product at about 89 GMAC/s through
-``F.linear`` and 196 GMAC/s through oneDNN) that is a 2x on every linear
-layer. oneDNN also applies the MLP's GELU to the product while it is still in
+kernels; on AVX-512 CPUs where MKL takes a slower path (an AMD EPYC of
+this project's) that was about a 2x on every linear layer (README, "Speed
+and memory"). oneDNN also applies the MLP's GELU to the product while it is still in
 cache, in place of one more pass over memory. The fused CPU attention kernel
 uses the slower BLAS too, so on AVX-512 CPUs global attention over long
 sequences (dense inputs) is faster as oneDNN products per head

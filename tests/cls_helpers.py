@@ -11,6 +11,18 @@ CASCADE_T = ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
 UPERNET_T = ROOT / 'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py'
 
 
+def load_tool(relative: str):
+    """A script under ``tools/`` (no package there) as a module, e.g.
+    ``load_tool('tools/analysis_tools/get_flops.py')``."""
+    import importlib.util
+
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_config(
     path: Path,
     data_root: Path,

@@ -298,16 +298,22 @@ class ReferenceLayoutNomMer(nn.Module):
         return self.mlp_head(x[:, 0])
 
 
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomize_(model: nn.Module, seed: int = 0, fan_in: bool = False) -> nn.Module:
     """Give every learnable tensor and BN statistic distinctive random
     values (the fixed DCT bases are left as they are), so a wrong mapping
-    cannot go unnoticed."""
+    cannot go unnoticed. The default std 0.2 makes every layer amplify its
+    input (and float rounding) several times over, which float64 tolerates;
+    ``fan_in=True`` scales each weight matrix by 1 / sqrt(fan-in) instead,
+    as trained weights roughly are, for comparisons in float32."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if 'dct_conv' in name or 'idct_conv' in name:
                 continue
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            std = 0.2
+            if fan_in and p.dim() > 1:
+                std = p[0].numel() ** -0.5
+            p.copy_(torch.randn(p.shape, generator=g) * std)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)

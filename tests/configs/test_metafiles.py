@@ -2,23 +2,13 @@
 listed once, and every Parameters / FLOPs figure equals what
 tools/analysis_tools/get_flops.py measures for it now."""
 
-import importlib.util
 import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cls_helpers import ROOT, readme_converter_outputs
-
-
-def _get_flops():
-    spec = importlib.util.spec_from_file_location(
-        'get_flops', ROOT / 'tools/analysis_tools/get_flops.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from cls_helpers import ROOT, load_tool, readme_converter_outputs
 
 
 def _models() -> dict:
@@ -92,7 +82,7 @@ def test_figures_equal_get_flops(config):
     """Exact counts: the trainable parameters get_flops.py prints, and for
     classifiers its traced FLOPs (convention (a)) at the Input Size, and
     convention (b) against its pin."""
-    get_flops = _get_flops()
+    get_flops = load_tool('tools/analysis_tools/get_flops.py')
     model = MODELS[config]
     meta = model['Metadata']
     with warnings.catch_warnings():

@@ -3,12 +3,11 @@ configs: parameters, traced FLOPs (a) and module-hook FLOPs (b) pinned at a
 small input (256x320), the figures of the current code's plain path; the
 README's full-size figures come from the same function."""
 
-import importlib.util
 import warnings
 
 import pytest
 
-from cls_helpers import ROOT
+from cls_helpers import ROOT, load_tool
 
 # config: (trainable params, (a) traced, (b) module hooks) at 256x320
 PINNED = {
@@ -55,20 +54,13 @@ PINNED = {
 }
 
 
-def _get_flops():
-    spec = importlib.util.spec_from_file_location(
-        'get_flops', ROOT / 'tools/analysis_tools/get_flops.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('config', sorted(PINNED))
 def test_dense_counts_are_pinned(config):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        measured = _get_flops().measure(str(ROOT / 'configs' / config), (256, 320))
+        measured = load_tool('tools/analysis_tools/get_flops.py').measure(
+            str(ROOT / 'configs' / config), (256, 320)
+        )
     assert (
         measured['params'],
         measured['flops_traced'],

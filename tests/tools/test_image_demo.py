@@ -95,11 +95,9 @@ def test_demo_progress_lines():
     """tools/demo.py prints training progress as it comes: iteration,
     loss, lr and ETA from mmengine's log lines, and the evaluation
     metrics."""
-    import importlib.util
+    from cls_helpers import load_tool
 
-    spec = importlib.util.spec_from_file_location('demo', ROOT / 'tools/demo.py')
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool('tools/demo.py')
     log = (
         '11/29 10:19:58 - mmengine - INFO - Iter(train) [ 25/300]  '
         'base_lr: 2.0000e-04 lr: 1.9000e-04  eta: 0:01:02  time: 0.2176'

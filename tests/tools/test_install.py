@@ -44,7 +44,6 @@ def test_mmcv_ops_work():
 
 
 # ------------------------------------------------ CUDA builds, wheelhouse
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -53,12 +52,9 @@ import pytest  # noqa: E402
 
 
 def _installer():
-    spec = importlib.util.spec_from_file_location(
-        'install_deps', ROOT / 'tools/install_deps.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from cls_helpers import load_tool
+
+    return load_tool('tools/install_deps.py')
 
 
 def _fake_package(root, files):

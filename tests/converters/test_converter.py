@@ -66,6 +66,7 @@ def test_converted_model_fp32_equal_with_and_without_fast_paths():
     amplify float rounding as the float64 mapping test's weights do."""
     from nommer_mm import fast_paths
     from nommer_mm.models.layers import ContextNominator
+    from nommer_mm.models.layers.context import nominator_logits
 
     torch.manual_seed(0)
     ref = randomize_(ReferenceLayoutNomMer(num_classes=1000), fan_in=True).eval()
@@ -75,9 +76,7 @@ def test_converted_model_fp32_equal_with_and_without_fast_paths():
     margins = {}
 
     def record_margin(module, args, out, name=None):
-        logits = torch.nn.functional.linear(
-            sum(args[0]), module.fc.weight, module.fc.bias
-        )
+        logits = nominator_logits(sum(args[0]), module.fc.weight, module.fc.bias)
         top2 = logits.topk(2, dim=-1).values
         margins[name] = top2[..., 0] - top2[..., 1]
 

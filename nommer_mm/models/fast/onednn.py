@@ -4,12 +4,15 @@ run through oneDNN.
 ``F.linear`` on CPU in fp32 calls the BLAS that torch was built with (MKL in
 the PyPI wheels). oneDNN, also inside those wheels, has its own matmul
 kernels; on AVX-512 CPUs where MKL takes a slower path (an AMD EPYC of
-this project's) that was about a 2x on every linear layer (README, "Speed
-and memory"). oneDNN also applies the MLP's GELU to the product while it is still in
-cache, in place of one more pass over memory. The fused CPU attention kernel
-uses the slower BLAS too, so on AVX-512 CPUs global attention over long
-sequences (dense inputs) is faster as oneDNN products per head
-(:func:`attention`); on AVX2 CPUs it is not, and the fused kernel stays.
+this project's) that was about a 2x on every linear layer, forward and
+backward (README, "Speed and memory"). oneDNN also applies the MLP's GELU to
+the product while it is still in cache, in place of one more pass over
+memory. The fused CPU attention kernel uses the slower BLAS too, so on
+AVX-512 CPUs global attention over long sequences (dense inputs) is faster
+as oneDNN products per head (:func:`attention`). On an AVX2 CPU only the
+forward products still gained; the backward products and the per-head
+attention lost, so there the BLAS and the fused kernel stay for those
+(:data:`BACKWARD_PRODUCTS`, :data:`LONG_ATTENTION`).
 
 The fast path is taken only where it computes the same function: CPU, fp32
 inputs and weights, autocast off, oneDNN enabled (``torch.backends.mkldnn``),
@@ -87,17 +90,40 @@ def _product(
     return F.gelu(out) if activation == 'gelu' else out
 
 
+def avx512_cpu(capability: str | None = None) -> bool:
+    """Whether this CPU (or ``capability``, as
+    ``torch.backends.cpu.get_cpu_capability()`` names it) has AVX-512: the
+    CPUs where oneDNN's products were measured faster than the BLAS's in
+    backward and in per-head attention, not only in forward."""
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return capability.upper().startswith('AVX512')
+
+
+# Backward products (input and weight gradients) through oneDNN on AVX-512
+# CPUs only; read once, at import. On an AVX2 CPU they made a NomMer-T
+# training step slower than the BLAS's (README, "Speed and memory").
+BACKWARD_PRODUCTS = avx512_cpu()
+
+
+def _backward_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` in a backward pass."""
+    if BACKWARD_PRODUCTS:
+        return _product(a, b)
+    return F.linear(a, b)
+
+
 def input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """dL/dx of ``x @ weight.T``: ``grad @ weight``,
     (..., out) -> (..., in)."""
-    return _product(grad, weight.t())
+    return _backward_product(grad, weight.t())
 
 
 def weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """dL/dweight of ``x @ weight.T``: ``grad.T @ x`` over all leading dims,
     (out, in)."""
     rows = grad.reshape(-1, grad.shape[-1])
-    return _product(rows.t(), x.reshape(-1, x.shape[-1]).t())
+    return _backward_product(rows.t(), x.reshape(-1, x.shape[-1]).t())
 
 
 def bias_grad(grad: torch.Tensor) -> torch.Tensor:
@@ -166,16 +192,7 @@ LONG_SEQUENCE = 1024
 _ROWS = 256  # query rows per step: a (256, N) score block stays in cache
 
 
-def attention_pays_off(capability: str | None = None) -> bool:
-    """Whether this CPU (or ``capability``, as
-    ``torch.backends.cpu.get_cpu_capability()`` names it) is one where
-    :func:`attention` was measured faster than the fused kernel: AVX-512."""
-    if capability is None:
-        capability = torch.backends.cpu.get_cpu_capability()
-    return capability.upper().startswith('AVX512')
-
-
-LONG_ATTENTION = attention_pays_off()  # read once, at import
+LONG_ATTENTION = avx512_cpu()  # read once, at import
 
 
 def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

@@ -14,7 +14,7 @@ import torch.nn as nn
 import nommer_mm
 from nommer_mm import GCViT, NomMer, fast_paths
 from nommer_mm.analysis import count_flops_module_hooks
-from nommer_mm.models.fast import fast_paths_enabled
+from nommer_mm.models.fast import fast_paths_enabled, onednn
 from small_archs import SMALL
 
 
@@ -83,10 +83,15 @@ def test_eval_outputs_equal_with_and_without_fast_paths(cls, arch, shape):
 
 
 @pytest.mark.parametrize('cls', [NomMer, GCViT])
-def test_training_gradients_equal_on_the_same_gumbel_noise(cls):
+@pytest.mark.parametrize('backward_products', [True, False])
+def test_training_gradients_equal_on_the_same_gumbel_noise(
+    cls, backward_products, monkeypatch
+):
     """Training mode (Gumbel nominations, the fused nominator, the MLP and
     max-pool autograd functions) against autograd on the plain forward,
-    with the same noise (same seed before each)."""
+    with the same noise (same seed before each); the backward products
+    through oneDNN (AVX-512 CPUs) and through the BLAS, whatever this CPU."""
+    monkeypatch.setattr(onednn, 'BACKWARD_PRODUCTS', backward_products)
     torch.manual_seed(0)
     fast_model = cls(**SMALL[cls], out_indices=(0, 1, 2, 3), drop_path_rate=0.0).train()
     plain_model = copy.deepcopy(fast_model)

@@ -40,7 +40,12 @@ def _close(a, b, scale=1.0):
 
 @needs_onednn
 @pytest.mark.parametrize('bias', [True, False])
-def test_values_and_gradients_equal_f_linear(bias, op_calls):
+@pytest.mark.parametrize('backward_products', [True, False])
+def test_values_and_gradients_equal_f_linear(
+    bias, backward_products, op_calls, monkeypatch
+):
+    # both settings of the CPU gate, whatever this CPU is
+    monkeypatch.setattr(lin, 'BACKWARD_PRODUCTS', backward_products)
     torch.manual_seed(0)
     # strided: a channels-first map permuted to channels-last, and a slice
     # of rows (as of a fused qkv output)
@@ -55,8 +60,9 @@ def test_values_and_gradients_equal_f_linear(bias, op_calls):
     _close(out, ref_out)
     for g, r in zip(got, ref):
         _close(g, r, scale=r.abs().max().item())
-    # forward, input gradient and weight gradient all went through oneDNN
-    assert len(op_calls) == 3
+    # forward, and (where the gate says so) the input and weight gradients
+    # went through oneDNN; otherwise the gradients are the BLAS's
+    assert len(op_calls) == (3 if backward_products else 1)
 
 
 @needs_onednn
@@ -127,14 +133,15 @@ def test_use_onednn_linear_swaps_plain_linears_only():
 
 
 def test_long_attention_only_where_it_was_measured_faster(monkeypatch):
-    """The per-head oneDNN attention on AVX-512 CPUs only (AVX2: the fused
-    kernel was faster); the CPU's capability is read once, at import."""
-    assert lin.attention_pays_off('AVX512')
-    assert not lin.attention_pays_off('AVX2')
-    assert not lin.attention_pays_off('DEFAULT')
-    assert lin.LONG_ATTENTION == lin.attention_pays_off(
-        torch.backends.cpu.get_cpu_capability()
-    )
+    """The per-head oneDNN attention and the backward products on AVX-512
+    CPUs only (AVX2: the fused kernel and the BLAS were faster); the CPU's
+    capability is read once, at import."""
+    assert lin.avx512_cpu('AVX512')
+    assert lin.avx512_cpu('avx512_vnni')
+    assert not lin.avx512_cpu('AVX2')
+    assert not lin.avx512_cpu('DEFAULT')
+    here = lin.avx512_cpu(torch.backends.cpu.get_cpu_capability())
+    assert lin.LONG_ATTENTION == lin.BACKWARD_PRODUCTS == here
     monkeypatch.setattr(lin, 'LONG_ATTENTION', False)
     q = torch.randn(1, 2, lin.LONG_SEQUENCE, 8)
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Parameter and FLOP counting.
+"""Parameter and FLOP counting, saved-for-backward bytes, and the margins
+of NomMer's nominations.
 
 ``count_flops`` follows fvcore's convention (one multiply-add = one FLOP,
 counted on the traced graph, so the attention matrix products are included)
@@ -10,7 +11,8 @@ written out.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -177,3 +179,46 @@ def saved_for_backward_bytes(model: nn.Module, inputs: torch.Tensor | Sequence) 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(*inputs)
     return total[0]
+
+
+@contextlib.contextmanager
+def nomination_margins(backbone: nn.Module) -> Iterator[dict]:
+    """While active, each forward of a NomMer ``backbone`` records, for
+    every block that nominates (the keys of ``nomination_maps()``), the gap
+    between its nominator's two largest logits at each position, (B, H, W).
+    Where the gap is within float rounding the argmax is a near tie, which
+    another kernel (ONNX Runtime, another CPU, fp16) may break the other way
+    without being wrong.
+
+    Yields the dict it fills; the hooks are removed on exit."""
+    from .models.layers.context import nominator_logits
+
+    margins: dict = {}
+    handles = []
+
+    def record(name: str):
+        def hook(nominator: nn.Module, args: tuple) -> None:
+            # before the forward: the fast eval path writes its selection
+            # into a candidate's buffer
+            logits = nominator_logits(
+                sum(args[0]), nominator.fc.weight, nominator.fc.bias
+            )
+            top2 = logits.topk(2, dim=-1).values
+            margins[name] = (top2[..., 0] - top2[..., 1]).detach()
+
+        return hook
+
+    for i in range(getattr(backbone, 'num_local_stages', 0)):
+        for j, block in enumerate(backbone.stages[i].blocks):
+            nominator = block.mixer.nominator
+            if nominator is not None:
+                handles.append(
+                    nominator.register_forward_pre_hook(
+                        record(f'stages.{i}.blocks.{j}')
+                    )
+                )
+    try:
+        yield margins
+    finally:
+        for h in handles:
+            h.remove()

@@ -65,33 +65,18 @@ def test_converted_model_fp32_equal_with_and_without_fast_paths():
     the scale of trained ones (fan-in scaled), so that the network does not
     amplify float rounding as the float64 mapping test's weights do."""
     from nommer_mm import fast_paths
-    from nommer_mm.models.layers import ContextNominator
-    from nommer_mm.models.layers.context import nominator_logits
+    from nommer_mm.analysis import nomination_margins
 
     torch.manual_seed(0)
     ref = randomize_(ReferenceLayoutNomMer(num_classes=1000), fan_in=True).eval()
     state, info = convert_reference({'model': ref.state_dict()})
     model = build_classifier(info, 1000)
     model.load_state_dict(state, strict=True)
-    margins = {}
-
-    def record_margin(module, args, out, name=None):
-        logits = nominator_logits(sum(args[0]), module.fc.weight, module.fc.bias)
-        top2 = logits.topk(2, dim=-1).values
-        margins[name] = top2[..., 0] - top2[..., 1]
-
-    for name, m in model.backbone.named_modules():
-        if isinstance(m, ContextNominator):
-            m.register_forward_hook(
-                lambda mod, a, o, n=name.rsplit('.mixer', 1)[0]: record_margin(
-                    mod, a, o, n
-                )
-            )
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         fast = model(x, mode='tensor')
         fast_noms = dict(model.backbone.nomination_maps())
-        with fast_paths(False):
+        with fast_paths(False), nomination_margins(model.backbone) as margins:
             plain = model(x, mode='tensor')
             plain_noms = dict(model.backbone.nomination_maps())
     assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()

@@ -646,3 +646,33 @@ def test_nomination_contexts_name_the_indices():
     maps = model.nomination_maps()
     assert len(maps) == 4
     assert all(int(m.max()) < 2 for m in maps.values())
+
+
+def test_nomination_margins_are_the_gaps_behind_each_nomination():
+    """nomination_margins() records, per nominating block, the gap between
+    the two largest nominator logits, computed from the candidates before
+    the fast eval path overwrites one of them: fast and plain give the same
+    margins, positive where they nominate, and the hooks go on exit."""
+    from nommer_mm import fast_paths
+    from nommer_mm.analysis import nomination_margins
+
+    torch.manual_seed(0)
+    model = NomMer('tiny').eval()
+    x = torch.randn(1, 3, 64, 96)
+    got = []
+    for enabled in (True, False):
+        with torch.no_grad(), fast_paths(enabled), nomination_margins(model) as m:
+            model(x)
+        got.append(m)
+        maps = model.nomination_maps()
+        assert m.keys() == maps.keys() and len(m) == 4
+        for key in m:
+            assert m[key].shape == maps[key].shape
+            assert (m[key] >= 0).all()
+    for key in got[0]:
+        torch.testing.assert_close(got[0][key], got[1][key], rtol=1e-4, atol=1e-5)
+    assert not any(
+        blk.mixer.nominator._forward_pre_hooks
+        for s in model.stages[: model.num_local_stages]
+        for blk in s.blocks
+    )

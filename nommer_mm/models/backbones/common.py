@@ -21,6 +21,8 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..layers.shapes import same_size
+
 
 def parse_arch(
     model: str,
@@ -370,9 +372,10 @@ def interpolate_pos_embed(
 ) -> torch.Tensor:
     """Bicubic resize of a position-embedding grid to ``size``:
     (1, C, h, w) -> (1, C, *size), or (1, h, w, C) -> (1, *size, C) with
-    ``channels_last``. Returns ``pos`` itself when the size already fits."""
+    ``channels_last``. Returns ``pos`` itself when the size already fits
+    (outside a trace)."""
     grid = pos.permute(0, 3, 1, 2) if channels_last else pos
-    if tuple(grid.shape[-2:]) == tuple(size):
+    if same_size(grid.shape[-2:], size):
         return pos
     out = F.interpolate(
         grid.float(), size=tuple(size), mode='bicubic', align_corners=False

@@ -29,6 +29,7 @@ from mmengine.registry import MODELS
 
 from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
 from ..layers.mlp import Mlp
+from ..layers.shapes import same_size
 from .common import (
     StagedBackbone,
     check_arch_values,
@@ -140,7 +141,7 @@ class GlobalQueryGen(nn.Module):
         q = self.to_q_global(x.permute(0, 3, 1, 2))
         B, C, h, w = q.shape
         ws = self.window_size
-        if (h, w) != (ws, ws):
+        if not same_size((h, w), (ws, ws)):
             q = F.interpolate(q, size=(ws, ws), mode='bicubic', align_corners=False)
         q = q.permute(0, 2, 3, 1).reshape(
             B, ws * ws, self.num_heads, C // self.num_heads

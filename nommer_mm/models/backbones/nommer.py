@@ -36,6 +36,7 @@ from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from .. import fast
 from ..layers.mlp import Mlp
+from ..layers.shapes import needs_padding
 from .common import (
     StagedBackbone,
     check_arch_values,
@@ -158,7 +159,7 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
-        if H % 4 or W % 4:
+        if needs_padding(H % 4, W % 4):
             x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
         return F.relu(self.norm(self.conv(x)), inplace=True).permute(0, 2, 3, 1)
 

@@ -49,6 +49,7 @@ from .common import (
     parse_out_indices,
     resize_pos_embed_on_load,
 )
+from ..layers import ceil_div, needs_padding
 
 
 class ConvMlp(nn.Module):
@@ -141,7 +142,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
         p = self.patch
-        if H % p or W % p:
+        if needs_padding(H % p, W % p):
             x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
         if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
             # oneDNN's bf16 kernel for this strided convolution was seen
@@ -371,7 +372,7 @@ class Visformer(StagedBackbone):
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []
         last = max(max(self.out_indices), 1)  # output 0 comes from stage 1
-        h4, w4 = -(-x.shape[-2] // 4), -(-x.shape[-1] // 4)
+        h4, w4 = ceil_div(x.shape[-2], 4), ceil_div(x.shape[-1], 4)
         x = self.stem(x)
         for i in range(1, 4):
             x = getattr(self, f'patch_embed{i}')(x)

@@ -50,18 +50,19 @@ def attention_with_border_masks(
     v: torch.Tensor,
     bias: torch.Tensor,
     batch: int,
-    border: torch.Tensor,
-    border_mask: torch.Tensor,
+    border_windows: Callable[[], tuple],
 ) -> torch.Tensor | None:
-    """Attention of (B*nW, h, n, d) windows (``batch`` images) whose windows
-    ``border`` (indices within one image) hold padding, to be masked by
-    ``border_mask`` (nb, 1, 1, n). All windows first run with the bias
-    alone, which is exact for the others; the border windows then run again,
-    masked. One (B*nW, h, n, n) mask over every window (53 MiB per stage-0
-    block of NomMer-T at 800x1333, batch 2) is never built. None when the
-    fast paths are off."""
-    if not fast_paths_enabled():
+    """Attention of (B*nW, h, n, d) windows (``batch`` images) of which
+    ``border_windows()`` gives those that hold padding, as (nb,) indices
+    within one image and the (nb, 1, 1, n) mask of their keys. All windows
+    first run with the bias alone, which is exact for the others; the border
+    windows then run again, masked. One (B*nW, h, n, n) mask over every
+    window (53 MiB per stage-0 block of NomMer-T at 800x1333, batch 2) is
+    never built. None when the fast paths are off, and in a trace (which
+    ones are border windows depends on the input size)."""
+    if not fast_paths_enabled() or torch.jit.is_tracing():
         return None
+    border, border_mask = border_windows()
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     num_windows = q.shape[0] // batch
     index = (

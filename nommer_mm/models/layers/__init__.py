@@ -6,6 +6,7 @@ from .attention import (
     window_partition,
     window_reverse,
 )
+from .shapes import ceil_div, needs_padding, same_size
 from .context import (
     CompressedGlobalContext,
     ContextNominator,
@@ -25,6 +26,9 @@ __all__ = [
     'GlobalQueryWindowMSA',
     'MultiheadSelfAttention',
     'WindowMSA',
+    'ceil_div',
+    'needs_padding',
+    'same_size',
     'relative_position_index',
     'window_partition',
     'window_reverse',

@@ -16,6 +16,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from .. import fast
 from ..fast import Linear, onednn
+from .shapes import ceil_div, needs_padding
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -165,7 +166,8 @@ class WindowMSA(nn.Module):
         B, H, W, C = x.shape
         w = self.window_size
         pad_h, pad_w = (-H) % w, (-W) % w
-        if pad_h or pad_w:
+        padded = needs_padding(pad_h, pad_w)
+        if padded:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         Hp, Wp = H + pad_h, W + pad_w
 
@@ -173,13 +175,12 @@ class WindowMSA(nn.Module):
         n = windows.shape[1]
         q, k, v = self._project(windows, query, B)  # each (B*nW, h, n, d)
         bias = self.relative_position_bias().to(q.dtype).unsqueeze(0)
-        if pad_h or pad_w:
-            border, border_mask = self._border_windows(H, W, q)
+        if padded:
             out = fast.attention_with_border_masks(
-                q, k, v, bias, B, border, border_mask
+                q, k, v, bias, B, lambda: self._border_windows(H, W, q)
             )
             if out is None:  # every window, its padded keys masked out
-                mask = self._padding_mask(H, W, border, border_mask)
+                mask = self._padding_mask(H, W, q)
                 out = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=bias + mask.repeat(B, 1, 1, 1)
                 )
@@ -187,7 +188,7 @@ class WindowMSA(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = self.proj(out.transpose(1, 2).reshape(-1, n, C))
         out = window_reverse(out, w, Hp, Wp)
-        if pad_h or pad_w:
+        if padded:
             out = out[:, :H, :W].contiguous()
         return out
 
@@ -207,23 +208,25 @@ class WindowMSA(nn.Module):
             raise TypeError(f'{type(self).__name__} takes no external query')
         return self._heads(windows)
 
-    def _padding_mask(
-        self, H: int, W: int, border: torch.Tensor, border_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """(nW, 1, 1, w*w) additive mask of one image's windows: -inf on
-        padded keys, 0 elsewhere; from :meth:`_border_windows`."""
+    def _padding_mask(self, H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
+        """(nW, 1, 1, w*w) additive mask of one image's windows, in
+        :func:`window_partition` order: -inf on padded keys, 0 elsewhere.
+        Built from comparisons, not by writing into slices, so that a trace
+        (ONNX export) records it as computed."""
         w = self.window_size
-        num_windows = -(-H // w) * -(-W // w)
-        mask = border_mask.new_zeros(num_windows, *border_mask.shape[1:])
-        mask[border] = border_mask
-        return mask
+        rows = torch.arange(ceil_div(H, w) * w, device=ref.device) < H
+        cols = torch.arange(ceil_div(W, w) * w, device=ref.device) < W
+        real = (rows[:, None] & cols[None, :])[None, :, :, None]
+        real = window_partition(real, w)[..., 0]  # (nW, w*w)
+        mask = torch.zeros(real.shape, dtype=ref.dtype, device=ref.device)
+        return mask.masked_fill(~real, float('-inf'))[:, None, None, :]
 
     def _border_windows(self, H: int, W: int, ref: torch.Tensor) -> tuple:
         """Windows of one image that hold padding, as (nb,) indices in
-        :func:`window_partition` order, and their (nb, 1, 1, w*w) mask: -inf
-        on padded keys, 0 elsewhere."""
+        :func:`window_partition` order, and their (nb, 1, 1, w*w) rows of
+        :meth:`_padding_mask`."""
         w = self.window_size
-        rows, cols = -(-H // w), -(-W // w)
+        rows, cols = ceil_div(H, w), ceil_div(W, w)
         grid = torch.arange(rows * cols, device=ref.device).view(rows, cols)
         border = []
         if H % w:
@@ -231,14 +234,7 @@ class WindowMSA(nn.Module):
         if W % w:
             border.append(grid[: rows - 1 if H % w else rows, -1])
         border = torch.cat(border)
-        real = torch.zeros(
-            1, rows * w, cols * w, 1, dtype=torch.bool, device=ref.device
-        )
-        real[:, :H, :W] = True
-        real = window_partition(real, w)[border, :, 0]  # (nb, n)
-        mask = torch.zeros(real.shape, dtype=ref.dtype, device=ref.device)
-        mask.masked_fill_(~real, float('-inf'))
-        return border, mask[:, None, None, :]
+        return border, self._padding_mask(H, W, ref)[border]
 
 
 class GlobalQueryWindowMSA(WindowMSA):

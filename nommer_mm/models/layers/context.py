@@ -17,6 +17,7 @@ from mmcv.cnn import build_norm_layer
 
 from .attention import MultiheadSelfAttention, WindowMSA
 from .dct import BlockDCT
+from .shapes import needs_padding
 from .. import fast
 
 
@@ -76,7 +77,8 @@ class _BlockGlobalContext(nn.Module):
         B, H, W, C = x.shape
         N = self.block_size
         pad_h, pad_w = (-H) % N, (-W) % N
-        if pad_h or pad_w:
+        padded = needs_padding(pad_h, pad_w)
+        if padded:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         tokens = self.summarize(x)
         _, h, w, _ = tokens.shape
@@ -86,7 +88,7 @@ class _BlockGlobalContext(nn.Module):
         tokens = tokens.reshape(B, h * w, C)
         tokens = self.attn(tokens).view(B, h, w, C)
         out = self.spread(tokens)
-        if pad_h or pad_w:
+        if padded:
             out = out[:, :H, :W].contiguous()
         return out
 

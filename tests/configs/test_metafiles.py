@@ -77,11 +77,41 @@ PINNED_FLOPS_B = {
 }
 
 
+# The det/seg configs whose metafile entries carry FLOPs: the paper's table
+# configs and the peers (the README's dense FLOP tables).
+DENSE_BACKBONES = (
+    'nommer-t',
+    'nommer-s',
+    'nommer-b',
+    'gcvit-t',
+    'visformer-s',
+    'cotnet-50',
+)
+DENSE_WITH_FLOPS = {
+    f'configs/det/cascade-mask-rcnn_{b}_fpn_ms-3x_coco.py' for b in DENSE_BACKBONES
+} | {f'configs/seg/upernet_{b}_8xb2-160k_ade20k-512x512.py' for b in DENSE_BACKBONES}
+
+
+def test_which_entries_carry_flops():
+    """Every classifier, and exactly the dense configs above, at the size
+    get_flops.py uses by default."""
+    for config, model in MODELS.items():
+        meta = model['Metadata']
+        if config.startswith('configs/cls/'):
+            assert 'FLOPs' in meta and isinstance(meta['Input Size'], int)
+        elif config in DENSE_WITH_FLOPS:
+            det = config.startswith('configs/det/')
+            assert meta['Input Size'] == ([800, 1280] if det else [512, 2048])
+        else:
+            assert 'FLOPs' not in meta and 'Input Size' not in meta, config
+
+
 @pytest.mark.parametrize('config', sorted(MODELS))
 def test_figures_equal_get_flops(config):
-    """Exact counts: the trainable parameters get_flops.py prints, and for
-    classifiers its traced FLOPs (convention (a)) at the Input Size, and
-    convention (b) against its pin."""
+    """Exact counts: the trainable parameters get_flops.py prints, and where
+    an entry lists FLOPs its traced FLOPs (convention (a)) at the Input
+    Size; for classifiers also convention (b) against its pin (dense
+    configs: pinned at a smaller size in tests/tools/test_get_flops.py)."""
     get_flops = load_tool('tools/analysis_tools/get_flops.py')
     model = MODELS[config]
     meta = model['Metadata']
@@ -89,10 +119,16 @@ def test_figures_equal_get_flops(config):
         warnings.simplefilter('ignore')
         if 'FLOPs' in meta:
             size = meta['Input Size']
-            measured = get_flops.measure(str(ROOT / config), (size, size))
+            classifier = isinstance(size, int)
+            measured = get_flops.measure(
+                str(ROOT / config),
+                (size, size) if classifier else tuple(size),
+                module_hooks=classifier,
+            )
             assert meta['FLOPs'] == measured['flops_traced']
             assert meta['Parameters'] == measured['params']
-            assert measured['flops_module_hooks'] == PINNED_FLOPS_B[config]
+            if classifier:
+                assert measured['flops_module_hooks'] == PINNED_FLOPS_B[config]
         else:
             from mmengine.registry import MODELS as REGISTRY
 

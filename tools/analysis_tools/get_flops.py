@@ -86,7 +86,9 @@ class TensorForward(nn.Module):
         return outs
 
 
-def measure(config: str, shape, cfg_options=None) -> dict:
+def measure(config: str, shape, cfg_options=None, module_hooks: bool = True) -> dict:
+    """Parameters and FLOPs of ``config`` at ``shape`` (H, W): traced
+    (convention (a)) and, with ``module_hooks``, convention (b)."""
     cfg = load_config(config, cfg_options)
     scope = setup_codebase(cfg)
     from mmengine.registry import MODELS
@@ -104,7 +106,9 @@ def measure(config: str, shape, cfg_options=None) -> dict:
         if hasattr(model, 'backbone')
         else None,
         flops_traced=count_flops(wrapped, inputs),
-        flops_module_hooks=count_flops_module_hooks(wrapped, inputs),
+        flops_module_hooks=count_flops_module_hooks(wrapped, inputs)
+        if module_hooks
+        else None,
     )
 
 

@@ -208,15 +208,9 @@ def nomination_margins(backbone: nn.Module) -> Iterator[dict]:
 
         return hook
 
-    for i in range(getattr(backbone, 'num_local_stages', 0)):
-        for j, block in enumerate(backbone.stages[i].blocks):
-            nominator = block.mixer.nominator
-            if nominator is not None:
-                handles.append(
-                    nominator.register_forward_pre_hook(
-                        record(f'stages.{i}.blocks.{j}')
-                    )
-                )
+    nominators = getattr(backbone, 'nominators', None)  # NomMer only
+    for name, nominator in nominators() if nominators else ():
+        handles.append(nominator.register_forward_pre_hook(record(name)))
     try:
         yield margins
     finally:

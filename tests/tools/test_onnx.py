@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from cls_helpers import ROOT
+from cls_helpers import ROOT, load_tool
 
 TOOL = ROOT / 'tools/deployment/pytorch2onnx.py'
 
@@ -115,20 +115,11 @@ def test_nominations_at_a_padded_size(tmp_path):
     assert proc.stdout.count('0 positions differ') == 4
 
 
-def _tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('pytorch2onnx', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_near_ties_draw_another_input_and_other_flips_fail(monkeypatch, capsys):
     """verify_at's rules on given comparisons: flips all at near ties draw
     another input; a flip that is not a near tie fails at once; near ties
     at every draw fail."""
-    tool = _tool()
+    tool = load_tool('tools/deployment/pytorch2onnx.py')
     ok = {'logits': (1e-6, 2.0), 'nomination:stages.0.blocks.0': tool.Flips(0, 0)}
     tie = {'logits': (0.3, 2.0), 'nomination:stages.0.blocks.0': tool.Flips(2, 2)}
     real = {'logits': (0.3, 2.0), 'nomination:stages.0.blocks.0': tool.Flips(2, 1)}

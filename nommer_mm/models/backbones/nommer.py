@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -511,18 +511,25 @@ class NomMer(StagedBackbone):
         return tuple(outs)
 
     # ---------------------------------------------------------- inspection
+    def nominators(self) -> Iterator[tuple[str, nn.Module]]:
+        """``('stages.0.blocks.0', ContextNominator)`` for every S-NomMer
+        block that nominates (none when the blocks sum their contexts)."""
+        for i in range(self.num_local_stages):
+            for j, block in enumerate(self.stages[i].blocks):
+                if block.mixer.nominator is not None:
+                    yield f'stages.{i}.blocks.{j}', block.mixer.nominator
+
     def nomination_maps(self) -> 'OrderedDict[str, torch.Tensor]':
         """Candidate chosen per position by every S-NomMer block in the last
         forward: ``{'stages.0.blocks.0': (B, H, W) int64}``, values index
         ``mixer.contexts`` (by default 0 = conv, 1 = window, 2 = global).
         Empty when the blocks sum their contexts instead of nominating. The
         names of the indices: :meth:`nomination_contexts`."""
-        maps = OrderedDict()
-        for i in range(self.num_local_stages):
-            for j, block in enumerate(self.stages[i].blocks):
-                if block.mixer.nomination is not None:
-                    maps[f'stages.{i}.blocks.{j}'] = block.mixer.nomination
-        return maps
+        return OrderedDict(
+            (name, nominator.nomination)
+            for name, nominator in self.nominators()
+            if nominator.nomination is not None
+        )
 
     def nomination_contexts(self) -> tuple:
         """What the indices of :meth:`nomination_maps` mean:

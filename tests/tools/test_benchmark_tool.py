@@ -33,6 +33,7 @@ def test_benchmark_compares_two_models(tmp_path):
             '--saved',
             '--profile',
             '3',
+            '--mfu',
             '--json',
             str(out),
         ],
@@ -46,7 +47,10 @@ def test_benchmark_compares_two_models(tmp_path):
     assert proc.stdout.count('the throughput of') == 2
     rows = json.loads(out.read_text())
     saved = [r for r in rows if r['mode'] == 'saved']
-    rows = [r for r in rows if r['mode'] != 'saved']
+    (peak,) = [r for r in rows if r['mode'] == 'peak']
+    rows = [r for r in rows if r['mode'] not in ('saved', 'peak')]
+    _check_mfu(rows, peak, models, batch=2, shape=(64, 64))
+    assert proc.stdout.count('MFU: 2 FLOPs per multiply-add') == 2
     assert [r['mode'] for r in rows] == ['infer', 'infer', 'train', 'train']
     # three candidate contexts keep more for backward than the window alone
     assert len(saved) == 2 and saved[0]['saved_mib'] > saved[1]['saved_mib'] > 0
@@ -58,6 +62,77 @@ def test_benchmark_compares_two_models(tmp_path):
         assert r['median_ms'] <= r['max_ms'] and r['peak_mib'] >= 0
     # the full mixer does more work than the window-only ablation
     assert rows[0]['peak_mib'] > 0
+
+
+def _check_mfu(rows, peak, models, batch, shape):
+    """Each row's FLOPs are one image's traced count of that model, and its
+    MFU is 2 x FLOPs x batch (x3 training) per second over the peak."""
+    import torch
+    from mmengine.registry import MODELS, init_default_scope
+
+    from nommer_mm.analysis import count_flops
+
+    assert peak['flop_per_s'] > 0 and peak['matmul'] == '2048x2048 fp32'
+    init_default_scope('mmpretrain')
+    expected = [
+        count_flops(
+            MODELS.build(eval(m, {'__builtins__': {}, 'dict': dict})),
+            torch.randn(1, 3, *shape),
+        )
+        for m in models
+    ]
+    # the window-only ablation computes less than the three candidates
+    assert expected[0] > expected[1] > 0
+    for r, flops in zip(rows, expected * 2):
+        assert r['flops_per_image'] == flops
+        steps = 3 if r['mode'] == 'train' else 1
+        rate = 2 * flops * batch * steps / (r['median_ms'] / 1e3)
+        assert abs(r['mfu'] - rate / peak['flop_per_s']) < 1e-9 * rate
+
+
+def test_dense_models_run_their_whole_training_step():
+    """A detector or segmentor config runs the real step: mode='loss' on
+    annotated images through the data preprocessor (RPN, the three Cascade
+    stages' boxes and masks; UperNet's decode and auxiliary heads), and
+    mode='predict' in inference."""
+    import torch
+
+    from cls_helpers import load_tool
+
+    bench = load_tool('tools/analysis_tools/benchmark.py')
+    cases = [
+        (
+            'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py',
+            {'loss_rpn_cls', 's0.loss_cls', 's2.loss_bbox', 's2.loss_mask'},
+        ),
+        (
+            'configs/seg/upernet_nommer-t_8xb2-160k_ade20k-512x512.py',
+            {'decode.loss_ce', 'aux.loss_ce'},
+        ),
+    ]
+    for config, parts in cases:
+        step, name = bench.build(config, backbone_only=False)
+        assert isinstance(step, bench.DenseStep), name
+        if 'seg' in config:  # pad to 32, not to the recipe's 512x512 crop
+            step.model.data_preprocessor.size = None
+            step.model.data_preprocessor.size_divisor = 32
+        torch.manual_seed(0)
+        x = step.example_input(2, (96, 128), 'cpu')
+        step.train()
+        loss = step(x)
+        assert parts <= set(step.log_vars), sorted(step.log_vars)
+        assert torch.isfinite(loss) and loss > 0
+        loss.backward()
+        grad = step.model.backbone.stem.conv.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+        step.eval()
+        with torch.no_grad():
+            results = step(x)
+        assert len(results) == 2
+        if 'det' in config:
+            assert results[0].pred_instances.masks.shape[-2:] == (96, 128)
+        else:
+            assert results[0].pred_sem_seg.data.shape[-2:] == (96, 128)
 
 
 def test_live_memory_is_repeatable(tmp_path):
@@ -143,3 +218,37 @@ def test_onednn_linear_all_swaps_the_other_models_linears():
     )
     assert line.endswith(' 8'), line
     assert 'every nn.Linear through oneDNN' in proc.stdout
+
+
+def test_gpu_figures_script_runs_valid_commands(tmp_path):
+    """tools/gpu_figures.sh (the README's GPU rows) cannot run here; its
+    commands must parse and name configs that exist, so that a GPU lease is
+    not spent on a typo, and a wrong step name stops it before any run."""
+    import shlex
+
+    from cls_helpers import load_tool
+
+    bench = load_tool('tools/analysis_tools/benchmark.py')
+    script = str(ROOT / 'tools/gpu_figures.sh')
+    proc = subprocess.run(
+        ['bash', script, '--dry-run', str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 11
+    jsons = []
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[:2] == ['python', 'tools/analysis_tools/benchmark.py']
+        args = bench.make_parser().parse_args(argv[2:])
+        assert args.dtype in ('bf16', 'fp32')
+        for spec in args.models:
+            assert Path(bench.config_path(spec)).is_file(), spec
+        jsons.append(Path(args.json))
+    assert all(j.parent == tmp_path for j in jsons)
+    assert len(set(jsons)) == len(jsons)
+    proc = subprocess.run(
+        ['bash', script, str(tmp_path), 't128', 'b512'], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "unknown step 'b512'" in proc.stderr
+    assert proc.stdout == '' and not list(tmp_path.iterdir())

@@ -24,9 +24,17 @@ MiB between identical runs.
     python $B --models configs/cls/nommer-small_8xb128_in1k.py \\
         "dict(type='NomMer', arch='tiny', contexts=('window',))" \\
         --device cuda --dtype bf16
+    python $B --device cuda --dtype bf16 --batch 128 --mfu   # + FLOP utilisation
+    python $B --models configs/det/cascade-mask-rcnn_nommer-b_fpn_ms-3x_coco.py \\
+        --shape 800 1333 --batch 2 --mode train   # a whole training iteration
 
 A model is a config path (its ``model``), a ``dict(...)`` backbone, or
-``mmpretrain::path.py`` for an upstream config.
+``mmpretrain::path.py`` for an upstream config. A detector or segmentor
+config runs its whole step on synthetic annotated images of ``--shape``
+(:class:`DenseStep`): the data preprocessor pads them as in training (to 32
+for the detectors, to the 512x512 crop for UperNet's training), then
+``mode='loss'`` (training) or ``mode='predict'`` (inference). SyncBN layers
+become BatchNorm (one process).
 """
 
 from __future__ import annotations
@@ -78,9 +86,97 @@ class Classifier(nn.Module):
         return self.model(x, mode='tensor')
 
 
+class DenseStep(nn.Module):
+    """A detector's or segmentor's whole step on a fixed synthetic batch of
+    annotated images: in training the summed losses of ``mode='loss'`` (RPN,
+    every RoI stage with box sampling and mask targets, or the decode and
+    auxiliary heads), in eval ``mode='predict'`` (NMS, mask pasting ...).
+    The input is the batch of raw images (0-255); the model's data
+    preprocessor normalises and pads it, as in a training iteration."""
+
+    def __init__(self, model: nn.Module, scope: str, boxes: int = 8) -> None:
+        super().__init__()
+        self.model = model
+        self.scope = scope
+        self.boxes = boxes
+        heads = [
+            m.num_classes
+            for m in model.modules()
+            if isinstance(getattr(m, 'num_classes', None), int) and m.num_classes > 1
+        ]
+        self.num_classes = min(heads) if heads else 1
+        self.samples: list = []
+        self.log_vars: dict = {}  # the last training step's losses, by name
+
+    def to(self, *args, **kwargs) -> 'DenseStep':
+        # mmengine's BaseModel.to also tells the data preprocessor the device
+        self.model.to(*args, **kwargs)
+        return self
+
+    def example_input(self, batch: int, shape, device) -> torch.Tensor:
+        """Random images and, fixed with them, their annotations."""
+        g = torch.Generator().manual_seed(0)
+        H, W = shape
+        self.samples = [self._sample(H, W, g) for _ in range(batch)]
+        return (torch.rand(batch, 3, H, W, generator=g) * 255).to(device)
+
+    def _sample(self, H: int, W: int, g: torch.Generator):
+        meta = dict(img_shape=(H, W), ori_shape=(H, W), scale_factor=(1.0, 1.0))
+        labels = torch.randint(0, self.num_classes, (self.boxes,), generator=g)
+        if self.scope == 'mmseg':
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+
+            # a few class regions, as the boxes below, on an ignored background
+            seg = torch.full((1, H, W), 255, dtype=torch.long)
+            for (x1, y1, x2, y2), c in zip(self._boxes(H, W, g).long(), labels):
+                seg[:, y1:y2, x1:x2] = c
+            return SegDataSample(metainfo=meta, gt_sem_seg=PixelData(data=seg))
+        from mmdet.structures import DetDataSample
+        from mmdet.structures.mask import BitmapMasks
+        from mmengine.structures import InstanceData
+
+        boxes = self._boxes(H, W, g)
+        inst = InstanceData(bboxes=boxes, labels=labels)
+        if getattr(getattr(self.model, 'roi_head', None), 'with_mask', False):
+            masks = torch.zeros(self.boxes, H, W, dtype=torch.uint8)
+            for i, (x1, y1, x2, y2) in enumerate(boxes.long()):
+                masks[i, y1:y2, x1:x2] = 1
+            inst.masks = BitmapMasks(masks.numpy(), H, W)
+        return DetDataSample(metainfo=meta, gt_instances=inst)
+
+    def _boxes(self, H: int, W: int, g: torch.Generator) -> torch.Tensor:
+        size = torch.tensor([W, H, W, H], dtype=torch.float32)
+        xy = torch.rand(self.boxes, 2, generator=g) * 0.7
+        wh = torch.rand(self.boxes, 2, generator=g) * 0.25 + 0.05
+        return torch.cat([xy, xy + wh], 1) * size
+
+    def forward(self, x: torch.Tensor):
+        if len(self.samples) != len(x):
+            raise RuntimeError('call example_input() for this batch first')
+        data = dict(inputs=list(x), data_samples=self.samples)
+        data = self.model.data_preprocessor(data, self.training)
+        if not self.training:
+            return self.model(**data, mode='predict')
+        loss, self.log_vars = self.model.parse_losses(self.model(**data, mode='loss'))
+        return loss
+
+
+def config_path(spec: str) -> str:
+    """A config path of this repository, or ``pkg::path`` inside an
+    upstream package's ``.mim/configs``."""
+    if '::' not in spec:
+        return str(ROOT / spec)
+    from mmengine.utils import get_installed_path
+
+    package, rel = spec.split('::')
+    return str(Path(get_installed_path(package)) / '.mim/configs' / rel)
+
+
 def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
     import nommer_mm  # noqa: F401
     from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS, init_default_scope
 
     if spec.startswith('dict('):
@@ -88,21 +184,25 @@ def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
         # a dict(...) expression of literals, evaluated with nothing else
         cfg = eval(spec, {'__builtins__': {}, 'dict': dict})
         return Backbone(MODELS.build(cfg)), spec
-    if '::' in spec:  # an upstream config: pkg::path inside its .mim/configs
-        from mmengine.utils import get_installed_path
+    cfg = Config.fromfile(config_path(spec))
+    scope = cfg.get('default_scope', 'mmpretrain')
+    if scope in ('mmdet', 'mmseg'):
+        from nommer_mm.launch import setup_codebase
 
-        package, rel = spec.split('::')
-        path = str(Path(get_installed_path(package)) / '.mim/configs' / rel)
+        setup_codebase(cfg)
     else:
-        path = str(ROOT / spec)
-    cfg = Config.fromfile(path)
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+        init_default_scope(scope)
     if cfg.model.get('backbone', {}).get('init_cfg'):
         cfg.model.backbone.init_cfg = None
     name = Path(spec.split('::')[-1]).stem
+    # one process: SyncBN layers (the dense recipes') become BatchNorm
     if backbone_only:
-        return Backbone(MODELS.build(cfg.model.backbone)), name + ' (backbone)'
-    return Classifier(MODELS.build(cfg.model)), name
+        backbone = revert_sync_batchnorm(MODELS.build(cfg.model.backbone))
+        return Backbone(backbone), name + ' (backbone)'
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    if scope in ('mmdet', 'mmseg'):
+        return DenseStep(model, scope), name
+    return Classifier(model), name
 
 
 def _loss(out) -> torch.Tensor:
@@ -124,9 +224,11 @@ class Runner:
         self.dtype = DTYPES[args.dtype]
         self.mode = args.mode
         fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.x = torch.randn(args.batch, 3, *args.shape, device=self.device).to(
-            memory_format=fmt
-        )
+        if isinstance(self.module, DenseStep):
+            x = self.module.example_input(args.batch, args.shape, self.device)
+        else:
+            x = torch.randn(args.batch, 3, *args.shape, device=self.device)
+        self.x = x.to(memory_format=fmt)
         if args.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.onednn_changed = 0
@@ -158,6 +260,52 @@ class Runner:
             self.opt.zero_grad(set_to_none=True)
         if self.device.type == 'cuda':
             torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype_name: str) -> tuple[float, str]:
+    """The device's measured matrix-product rate in the benchmark's dtype
+    (FLOP/s, one multiply-add = 2 FLOPs): the best of a few large square
+    products, the reference that model FLOP utilisation is taken against."""
+    cuda = device.type == 'cuda'
+    n = 8192 if cuda else 2048
+    dtype = DTYPES[dtype_name] or torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+
+    def once() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10 if cuda else 1):
+            torch.mm(a, b)
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) / (10 if cuda else 1)
+
+    once()  # warm-up: kernel selection, caches
+    best = min(once() for _ in range(5))
+    return 2 * n**3 / best, f'{n}x{n} {dtype_name}'
+
+
+def flops_per_image(runner: Runner) -> int | None:
+    """Multiply-adds of one image's forward (``count_flops``, the traced
+    convention (a): every matrix product and convolution, attention
+    included, the plain path, all of NomMer's candidate contexts); None for
+    a whole detector or segmentor step, which does not trace."""
+    from nommer_mm.analysis import count_flops
+
+    if isinstance(runner.module, DenseStep):
+        return None
+    return count_flops(runner.module, runner.x[:1])
+
+
+def mfu(flops: int | None, mode: str, batch: int, seconds: float, peak: float):
+    """Model FLOP utilisation: 2 FLOPs per multiply-add, a training step
+    counted as three forwards (the backward's two products per forward
+    one), over the measured matrix-product peak."""
+    if flops is None:
+        return None
+    return 2 * flops * batch * (3 if mode == 'train' else 1) / seconds / peak
 
 
 def profile_step(runner: Runner, rows: int) -> str:
@@ -317,7 +465,7 @@ def _memory_probe(args) -> None:
     print(f'PEAK {peak / 2**20:.1f}')
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -380,9 +528,20 @@ def main() -> None:
         action='store_true',
         help='run every model twice, fast paths on and off, side by side',
     )
+    parser.add_argument(
+        '--mfu',
+        action='store_true',
+        help='also print model FLOP utilisation: model FLOPs per second '
+        '(traced count, x3 for a training step) over the measured peak of a '
+        'large matrix product in --dtype on --device',
+    )
     parser.add_argument('--json', help='write the results here too')
     parser.add_argument('--_memory-of', dest='_memory_of', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     if args._memory_of:
         return _memory_probe(args)
 
@@ -407,6 +566,11 @@ def main() -> None:
         f'{args.reps} alternating repetitions after {args.warmup} warm-up'
     )
     results = []
+    peak = flops = None
+    if args.mfu:
+        peak, what = matmul_peak(torch.device(args.device), args.dtype)
+        print(f'matrix-product peak: {peak / 1e12:.2f} TFLOP/s ({what}, measured)')
+        results.append(dict(mode='peak', matmul=what, flop_per_s=peak))
     for mode in modes:
         args.mode = mode
         variants = [True, False] if args.fast_vs_plain else [not args.no_fast]
@@ -418,8 +582,14 @@ def main() -> None:
                 '  nn.Linear layers turned into oneDNN Linear: '
                 + ', '.join(f'{r.name} {r.onednn_changed}' for r in runners)
             )
+        if args.mfu and flops is None:
+            flops = [flops_per_image(r) for r in runners]
         times = time_alternately(runners, args.warmup, args.reps)
         ips = [args.batch / statistics.median(t) for t in times]
+        utils = [
+            mfu(f, mode, args.batch, statistics.median(t), peak) if args.mfu else None
+            for f, t in zip(flops or [None] * len(runners), times)
+        ]
         mems = [
             None if args.no_memory else peak_memory(r.spec, args, r.fast)
             for r in runners
@@ -428,11 +598,17 @@ def main() -> None:
         print(f'\n{label}')
         if not args.no_memory:
             print(f'  ({memory_note(args)})')
+        if args.mfu:
+            print(
+                '  (MFU: 2 FLOPs per multiply-add of the traced count, a '
+                'training step as 3 forwards, over the matrix-product peak)'
+            )
         print(
             f'  {"model":55s} {"img/s":>8s} {"median ms":>10s} '
             f'{"min-max ms":>15s} {"vs 1st":>7s} {"peak MiB":>9s}'
+            + (f' {"MFU":>6s}' if args.mfu else '')
         )
-        for r, t, v, mem in zip(runners, times, ips, mems):
+        for i, (r, t, v, mem) in enumerate(zip(runners, times, ips, mems)):
             med = statistics.median(t)
             results.append(
                 dict(
@@ -446,10 +622,14 @@ def main() -> None:
                     peak_mib=mem,
                 )
             )
+            cells = f'{"" if mem is None else f"{mem:.0f}":>9s}'
+            if args.mfu:
+                results[-1].update(flops_per_image=flops[i], mfu=utils[i])
+                cells += f' {"-" if utils[i] is None else f"{utils[i]:.1%}":>6s}'
             print(
                 f'  {r.name[-55:]:55s} {v:8.1f} {med * 1e3:10.1f} '
                 f'{min(t) * 1e3:7.1f}-{max(t) * 1e3:<7.1f} '
-                f'{v / ips[0]:7.2f} {"" if mem is None else f"{mem:9.0f}"}'
+                f'{v / ips[0]:7.2f} {cells}'
             )
         if args.profile:
             for r in runners:

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU rows of README (issue 13, section 4), each one benchmark.py run
+# writing OUT/<step>.json and OUT/<step>.log. A step that fails or runs past
+# its limit is reported and the next one runs, so a short GPU lease still
+# returns what it measured. bf16 autocast throughout, as the paper's GPUs
+# would train today; run tools/gpu_check.py first (the stack and the kernels).
+#
+#   bash tools/gpu_figures.sh [--dry-run] [OUT [STEP ...]]
+#
+# Steps, in this order by default:
+#   t128 s128 b128  NomMer-T/S/B vs Swin-T/S/B at 224, batch 128: inference
+#                   and training throughput, peak memory, MFU
+#   t256 s256 b256  the same at batch 256
+#   compile         NomMer-T vs Swin-T, batch 128, torch.compile
+#   profile         NomMer-T's top CUDA ops of one bf16 training step
+#   dense           NomMer-T backbone at 800x1333, batch 2
+#   cascade         a whole Cascade Mask R-CNN NomMer-B training iteration,
+#                   2 images of 800x1333 (fp32 and bf16): time, peak memory
+# STEP_LIMIT (seconds, default 300) bounds each step.
+set -u
+DRY=0
+if [ "${1:-}" = --dry-run ]; then
+    DRY=1
+    shift
+fi
+OUT=${1:-work_dirs/gpu_figures}
+[ $# -gt 0 ] && shift
+STEPS=${*:-t128 s128 b128 t256 s256 b256 compile profile dense cascade}
+LIMIT=${STEP_LIMIT:-300}
+KNOWN=" t128 s128 b128 t256 s256 b256 compile profile dense cascade "
+for s in $STEPS; do
+    if [[ $KNOWN != *" $s "* ]]; then
+        echo "gpu_figures: unknown step '$s'; the steps are:$KNOWN" >&2
+        exit 2
+    fi
+done
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+
+SWIN=mmpretrain::swin_transformer
+pair() {  # NomMer size letter -> NomMer config and its Swin counterpart
+    case $1 in
+        t) echo configs/cls/nommer-tiny_8xb128_in1k.py $SWIN/swin-tiny_16xb64_in1k.py ;;
+        s) echo configs/cls/nommer-small_8xb128_in1k.py $SWIN/swin-small_16xb64_in1k.py ;;
+        b) echo configs/cls/nommer-base_8xb128_in1k.py $SWIN/swin-base_16xb64_in1k.py ;;
+    esac
+}
+CASCADE=configs/det/cascade-mask-rcnn_nommer-b_fpn_ms-3x_coco.py
+
+step() {  # name, then benchmark.py's arguments
+    local name=$1
+    shift
+    local cmd=(python tools/analysis_tools/benchmark.py "$@" --json "$OUT/$name.json")
+    if [ $DRY = 1 ]; then
+        echo "${cmd[*]}"
+        return
+    fi
+    local start=$SECONDS
+    echo "== $name: ${cmd[*]}"
+    timeout "$LIMIT" "${cmd[@]}" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start)) s"
+    grep -E '^(device|matrix|  =>)|img/s|^  [a-z]' "$OUT/$name.log" | tail -n 12
+}
+
+for s in $STEPS; do
+    case $s in
+        t128 | s128 | b128 | t256 | s256 | b256)
+            step "$s" --models $(pair "${s:0:1}") --batch "${s:1}" --dtype bf16 \
+                --mfu --warmup 5 --reps 20 ;;
+        compile)
+            step compile --models $(pair t) --batch 128 --dtype bf16 --compile \
+                --mfu --warmup 5 --reps 20 ;;
+        profile)
+            step profile --models configs/cls/nommer-tiny_8xb128_in1k.py \
+                --batch 128 --dtype bf16 --mode train --warmup 3 --reps 3 \
+                --no-memory --profile 30 ;;
+        dense)
+            step dense --models configs/cls/nommer-tiny_8xb128_in1k.py \
+                --backbone-only --shape 800 1333 --batch 2 --dtype bf16 \
+                --warmup 3 --reps 10 ;;
+        cascade)
+            step cascade-fp32 --models $CASCADE --shape 800 1333 --batch 2 \
+                --mode train --warmup 2 --reps 5
+            step cascade-bf16 --models $CASCADE --shape 800 1333 --batch 2 \
+                --dtype bf16 --mode train --warmup 2 --reps 5 ;;
+    esac
+done

@@ -315,6 +315,50 @@ def test_gpu_check_skips_without_a_gpu():
     assert proc.returncode == 0
 
 
+def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
+    """The GPU check's harness with --allow-cpu (the device is the CPU):
+    mmcv's ops against themselves, NomMer-T under fp32, bf16 and fp16
+    autocast against fp32 on the same weights, the report file. On one
+    device the fp32 comparison must be exact: same weights, same input and,
+    replayed, the same nominations."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: tools/gpu_check.py compares it with the CPU')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'tools/gpu_check.py'),
+            '--allow-cpu',
+            '--only',
+            'ops',
+            'backbones',
+            '--models',
+            'NomMer-T',
+            '--size',
+            '64',
+            '--batch',
+            '2',
+            '--out',
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert report['failed'] == 0
+    rows = {r['name']: r for r in report['rows']}
+    assert {'nms', 'batched_nms', 'RoIAlign forward/backward'} <= set(rows)
+    fp32 = rows['NomMer-T fp32']
+    assert fp32['logits_rel'] == 0 and fp32['grads_rel'] == 0
+    assert fp32['nominations_agree'] == 1
+    for dtype in ('bf16', 'fp16'):
+        row = rows[f'NomMer-T {dtype}']
+        assert row['ok'] and 0 < row['logits_rel'] and row['nominations_agree'] > 0.9
+
+
 def test_wheelhouse_closure_reads_markers_for_the_target_python():
     """What the image provides and what the stack needs are computed for the
     target interpreter (pip's report records its marker environment), not

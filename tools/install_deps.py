@@ -814,6 +814,34 @@ def side_environment(python_version: str, torch_version: str) -> Path:
     return python
 
 
+def overlay_environment() -> Path:
+    """A virtual environment (in the cache) that sees this environment's
+    packages, its own first: --wheelhouse for this very Python and torch
+    builds and tries mmcv there, so this environment's mmcv stays as it is.
+    A .pth file names this environment's site folders (``venv
+    --system-site-packages`` would name the base interpreter's, not those of
+    a virtual environment running this); returns its interpreter."""
+    tag = '%d%d' % sys.version_info[:2]
+    torch_version = (version_of('torch') or 'none').split('+')[0]
+    env_dir = CACHE_ROOT / 'envs' / f'overlay-cp{tag}-torch{torch_version}'
+    python = env_dir / 'bin' / 'python'
+    if not python.exists():
+        run([sys.executable, '-m', 'venv', '--clear', env_dir])
+    ok, out = probe(
+        'import sysconfig; print(sysconfig.get_path("purelib"))', python=str(python)
+    )
+    if not ok:
+        sys.exit(f'the overlay environment {env_dir} does not run:\n{out}')
+    parents = dict.fromkeys(
+        sysconfig.get_path(k) for k in ('purelib', 'platlib')
+    )  # ordered, without repeats
+    Path(out.splitlines()[-1], 'nommer-overlay.pth').write_text(
+        ''.join(f'{d}\n' for d in parents)
+    )
+    log(f'overlay environment {env_dir} over {", ".join(parents)}')
+    return python
+
+
 def closure(report: dict, roots: list[str]) -> set[str]:
     """Names (canonical) of ``roots`` and everything they require, within
     a ``pip install --report`` resolution."""
@@ -856,7 +884,7 @@ def make_wheelhouse(
             '--wheelhouse: no torch here; name the target one with --for-torch VERSION'
         )
     if python_version == here and torch_version == this_torch:
-        python = Path(sys.executable)
+        python = overlay_environment()
     else:
         python = side_environment(python_version, torch_version)
     dest.mkdir(parents=True, exist_ok=True)

@@ -198,6 +198,13 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
             'no prebuilt mmcv wheel for this Python and torch (set '
             'NOMMER_MMCV_WHEELS): the wheelhouse would build mmcv'
         )
+    ext = 'import mmcv._ext as e; print(e.__file__)'
+    mmcv_ext = Path(
+        subprocess.check_output(
+            [sys.executable, '-c', ext], text=True, cwd=tmp_path
+        ).split()[-1]
+    )
+    before = inst.sha256(mmcv_ext)
     make = subprocess.run(
         [
             sys.executable,
@@ -210,6 +217,10 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
         env=env,
     )
     assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-3000:]
+    # mmcv is found or built in an overlay environment: this one's stays
+    assert 'overlay-cp' in make.stdout + make.stderr
+    assert '--mmcv-into' in make.stdout + make.stderr
+    assert inst.sha256(mmcv_ext) == before
     manifest = json.loads((house / 'wheelhouse.json').read_text())
     names = {
         re.sub(r'[-_.]+', '-', n.split('-')[0]).lower() for n in manifest['wheels']

@@ -28,12 +28,12 @@ if [ "${1:-}" = --dry-run ]; then
 fi
 OUT=${1:-work_dirs/gpu_figures}
 [ $# -gt 0 ] && shift
-STEPS=${*:-t128 cascade compile dense profile s128 b128 t256 s256 b256}
+ALL="t128 cascade compile dense profile s128 b128 t256 s256 b256"
+STEPS=${*:-$ALL}
 LIMIT=${STEP_LIMIT:-300}
-KNOWN=" t128 s128 b128 t256 s256 b256 compile profile dense cascade "
 for s in $STEPS; do
-    if [[ $KNOWN != *" $s "* ]]; then
-        echo "gpu_figures: unknown step '$s'; the steps are:$KNOWN" >&2
+    if [[ " $ALL " != *" $s "* ]]; then
+        echo "gpu_figures: unknown step '$s'; the steps are: $ALL" >&2
         exit 2
     fi
 done

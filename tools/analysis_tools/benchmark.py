@@ -586,10 +586,6 @@ def main() -> None:
             flops = [flops_per_image(r) for r in runners]
         times = time_alternately(runners, args.warmup, args.reps)
         ips = [args.batch / statistics.median(t) for t in times]
-        utils = [
-            mfu(f, mode, args.batch, statistics.median(t), peak) if args.mfu else None
-            for f, t in zip(flops or [None] * len(runners), times)
-        ]
         mems = [
             None if args.no_memory else peak_memory(r.spec, args, r.fast)
             for r in runners
@@ -624,8 +620,9 @@ def main() -> None:
             )
             cells = f'{"" if mem is None else f"{mem:.0f}":>9s}'
             if args.mfu:
-                results[-1].update(flops_per_image=flops[i], mfu=utils[i])
-                cells += f' {"-" if utils[i] is None else f"{utils[i]:.1%}":>6s}'
+                util = mfu(flops[i], mode, args.batch, med, peak)
+                results[-1].update(flops_per_image=flops[i], mfu=util)
+                cells += f' {"-" if util is None else f"{util:.1%}":>6s}'
             print(
                 f'  {r.name[-55:]:55s} {v:8.1f} {med * 1e3:10.1f} '
                 f'{min(t) * 1e3:7.1f}-{max(t) * 1e3:<7.1f} '

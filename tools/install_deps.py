@@ -818,9 +818,11 @@ def overlay_environment() -> Path:
     """A virtual environment (in the cache) that sees this environment's
     packages, its own first: --wheelhouse for this very Python and torch
     builds and tries mmcv there, so this environment's mmcv stays as it is.
-    A .pth file names this environment's site folders (``venv
-    --system-site-packages`` would name the base interpreter's, not those of
-    a virtual environment running this); returns its interpreter."""
+    A .pth file adds this environment's site folders with
+    ``site.addsitedir``, so that their own .pth files (editable installs)
+    count too (``venv --system-site-packages`` would name the base
+    interpreter's, not those of a virtual environment running this); returns
+    its interpreter."""
     tag = '%d%d' % sys.version_info[:2]
     torch_version = (version_of('torch') or 'none').split('+')[0]
     env_dir = CACHE_ROOT / 'envs' / f'overlay-cp{tag}-torch{torch_version}'
@@ -836,7 +838,7 @@ def overlay_environment() -> Path:
         sysconfig.get_path(k) for k in ('purelib', 'platlib')
     )  # ordered, without repeats
     Path(out.splitlines()[-1], 'nommer-overlay.pth').write_text(
-        ''.join(f'{d}\n' for d in parents)
+        ''.join(f'import site; site.addsitedir({d!r})\n' for d in parents)
     )
     log(f'overlay environment {env_dir} over {", ".join(parents)}')
     return python

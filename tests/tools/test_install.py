@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,6 +369,36 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
     for dtype in ('bf16', 'fp16'):
         row = rows[f'NomMer-T {dtype}']
         assert row['ok'] and 0 < row['logits_rel'] and row['nominations_agree'] > 0.9
+
+
+def test_overlay_environment_sees_this_one_after_its_own(tmp_path, monkeypatch):
+    """The overlay venv (where --wheelhouse tries mmcv for this Python and
+    torch) imports this environment's packages, editable installs included
+    (their .pth files are processed), and its own site folder comes first,
+    so that what is installed there shadows this environment's copy."""
+    inst = _installer()
+    monkeypatch.setattr(inst, 'CACHE_ROOT', tmp_path / 'cache')
+    python = inst.overlay_environment()
+    assert python.is_relative_to(tmp_path / 'cache' / 'envs')
+    proc = subprocess.run(
+        [
+            str(python),
+            '-c',
+            'import sys, sysconfig, nommer_mm, torch; '
+            'print(sys.prefix); print(sysconfig.get_path("purelib")); '
+            'print(nommer_mm.__file__); print(torch.__file__); '
+            'print("\\n".join(sys.path))',
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the repository: nommer_mm must come from its install
+    )
+    assert proc.returncode == 0, proc.stderr
+    prefix, own_site, nommer_file, torch_file, *path = proc.stdout.splitlines()
+    assert Path(prefix).is_relative_to(tmp_path)
+    assert Path(nommer_file).is_relative_to(ROOT)
+    assert Path(torch_file).is_relative_to(sysconfig.get_path('platlib'))
+    assert path.index(own_site) < path.index(sysconfig.get_path('purelib'))
 
 
 def test_wheelhouse_closure_reads_markers_for_the_target_python():

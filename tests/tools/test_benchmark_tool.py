@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,13 @@ def test_benchmark_compares_two_models(tmp_path):
     assert 'inference' in proc.stdout and 'training step' in proc.stdout
     assert proc.stdout.count('the throughput of') == 2
     rows = json.loads(out.read_text())
+    run = rows[0]
+    assert run['mode'] == 'run' and run['device'].startswith('CPU')
+    assert (run['batch'], run['shape'], run['dtype']) == (2, [64, 64], 'fp32')
+    assert 'live memory' in run['memory']
     saved = [r for r in rows if r['mode'] == 'saved']
     (peak,) = [r for r in rows if r['mode'] == 'peak']
-    rows = [r for r in rows if r['mode'] not in ('saved', 'peak')]
+    rows = [r for r in rows if r['mode'] not in ('run', 'saved', 'peak')]
     _check_mfu(rows, peak, models, batch=2, shape=(64, 64))
     assert proc.stdout.count('MFU: 2 FLOPs per multiply-add') == 2
     assert [r['mode'] for r in rows] == ['infer', 'infer', 'train', 'train']
@@ -62,6 +67,26 @@ def test_benchmark_compares_two_models(tmp_path):
         assert r['median_ms'] <= r['max_ms'] and r['peak_mib'] >= 0
     # the full mixer does more work than the window-only ablation
     assert rows[0]['peak_mib'] > 0
+    # the Markdown table of that file: one line per model and mode, with the
+    # figures as measured
+    table = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'tools/analysis_tools/benchmark_table.py'),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith(f'**bench**: {run["device"]}; fp32, batch 2, 64x64')
+    body = [ln for ln in table.stdout.splitlines() if ln.startswith('| dict(')]
+    assert len(body) == 4
+    for line, r in zip(body, rows):
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        assert cells[1] == {'infer': 'inference', 'train': 'training'}[r['mode']]
+        assert cells[2] == f'{r["images_per_s"]:.1f}'
+        assert cells[4] == f'{r["peak_mib"]:.0f}' and cells[5] == f'{r["mfu"]:.1%}'
 
 
 def _check_mfu(rows, peak, models, batch, shape):
@@ -173,7 +198,8 @@ def test_live_memory_is_repeatable(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert 'live memory' in proc.stdout
-        return json.loads(out.read_text())[0]['peak_mib']
+        (row,) = [r for r in json.loads(out.read_text()) if r['mode'] == 'train']
+        return row['peak_mib']
 
     first, second = peak('a'), peak('b')
     assert first > 5 and abs(first - second) < 3
@@ -252,3 +278,118 @@ def test_gpu_figures_script_runs_valid_commands(tmp_path):
     )
     assert proc.returncode == 2 and "unknown step 'b512'" in proc.stderr
     assert proc.stdout == '' and not list(tmp_path.iterdir())
+    # a step cut short by STEP_LIMIT is reported, the tables are still
+    # written, and the exit status says that something was not measured
+    proc = subprocess.run(
+        ['bash', script, str(tmp_path), 't128'],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'STEP_LIMIT': '1'},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert '== t128: exit 124' in proc.stdout
+    assert 'failed or timed out: t128' in proc.stdout
+    figures = (tmp_path / 'figures.md').read_text()
+    assert (
+        '| MFU >= 25%, bf16 training, batch 128 (t128) | not measured | - |' in figures
+    )
+
+
+def test_benchmark_table_checks_the_gpu_targets(tmp_path, capsys):
+    """--targets: each of issue 13's targets is met, missed or not measured
+    from the step files of gpu_figures.sh, a miss gives exit status 1, and a
+    file that is not benchmark.py's JSON is named and skipped."""
+    from cls_helpers import load_tool
+
+    tool = load_tool('tools/analysis_tools/benchmark_table.py')
+
+    def run(batch, dtype='bf16'):
+        return dict(
+            mode='run',
+            device='GPU X',
+            torch='2.11.0',
+            batch=batch,
+            shape=[224, 224],
+            dtype=dtype,
+            options='',
+            backbone_only=False,
+            warmup=5,
+            reps=20,
+            memory='peak MiB: torch.cuda.max_memory_allocated over the step',
+        )
+
+    def row(mode, model, ips, mfu=None, peak=1000.0):
+        return dict(
+            mode=mode,
+            model=model,
+            images_per_s=ips,
+            median_ms=1.0,
+            min_ms=1.0,
+            max_ms=1.0,
+            throughput_vs_first=1.0,
+            peak_mib=peak,
+            mfu=mfu,
+        )
+
+    files = {
+        't128': [
+            run(128),
+            row('infer', 'nommer-tiny_8xb128_in1k', 1200.0, 0.2),
+            row('infer', 'swin-tiny_16xb64_in1k', 1000.0, 0.2),
+            row('train', 'nommer-tiny_8xb128_in1k', 300.0, 0.31),
+            row('train', 'swin-tiny_16xb64_in1k', 400.0, 0.3),
+        ],
+        'cascade-bf16': [
+            run(2),
+            row(
+                'train', 'cascade-mask-rcnn_nommer-b_fpn_ms-3x_coco', 3.0, peak=31000.0
+            ),
+        ],
+        'cascade-fp32': [run(2, 'fp32'), row('train', 'cascade', 2.0, peak=30600.0)],
+    }
+    for name, rows in files.items():
+        (tmp_path / f'{name}.json').write_text(json.dumps(rows))
+    (tmp_path / 'broken.json').write_text('[{"mode": "infer"')
+    assert tool.main([str(tmp_path), '--targets']) == 1
+    out, err = capsys.readouterr()
+    assert 'skipped' in err and 'broken.json' in err
+    checks = {
+        ln.split(' | ')[0][2:]: ln
+        for ln in out.splitlines()
+        if '>=' in ln or 'within' in ln
+    }
+    assert checks['NomMer-T >= 1.0x Swin-T, inference (t128)'].endswith(
+        '| 1.20x | yes |'
+    )
+    assert checks['NomMer-T >= 1.0x Swin-T, training (t128)'].endswith(
+        '| 0.75x | **no** |'
+    )
+    assert (
+        '31.0% (nommer-tiny_8xb128_in1k) | yes'
+        in checks['MFU >= 25%, bf16 training, batch 128 (t128)']
+    )
+    assert checks['MFU >= 25%, bf16 training, batch 128 (s128)'].endswith(
+        '| not measured | - |'
+    )
+    # 32 GB = 30518 MiB: 31000 MiB is over it, 30600 MiB too, 30000 is not
+    assert checks[
+        'Cascade Mask R-CNN NomMer-B iteration within 32 GB (cascade-bf16)'
+    ].endswith('**no** |')
+    files['t128'][4]['images_per_s'] = 250.0
+    files['cascade-bf16'][1]['peak_mib'] = 30000.0
+    files['cascade-fp32'][1]['peak_mib'] = 30000.0
+    for name, rows in files.items():
+        (tmp_path / f'{name}.json').write_text(json.dumps(rows))
+    assert (
+        tool.main(
+            [
+                str(tmp_path / 't128.json'),
+                str(tmp_path / 'cascade-bf16.json'),
+                str(tmp_path / 'cascade-fp32.json'),
+                '--targets',
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count('| yes |') == 5 and '**no**' not in out

@@ -565,12 +565,34 @@ def main() -> None:
         f'{args.shape[0]}x{args.shape[1]}, {args.dtype}{options}; '
         f'{args.reps} alternating repetitions after {args.warmup} warm-up'
     )
-    results = []
+    # what was run, first; the file is rewritten after every mode, so a run
+    # stopped by a time limit keeps the modes it finished
+    results = [
+        dict(
+            mode='run',
+            device=device_name,
+            torch=torch.__version__,
+            batch=args.batch,
+            shape=list(args.shape),
+            dtype=args.dtype,
+            options=options.lstrip(', '),
+            backbone_only=args.backbone_only,
+            warmup=args.warmup,
+            reps=args.reps,
+            memory=None if args.no_memory else memory_note(args),
+        )
+    ]
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+
     peak = flops = None
     if args.mfu:
         peak, what = matmul_peak(torch.device(args.device), args.dtype)
         print(f'matrix-product peak: {peak / 1e12:.2f} TFLOP/s ({what}, measured)')
         results.append(dict(mode='peak', matmul=what, flop_per_s=peak))
+    save()
     for mode in modes:
         args.mode = mode
         variants = [True, False] if args.fast_vs_plain else [not args.no_fast]
@@ -653,8 +675,7 @@ def main() -> None:
                 line += f', {mems[0] / mem:.2f}x its peak memory'
             print(line)
         del runners
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        save()
 
 
 if __name__ == '__main__':

@@ -104,7 +104,8 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
     in DDP with ``device_ids=[LOCAL_RANK]``; both are GPU-only. On a machine
     without CUDA we start a gloo process group ourselves (mmengine then
     skips its init), give DDP ``device_ids=None``, and turn SyncBN (CUDA
-    only) into plain BN.
+    only) into plain BN: ``SyncBN`` norm layers and mmengine's
+    ``sync_bn`` option alike.
     """
     cfg.launcher = launcher
     if launcher == 'none':
@@ -135,6 +136,14 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
     cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
     for key in list(cfg.keys()):
         _replace_syncbn(cfg[key])
+    if cfg.get('sync_bn'):
+        # mmengine would convert every BN layer, which DDP refuses on CPU
+        print(
+            f'[nommer_mm] sync_bn={cfg.sync_bn!r} needs CUDA: without it the '
+            'BatchNorm layers stay per-process BatchNorm (gloo, CPU)',
+            file=sys.stderr,
+        )
+        cfg.sync_bn = None
 
 
 def dist_timeout(cfg: Config) -> int:

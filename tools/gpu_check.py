@@ -17,7 +17,8 @@
    gradients): fp32 1e-4 / 1e-3, fp16 2e-2 / 5e-2, bf16 6e-2 / 1.5e-1.
 3. ``dist``: one-process NCCL runs of small classification, Cascade Mask
    R-CNN and UperNet configs (the real models, SyncBN, generated data)
-   through ``tools/dist_train.sh --amp``, then ``tools/dist_test.sh``.
+   through ``tools/dist_train.sh --amp``, then ``tools/dist_test.sh``; a
+   failed run's output is kept as ``DIR/dist-<config>-failure.log``.
 4. ``compile``: ``torch.compile`` of NomMer-T: graph breaks (none wanted),
    its output against eager, and its speed-up over eager (bf16, batch 64).
 
@@ -311,7 +312,9 @@ default_hooks = dict(logger=dict(interval=1),
     return out
 
 
-def check_dist(device: str, report: Report, work: Path) -> None:
+def check_dist(device: str, report: Report, work: Path, logs: Path) -> None:
+    """``work`` is a temporary folder; a failed run's output is kept in
+    ``logs`` (the --out folder) and named in the report."""
     from nommer_mm.testing import (
         make_ade_layout,
         make_coco_layout,
@@ -404,11 +407,17 @@ def check_dist(device: str, report: Report, work: Path) -> None:
         )
         if not ok:
             failed = test if train.returncode == 0 else train
-            tail = (failed.stdout + failed.stderr)[-2000:]
-            (work / f'{config.stem}-failure.log').write_text(
-                failed.stdout + failed.stderr
-            )
-            figures['error'] = tail.strip().splitlines()[-1:] or ['?']
+            text = failed.stdout + failed.stderr
+            log_file = logs / f'dist-{config.stem}-failure.log'
+            log_file.write_text(text)
+            # the rank's own exception, not torchrun's ChildFailedError
+            errors = [
+                ln
+                for ln in text.splitlines()
+                if 'Error' in ln and 'ChildFailedError' not in ln
+            ]
+            figures['error'] = (errors or text.strip().splitlines() or ['?'])[-1]
+            figures['log'] = str(log_file)
         report.add('dist', name, ok and value is not None, **figures)
 
 
@@ -534,7 +543,7 @@ def main() -> int:
                 check_backbones(device, report, args.size, args.batch, args.models)
             elif section == 'dist':
                 with tempfile.TemporaryDirectory(dir=args.out) as work:
-                    check_dist(device, report, Path(work))
+                    check_dist(device, report, Path(work), args.out)
             elif section == 'compile':
                 check_compile(device, report, 64)
         except Exception as err:  # report it, go on with the next section

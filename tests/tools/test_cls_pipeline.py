@@ -17,7 +17,8 @@ def shapes(tmp_path_factory):
 
 
 def test_distributed_train_then_test(shapes, tmp_path):
-    cfg = write_config(tmp_path / 'cfg.py', shapes, iters=4)
+    # sync_bn as a GPU recipe would set it: on CPU the BN layers stay plain
+    cfg = write_config(tmp_path / 'cfg.py', shapes, iters=4, extra="sync_bn = 'torch'")
     work = tmp_path / 'work'
     train = run_tool(
         [ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir', work],
@@ -32,6 +33,7 @@ def test_distributed_train_then_test(shapes, tmp_path):
         or 'Distributed launcher: pytorch' in log
     )
     assert 'Iter(train) [4/4]' in log
+    assert "sync_bn='torch' needs CUDA" in log
     ckpt = work / 'iter_4.pth'
     assert ckpt.exists()
     said = check_curves(work, ['loss', 'lr', 'accuracy/top1'], tmp_path / 'curves.png')

@@ -371,6 +371,40 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
         assert row['ok'] and 0 < row['logits_rel'] and row['nominations_agree'] > 0.9
 
 
+def test_gpu_check_dist_runs_on_the_cpu(tmp_path):
+    """gpu_check's dist section with --allow-cpu: its three small configs
+    (classification with sync_bn, Cascade Mask R-CNN, UperNet) train and
+    test through dist_train.sh / dist_test.sh in one gloo process, so that
+    a GPU lease is not spent on a broken config (the classification one
+    once was: sync_bn on CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: tools/gpu_check.py runs it with NCCL')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'tools/gpu_check.py'),
+            '--allow-cpu',
+            '--only',
+            'dist',
+            '--out',
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert report['failed'] == 0 and len(report['rows']) == 3
+    for row, metric in zip(report['rows'], ('accuracy/top1', 'coco/bbox_mAP', 'mIoU')):
+        name, value = row['metric'].split('=')
+        assert name == metric and float(value) >= 0, row
+        assert row['backend'] == 'gloo'
+    assert not list(tmp_path.glob('*-failure.log'))
+
+
 def test_overlay_environment_sees_this_one_after_its_own(tmp_path, monkeypatch):
     """The overlay venv (where --wheelhouse tries mmcv for this Python and
     torch) imports this environment's packages, editable installs included

@@ -163,6 +163,7 @@ def check_ops(device: str, report: Report) -> None:
 def build_classifier(config: str) -> torch.nn.Module:
     import nommer_mm  # noqa: F401  (registers the backbones)
     from mmengine.config import Config
+    from mmengine.logging import MMLogger
     from mmengine.registry import MODELS, init_default_scope
 
     cfg = Config.fromfile(str(ROOT / config))
@@ -170,7 +171,14 @@ def build_classifier(config: str) -> torch.nn.Module:
     cfg.model.backbone.init_cfg = None
     cfg.model.pop('train_cfg', None)  # no Mixup/CutMix batch augments
     model = MODELS.build(cfg.model)
-    model.init_weights()
+    # init_weights logs a line per parameter (thousands, burying the report)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     return model
 
 

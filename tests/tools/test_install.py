@@ -359,6 +359,9 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # the report is readable in a lease's short output tail: no line per
+    # parameter from init_weights
+    assert len((proc.stdout + proc.stderr).splitlines()) < 60, proc.stdout[-2000:]
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
     assert report['failed'] == 0
     rows = {r['name']: r for r in report['rows']}

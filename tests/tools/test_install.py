@@ -327,6 +327,22 @@ def test_gpu_check_skips_without_a_gpu():
     assert proc.returncode == 0
 
 
+def _gpu_check_on_cpu(out, *only_and_options):
+    """tools/gpu_check.py --allow-cpu --only ...: its output and report,
+    which must have no failed check."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/gpu_check.py'), '--allow-cpu']
+        + ['--only', *only_and_options, '--out', str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / 'gpu_check.json').read_text())
+    assert report['failed'] == 0
+    return proc, report
+
+
 def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
     """The GPU check's harness with --allow-cpu (the device is the CPU):
     mmcv's ops against themselves, NomMer-T under fp32, bf16 and fp16
@@ -337,33 +353,13 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip('a GPU is present: tools/gpu_check.py compares it with the CPU')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'tools/gpu_check.py'),
-            '--allow-cpu',
-            '--only',
-            'ops',
-            'backbones',
-            '--models',
-            'NomMer-T',
-            '--size',
-            '64',
-            '--batch',
-            '2',
-            '--out',
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    proc, report = _gpu_check_on_cpu(
+        tmp_path, 'ops', 'backbones', '--models', 'NomMer-T', '--size', '64',
+        '--batch', '2',
+    )  # fmt: skip
     # the report is readable in a lease's short output tail: no line per
     # parameter from init_weights
     assert len((proc.stdout + proc.stderr).splitlines()) < 60, proc.stdout[-2000:]
-    report = json.loads((tmp_path / 'gpu_check.json').read_text())
-    assert report['failed'] == 0
     rows = {r['name']: r for r in report['rows']}
     assert {'nms', 'batched_nms', 'RoIAlign forward/backward'} <= set(rows)
     fp32 = rows['NomMer-T fp32']
@@ -384,23 +380,8 @@ def test_gpu_check_dist_runs_on_the_cpu(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip('a GPU is present: tools/gpu_check.py runs it with NCCL')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'tools/gpu_check.py'),
-            '--allow-cpu',
-            '--only',
-            'dist',
-            '--out',
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / 'gpu_check.json').read_text())
-    assert report['failed'] == 0 and len(report['rows']) == 3
+    _, report = _gpu_check_on_cpu(tmp_path, 'dist')
+    assert len(report['rows']) == 3
     for row, metric in zip(report['rows'], ('accuracy/top1', 'coco/bbox_mAP', 'mIoU')):
         name, value = row['metric'].split('=')
         assert name == metric and float(value) >= 0, row

@@ -97,7 +97,9 @@ def _check_mfu(rows, peak, models, batch, shape):
 
     from nommer_mm.analysis import count_flops
 
-    assert peak['flop_per_s'] > 0 and peak['matmul'] == '2048x2048 fp32'
+    # the CPU's peak: the largest of 512, 1024, 2048 that takes <= 0.5 s
+    assert peak['flop_per_s'] > 0
+    assert peak['matmul'] in {f'{n}x{n} fp32' for n in (512, 1024, 2048)}
     init_default_scope('mmpretrain')
     expected = [
         count_flops(

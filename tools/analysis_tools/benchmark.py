@@ -267,8 +267,8 @@ def matmul_peak(device: torch.device, dtype_name: str) -> tuple[float, str]:
     (FLOP/s, one multiply-add = 2 FLOPs): the best of a few large square
     products, the reference that model FLOP utilisation is taken against."""
     cuda = device.type == 'cuda'
-    n = 8192 if cuda else 2048
     dtype = DTYPES[dtype_name] or torch.float32
+    n = 8192 if cuda else cpu_matmul_size(dtype)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
 
@@ -285,6 +285,20 @@ def matmul_peak(device: torch.device, dtype_name: str) -> tuple[float, str]:
     once()  # warm-up: kernel selection, caches
     best = min(once() for _ in range(5))
     return 2 * n**3 / best, f'{n}x{n} {dtype_name}'
+
+
+def cpu_matmul_size(dtype: torch.dtype, budget_s: float = 0.5) -> int:
+    """The largest of 512, 1024, 2048 whose product should take at most
+    ``budget_s`` on this CPU, from the time of one 512x512 product: a CPU
+    without bf16/fp16 units runs those products some 100x slower than fp32,
+    where 2048x2048 would take minutes for the peak alone."""
+    a = torch.randn(512, 512).to(dtype)
+    torch.mm(a, a)  # warm-up
+    t = time.perf_counter()
+    torch.mm(a, a)
+    t512 = time.perf_counter() - t
+    sizes = [n for n in (1024, 2048) if t512 * (n / 512) ** 3 <= budget_s]
+    return max(sizes, default=512)
 
 
 def flops_per_image(runner: Runner) -> int | None:

@@ -2,7 +2,7 @@
 # The GPU rows of README (issue 13, section 4), each one benchmark.py run
 # writing OUT/<step>.json and OUT/<step>.log. A step that fails or runs past
 # its limit is reported and the next one runs, so a short GPU lease still
-# returns what it measured. bf16 autocast (the Cascade iteration also fp32);
+# returns what it measured. bf16 autocast (the Cascade iteration fp32, fp16);
 # run tools/gpu_check.py first (the stack and the kernels).
 #
 #   bash tools/gpu_figures.sh [--dry-run] [OUT [STEP ...]]
@@ -13,7 +13,9 @@
 #   t128            NomMer-T vs Swin-T at 224, batch 128: inference and
 #                   training throughput, peak memory, MFU
 #   cascade         a whole Cascade Mask R-CNN NomMer-B training iteration,
-#                   2 images of 800x1333 (fp32 and bf16): time, peak memory
+#                   2 images of 800x1333, fp32 and fp16 (tools/train.py
+#                   --amp's dtype; mmcv 2.1.0's CUDA RoIAlign has no bf16
+#                   kernel): time, peak memory
 #   compile         NomMer-T vs Swin-T, batch 128, torch.compile
 #   dense           NomMer-T backbone at 800x1333, batch 2
 #   profile         NomMer-T's top CUDA ops of one bf16 training step
@@ -90,8 +92,8 @@ for s in $STEPS; do
         cascade)
             step cascade-fp32 --models $CASCADE --shape 800 1333 --batch 2 \
                 --mode train --warmup 2 --reps 5
-            step cascade-bf16 --models $CASCADE --shape 800 1333 --batch 2 \
-                --dtype bf16 --mode train --warmup 2 --reps 5 ;;
+            step cascade-fp16 --models $CASCADE --shape 800 1333 --batch 2 \
+                --dtype fp16 --mode train --warmup 2 --reps 5 ;;
     esac
 done
 [ $DRY = 1 ] && exit 0

@@ -205,6 +205,28 @@ def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
     return Classifier(model), name
 
 
+def check_dense_dtype(module: nn.Module, dtype: str, device: str) -> None:
+    """Stop before a run that cannot work: mmcv 2.1.0's RoIAlign and nms
+    take float32 only on the CPU (where autocast also leaves the detector's
+    boxes in low precision), and its CUDA RoIAlign has no bfloat16 kernel
+    (float, double and half only)."""
+    if dtype == 'fp32' or not isinstance(module, DenseStep):
+        return
+    if not any(type(m).__name__ == 'RoIAlign' for m in module.modules()):
+        return
+    if device == 'cpu':
+        raise SystemExit(
+            f'benchmark.py: --dtype {dtype} with a detector on the CPU: '
+            "mmcv's CPU nms and RoIAlign take float32 only; use --dtype fp32"
+        )
+    if dtype == 'bf16':
+        raise SystemExit(
+            'benchmark.py: --dtype bf16 with a detector: mmcv 2.1.0 has no '
+            'bfloat16 CUDA kernel for RoIAlign; use --dtype fp16, the '
+            'autocast dtype of tools/train.py --amp'
+        )
+
+
 def _loss(out) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out.float().mean()
@@ -217,6 +239,7 @@ class Runner:
     def __init__(self, spec: str, args, fast: bool = True) -> None:
         self.spec, self.fast = spec, fast
         self.module, self.name = build(spec, args.backbone_only)
+        check_dense_dtype(self.module, args.dtype, args.device)
         if not fast:
             self.name += ' [fast paths off]'
         self.device = torch.device(args.device)

@@ -15,7 +15,7 @@ is not benchmark.py's JSON is named and skipped.
 Swin-T's throughput in inference and in training (``t128``, ``t256``,
 ``compile``), at least 25% MFU for bf16 training at batch 128 (the NomMer
 rows of ``t128``, ``s128``, ``b128``) and the whole Cascade Mask R-CNN
-NomMer-B iteration within 32 GB (``cascade-fp32``, ``cascade-bf16``;
+NomMer-B iteration within 32 GB (``cascade-fp32``, ``cascade-fp16``;
 32e9 bytes). A target whose file is missing is reported as not measured.
 The exit status is 1 if a measured target is missed.
 """
@@ -125,7 +125,7 @@ def targets(runs: dict[str, list[dict]]) -> list[tuple[str, str, bool | None]]:
             continue
         util = rows[0]['mfu']
         out.append((name, f'{util:.1%} ({rows[0]["model"]})', util >= MFU_TARGET))
-    for step in ('cascade-fp32', 'cascade-bf16'):
+    for step in ('cascade-fp32', 'cascade-fp16'):
         rows = [r for r in runs.get(step, []) if r['mode'] == 'train']
         name = f'Cascade Mask R-CNN NomMer-B iteration within 32 GB ({step})'
         if not rows or rows[0]['peak_mib'] is None:

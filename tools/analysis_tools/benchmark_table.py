@@ -76,7 +76,7 @@ def table(step: str, rows: list[dict]) -> str:
     for r in rows:
         if r['mode'] == 'peak':
             lines += [
-                f'matrix-product peak: {r["flop_per_s"] / 1e12:.1f} TFLOP/s '
+                f'matrix-product peak: {r["flop_per_s"] / 1e12:.3g} TFLOP/s '
                 f'({r["matmul"]}, measured)',
                 '',
             ]

@@ -21,9 +21,10 @@
 #   profile         NomMer-T's top CUDA ops of one bf16 training step
 #   s128 b128       NomMer-S/B vs Swin-S/B, as t128
 #   t256 s256 b256  the three pairs at batch 256
-# STEP_LIMIT (seconds, default 300) bounds each step, twice that for compile. At the end the Markdown
-# tables of every step and issue 13's targets (met, missed or not measured)
-# are written to OUT/figures.md and printed (benchmark_table.py --targets).
+# STEP_LIMIT (seconds, default 300) bounds each step, twice that for
+# compile. At the end the Markdown tables of every step and issue 13's
+# targets (met, missed or not measured) are written to OUT/figures.md and
+# printed (benchmark_table.py --targets).
 # Exit status 1 if a step failed or timed out, or a measured target is missed.
 set -u
 DRY=0
@@ -79,8 +80,8 @@ for s in $STEPS; do
             step "$s" --models $(pair "${s:0:1}") --batch "${s:1}" --dtype bf16 \
                 --mfu --warmup 5 --reps 20 ;;
         compile)  # inductor compiles four graphs (2 models x 2 modes) first
-            THIS_LIMIT=$((2 * LIMIT)) step compile --models $(pair t) --batch 128 --dtype bf16 --compile \
-                --mfu --warmup 5 --reps 20 ;;
+            THIS_LIMIT=$((2 * LIMIT)) step compile --models $(pair t) \
+                --batch 128 --dtype bf16 --compile --mfu --warmup 5 --reps 20 ;;
         profile)
             step profile --models configs/cls/nommer-tiny_8xb128_in1k.py \
                 --batch 128 --dtype bf16 --mode train --warmup 3 --reps 3 \

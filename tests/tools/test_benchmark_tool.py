@@ -150,9 +150,10 @@ def test_dense_models_run_their_whole_training_step():
                 bench.check_dense_dtype(step, 'fp16', 'cpu')
             bench.check_dense_dtype(step, 'fp16', 'cuda')
         bench.check_dense_dtype(step, 'fp32', 'cpu')
-        if 'seg' in config:  # no RoI ops: autocast runs on the CPU too
+        if 'seg' in config:
+            # no RoI ops: autocast runs on the CPU too
             bench.check_dense_dtype(step, 'bf16', 'cpu')
-        if 'seg' in config:  # pad to 32, not to the recipe's 512x512 crop
+            # pad to 32, not to the recipe's 512x512 crop
             step.model.data_preprocessor.size = None
             step.model.data_preprocessor.size_divisor = 32
         torch.manual_seed(0)

@@ -37,6 +37,7 @@ OUT=${1:-work_dirs/gpu_figures}
 ALL="t128 cascade compile dense profile s128 b128 t256 s256 b256"
 STEPS=${*:-$ALL}
 LIMIT=${STEP_LIMIT:-300}
+unset THIS_LIMIT  # set per step below (compile), never from the caller
 FAILED=""
 for s in $STEPS; do
     if [[ " $ALL " != *" $s "* ]]; then

@@ -356,6 +356,12 @@ def test_window_attention_in_strips_equals_whole_map(size, monkeypatch):
     assert len(calls) > 1 and sum(calls) == size[0]
     assert all(rows % 4 == 0 for rows in calls[:-1])
     torch.testing.assert_close(strips, whole, rtol=1e-6, atol=1e-6)
+    # Off the CPU (here the meta device, as a GPU would be) the whole map
+    # runs at once: the strips are a CPU allocator's trick.
+    calls.clear()
+    with torch.no_grad():
+        attn.to('meta')(x.to('meta'))
+    assert calls == [size[0]]
     # GC ViT's global-query window attention: one query map per image
     gq = attention_mod.GlobalQueryWindowMSA(8, 2, window_size=4).eval()
     query = torch.randn(2, 2, 16, 4)

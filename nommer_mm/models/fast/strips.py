@@ -21,15 +21,20 @@ def window_attention_in_strips(
     forward: Callable, x: torch.Tensor, window: int, *args
 ) -> torch.Tensor | None:
     """``forward(x, *args)`` of a window attention, run a strip of window
-    rows at a time when autograd is off and ``x`` is large; None otherwise.
+    rows at a time when autograd is off and ``x`` is a large CPU map; None
+    otherwise.
 
     Windows start at multiples of ``window`` from the top-left, so none
     straddles two strips and the result is the same; the temporaries (q/k/v
-    alone is 3x the input) stay small enough for the allocator to reuse
-    instead of mapping fresh pages for each, and in cache."""
+    alone is 3x the input) stay small enough for glibc's allocator to reuse
+    instead of mapping fresh pages for each, and in cache. CPU only: a GPU's
+    caching allocator reuses its blocks anyway, and there the strips would
+    only launch every kernel of the layer once per strip and add a copy of
+    the map."""
     if (
         not fast_paths_enabled()
         or torch.is_grad_enabled()
+        or x.device.type != 'cpu'
         or x.numel() * x.element_size() <= 2 * STRIP_BYTES
     ):
         return None

@@ -1,0 +1,52 @@
+"""Every backbone's forward on CUDA tensors, on a machine without a GPU:
+the tensors are FakeTensors (shapes, dtypes and devices, no data), so the
+CUDA path runs as far as device placement and CUDA autocast go. A tensor
+made on the CPU inside a forward, or an op that mixes devices, fails here
+as it would on a GPU; the values are left to ``tools/gpu_check.py``."""
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from small_archs import SMALL
+
+
+def fake_cuda(module: torch.nn.Module, mode: FakeTensorMode) -> None:
+    """Replace every parameter and buffer of ``module`` by a fake CUDA copy."""
+    for sub in module.modules():
+        for table in (sub._parameters, sub._buffers):
+            for key, tensor in table.items():
+                if tensor is None:
+                    continue
+                fake = mode.from_tensor(tensor.detach())
+                with mode:
+                    fake = fake.to('cuda')
+                if isinstance(tensor, torch.nn.Parameter):
+                    fake = torch.nn.Parameter(fake, tensor.requires_grad)
+                table[key] = fake
+
+
+@pytest.mark.parametrize('dtype', [None, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+@pytest.mark.parametrize('backbone', list(SMALL), ids=lambda c: c.__name__)
+def test_forward_on_cuda_tensors(backbone, training, dtype):
+    model = backbone(**SMALL[backbone], drop_path_rate=0.1).train(training)
+    mode = FakeTensorMode()  # real tensors met inside the forward fail
+    fake_cuda(model, mode)
+    was = torch.is_autocast_enabled('cuda'), torch.get_autocast_dtype('cuda')
+    with mode, torch.set_grad_enabled(training):
+        x = torch.randn(2, 3, 70, 90, device='cuda')  # odd: padded windows
+        # torch.autocast refuses 'cuda' without a GPU; its state is set
+        # directly, so the CUDA autocast casts run on these tensors.
+        torch.set_autocast_enabled('cuda', dtype is not None)
+        torch.set_autocast_dtype('cuda', dtype or was[1])
+        try:
+            outs = model(x)
+        finally:
+            torch.set_autocast_enabled('cuda', was[0])
+            torch.set_autocast_dtype('cuda', was[1])
+    assert len(outs) == 4
+    for out in outs:
+        assert out.device.type == 'cuda'
+        assert out.dtype in (torch.float32, dtype or torch.float32)
+        assert out.shape[0] == 2

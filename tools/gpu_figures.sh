@@ -19,6 +19,8 @@
 #   compile         NomMer-T vs Swin-T, batch 128, torch.compile
 #   dense           NomMer-T backbone at 800x1333, batch 2
 #   profile         NomMer-T's top CUDA ops of one bf16 training step
+#   fast            NomMer-T, batch 128, nommer_mm's fast paths on and off
+#                   (each was measured on CPUs only so far)
 #   s128 b128       NomMer-S/B vs Swin-S/B, as t128
 #   t256 s256 b256  the three pairs at batch 256
 # STEP_LIMIT (seconds, default 300) bounds each step, twice that for
@@ -34,7 +36,7 @@ if [ "${1:-}" = --dry-run ]; then
 fi
 OUT=${1:-work_dirs/gpu_figures}
 [ $# -gt 0 ] && shift
-ALL="t128 cascade compile dense profile s128 b128 t256 s256 b256"
+ALL="t128 cascade compile dense profile fast s128 b128 t256 s256 b256"
 STEPS=${*:-$ALL}
 LIMIT=${STEP_LIMIT:-300}
 unset THIS_LIMIT  # set per step below (compile), never from the caller
@@ -87,6 +89,9 @@ for s in $STEPS; do
             step profile --models configs/cls/nommer-tiny_8xb128_in1k.py \
                 --batch 128 --dtype bf16 --mode train --warmup 3 --reps 3 \
                 --no-memory --profile 30 ;;
+        fast)
+            step fast --models configs/cls/nommer-tiny_8xb128_in1k.py \
+                --fast-vs-plain --batch 128 --dtype bf16 --warmup 5 --reps 20 ;;
         dense)
             step dense --models configs/cls/nommer-tiny_8xb128_in1k.py \
                 --backbone-only --shape 800 1333 --batch 2 --dtype bf16 \

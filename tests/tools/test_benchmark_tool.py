@@ -276,7 +276,7 @@ def test_gpu_figures_script_runs_valid_commands(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 11
+    assert len(lines) == 12
     jsons = []
     for line in lines:
         argv = shlex.split(line)

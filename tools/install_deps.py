@@ -287,22 +287,30 @@ def nvcc_version(nvcc: Path) -> str | None:
     return found.group(1) if found else None
 
 
-def system_cuda_home(cuda: str) -> Path | None:
-    """A CUDA toolkit already on this machine whose nvcc is torch's CUDA
-    version, or None."""
+def system_cuda_homes() -> dict[Path, str]:
+    """The CUDA toolkits already on this machine (CUDA_HOME, CUDA_PATH, the
+    nvcc on PATH, /usr/local/cuda), each with its nvcc's version, in that
+    order."""
     candidates = [os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH')]
     nvcc = shutil.which('nvcc')
     if nvcc:
         candidates.append(str(Path(nvcc).resolve().parents[1]))
     candidates.append('/usr/local/cuda')
+    found = {}
     for home in map(Path, filter(None, candidates)):
         # A toolkit has its headers beside nvcc (a wrapper script in
         # /usr/local/bin does not make /usr/local one).
-        if (home / 'include' / 'cuda_runtime.h').exists() and nvcc_version(
-            home / 'bin' / 'nvcc'
-        ) == cuda:
-            return home
-    return None
+        if (home / 'include' / 'cuda_runtime.h').exists():
+            version = nvcc_version(home / 'bin' / 'nvcc')
+            if version:
+                found.setdefault(home, version)
+    return found
+
+
+def system_cuda_home(cuda: str) -> Path | None:
+    """A CUDA toolkit already on this machine whose nvcc is torch's CUDA
+    version, or None."""
+    return next((h for h, v in system_cuda_homes().items() if v == cuda), None)
 
 
 def pip_target(requirement: str, target: Path) -> None:
@@ -395,11 +403,41 @@ def cuda_home_from_pypi(cuda: str, site_packages: str) -> Path:
 
 
 def cuda_home_for(situation: dict) -> Path:
-    home = None if PYPI_CUDA else system_cuda_home(situation['cuda'])
+    """The toolkit to build with: one of torch's CUDA version on this
+    machine; else, for CUDA 13 and newer, one assembled from NVIDIA's PyPI
+    packages; else one of the same major version (torch's extension builder
+    accepts a minor mismatch); else stop, saying what to do."""
+    cuda = situation['cuda']
+    home = None if PYPI_CUDA else system_cuda_home(cuda)
     if home:
-        log(f'using the CUDA {situation["cuda"]} toolkit at {home}')
+        log(f'using the CUDA {cuda} toolkit at {home}')
         return home
-    return cuda_home_from_pypi(situation['cuda'], situation['site_packages'])
+    if int(cuda.split('.')[0]) >= 13:
+        return cuda_home_from_pypi(cuda, situation['site_packages'])
+    # Before CUDA 13 NVIDIA's PyPI packages hold no compiler:
+    # nvidia-cuda-nvcc-cu12 and -cu11 ship ptxas alone (no nvcc, no cicc).
+    found = system_cuda_homes()
+    major = cuda.split('.')[0]
+    near = [h for h, v in found.items() if v.split('.')[0] == major]
+    if near and not PYPI_CUDA:
+        log(
+            f'using the CUDA {found[near[0]]} toolkit at {near[0]} for torch '
+            f"{situation['torch']}'s CUDA {cuda} (the same major version; "
+            "torch's extension builder accepts it)"
+        )
+        return near[0]
+    others = ', '.join(f'{h} (nvcc {v})' for h, v in found.items()) or 'none'
+    sys.exit(
+        f'--cuda-archs {",".join(situation["archs"])}: torch '
+        f'{situation["torch"]} is built for CUDA {cuda}, and building its '
+        f'kernels needs a CUDA {major}.x toolkit (nvcc and headers); toolkits '
+        f"found: {others}. NVIDIA's PyPI packages stand in for a toolkit "
+        f'from CUDA 13 on only (nvidia-cuda-nvcc-cu{major} holds ptxas but no '
+        f'nvcc). Install or load a CUDA {cuda} toolkit and set CUDA_HOME to '
+        'it (on a cluster often `module load cuda/'
+        f"{cuda}`), or use a torch built for CUDA 13, such as PyPI's torch "
+        '2.11.0 or 2.15.0; or leave out --cuda-archs for CPU ops only.'
+    )
 
 
 def kernel_archs(wheel: Path, cuda_home: Path) -> list[str] | None:
@@ -505,20 +543,29 @@ def try_wheel(whl: Path, situation: dict) -> bool:
 
 
 # Edits to the mmcv 2.1.0 source, each with its reason: (file, pattern,
-# replacement, reason). Applied with re.subn; a pattern that no longer
-# matches is reported, so a changed source does not pass silently.
+# replacement, reason, the first torch that needs it). Applied with re.subn
+# when the torch built against is that one or newer; a pattern that no
+# longer matches is reported, so a changed source does not pass silently.
 SOURCE_PATCHES = [
     (
         'setup.py',
         r'-std=c\+\+1[47]',
         '-std=c++20',
-        'torch >= 2.10 headers need C++20; the source hard-codes c++14/c++17',
+        'torch >= 2.10 headers need C++20; the source hard-codes c++14/c++17 '
+        '(older torch keeps them: CUDA 11 nvcc has no C++20)',
+        '2.10',
     ),
 ]
 
 
-def patch_sources(src: Path) -> None:
-    for rel, pattern, replacement, reason in SOURCE_PATCHES:
+def patch_sources(src: Path, torch_version: str) -> None:
+    def release(v: str) -> tuple:  # 2.10.0a0 (a nightly) counts as 2.10
+        return packaging('version').Version(v).release
+
+    for rel, pattern, replacement, reason, first_torch in SOURCE_PATCHES:
+        if release(torch_version) < release(first_torch):
+            log(f'not patching {rel} for torch {torch_version}: {reason}')
+            continue
         path = src / rel
         text, count = re.subn(pattern, replacement, path.read_text())
         if not count:
@@ -536,6 +583,9 @@ def build_mmcv(situation: dict) -> Path:
         if situation['archs']
         else 'CPU ops only'
     )
+    # The toolkit first: a machine that cannot compile the kernels is told
+    # so before the source is fetched.
+    cuda_home = cuda_home_for(situation) if situation['archs'] else None
     log(
         f'building mmcv {MMCV_VERSION} from source with {kernels} (2 cores: '
         'about 20 min for CPU ops, 25 min more per CUDA architecture)'
@@ -559,7 +609,7 @@ def build_mmcv(situation: dict) -> Path:
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter='data')
     src = next(p for p in work.iterdir() if p.is_dir())
-    patch_sources(src)
+    patch_sources(src, situation['torch'])
     # -g0: no debug info (a much smaller library, a faster link).
     env = dict(
         os.environ,
@@ -568,9 +618,7 @@ def build_mmcv(situation: dict) -> Path:
         CXXFLAGS='-O2 -g0',
         MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count() or 2)),
     )
-    cuda_home = None
-    if situation['archs']:
-        cuda_home = cuda_home_for(situation)
+    if cuda_home:
         env.update(
             FORCE_CUDA='1',
             CUDA_HOME=str(cuda_home),
@@ -898,7 +946,13 @@ def make_wheelhouse(
     cmd += [a for d in wheel_dirs for a in ('--wheels', d)]
     if cuda_archs:
         cmd += ['--cuda-archs', ','.join(cuda_archs)]
-    run(cmd)
+    try:
+        run(cmd)
+    except subprocess.CalledProcessError as e:
+        sys.exit(
+            f'--wheelhouse: no mmcv for {python} (exit status {e.returncode}); '
+            'the reason is printed above'
+        )
     facts = json.loads((dest / 'mmcv-build.json').read_text())
     (dest / 'mmcv-build.json').unlink()
     # 2. Resolve the stack for that interpreter, mmcv from the folder.

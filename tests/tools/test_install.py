@@ -148,10 +148,23 @@ def test_cuda_arch_and_source_patch_errors(tmp_path):
     )
     assert proc.returncode != 0
     assert "--cuda-archs '9': '9' is not a compute capability" in proc.stderr
+    # C++20 for torch >= 2.10 (a nightly of 2.10 too); older torch keeps the
+    # source's own standard (CUDA 11's nvcc has no C++20)
+    setup = tmp_path / 'setup.py'
+    source = "{'nvcc': ['-std=c++14'], 'cxx': ['-std=c++17']}"
+    for torch_version, expected in [
+        ('2.15.0', "{'nvcc': ['-std=c++20'], 'cxx': ['-std=c++20']}"),
+        ('2.10.0a0', "{'nvcc': ['-std=c++20'], 'cxx': ['-std=c++20']}"),
+        ('2.9.1', source),
+        ('2.1.2', source),
+    ]:
+        setup.write_text(source)
+        inst.patch_sources(tmp_path, torch_version)
+        assert setup.read_text() == expected, torch_version
     # a source the patches no longer match stops the build, naming it
-    (tmp_path / 'setup.py').write_text("extra_compile_args = ['-std=c++20']")
+    setup.write_text("extra_compile_args = ['-std=c++20']")
     with pytest.raises(SystemExit, match='no longer applies to setup.py'):
-        inst.patch_sources(tmp_path)
+        inst.patch_sources(tmp_path, '2.15.0')
 
 
 def _held_site(target: Path, roots: list[str]) -> None:
@@ -181,6 +194,52 @@ def _held_site(target: Path, roots: list[str]) -> None:
             link = target / top
             if not link.exists() and (base / top).exists():
                 link.symlink_to(base / top)
+
+
+def _fake_toolkit(root: Path, version: str) -> Path:
+    """A folder that looks like a CUDA toolkit: headers and an nvcc that
+    reports ``version``."""
+    (root / 'include').mkdir(parents=True)
+    (root / 'include' / 'cuda_runtime.h').write_text('')
+    (root / 'bin').mkdir()
+    nvcc = root / 'bin' / 'nvcc'
+    nvcc.write_text(
+        f'#!/bin/sh\necho "Cuda compilation tools, release {version}, V{version}.1"\n'
+    )
+    nvcc.chmod(0o755)
+    return root
+
+
+def test_cuda_12_needs_a_toolkit_of_its_own(tmp_path, monkeypatch):
+    """NVIDIA's PyPI nvcc packages before CUDA 13 hold no compiler, so a
+    torch built for CUDA 12 or 11 builds its kernels with a toolkit of the
+    same major version on the machine (the exact version first) or stops
+    before any download, naming the toolkits found and what to do."""
+    inst = _installer()
+    monkeypatch.setattr(inst, 'PYPI_CUDA', False)
+    monkeypatch.setenv('PATH', '/usr/bin:/bin')  # no nvcc on PATH
+    monkeypatch.delenv('CUDA_PATH', raising=False)
+    monkeypatch.setattr(
+        inst, 'cuda_home_from_pypi', lambda *a: pytest.fail('no PyPI nvcc for 12')
+    )
+    exact = _fake_toolkit(tmp_path / 'cuda-12.8', '12.8')
+    near = _fake_toolkit(tmp_path / 'cuda-12.4', '12.4')
+    situation = dict(cuda='12.8', torch='2.8.0', archs=['9.0'], site_packages='')
+    for home, expected in [(exact, exact), (near, near)]:
+        monkeypatch.setenv('CUDA_HOME', str(home))
+        assert inst.cuda_home_for(situation) == expected
+    monkeypatch.setenv('CUDA_HOME', str(near))
+    with pytest.raises(SystemExit) as stop:
+        inst.cuda_home_for(dict(situation, cuda='11.8', torch='2.1.2'))
+    message = str(stop.value)
+    assert 'torch 2.1.2 is built for CUDA 11.8' in message
+    assert f'{near} (nvcc 12.4)' in message
+    assert 'nvidia-cuda-nvcc-cu11 holds ptxas but no nvcc' in message
+    assert 'module load cuda/11.8' in message
+    # --pypi-cuda cannot help there either
+    monkeypatch.setattr(inst, 'PYPI_CUDA', True)
+    with pytest.raises(SystemExit, match='from CUDA 13 on only'):
+        inst.cuda_home_for(situation)
 
 
 def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):

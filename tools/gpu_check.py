@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prove the stack on a GPU in one command (a few minutes):
 
-    python tools/gpu_check.py [--out DIR] [--only ops backbones dist compile]
+    python tools/gpu_check.py [--out DIR] [--only ops backbones attention dist compile]
 
 1. ``ops``: mmcv's CUDA kernels (nms, batched_nms, RoIAlign forward and
    backward, sigmoid focal loss) equal their CPU results.
@@ -15,11 +15,15 @@
    the CPU's nominations replayed on the device. Tolerances (largest logit
    difference over the largest |logit|; relative L2 error of all
    gradients): fp32 1e-4 / 1e-3, fp16 2e-2 / 5e-2, bf16 6e-2 / 1.5e-1.
-3. ``dist``: one-process NCCL runs of small classification, Cascade Mask
+3. ``attention``: the attention kernel (SDPA backend) that each attention
+   call of NomMer-T, GC ViT-T and Visformer-S gets under bf16 autocast, in
+   training and in inference, per calling layer; on CUDA a call left to the
+   MATH backend (separate matrix products and softmax) fails.
+4. ``dist``: one-process NCCL runs of small classification, Cascade Mask
    R-CNN and UperNet configs (the real models, SyncBN, generated data)
    through ``tools/dist_train.sh --amp``, then ``tools/dist_test.sh``; a
    failed run's output is kept as ``DIR/dist-<config>-failure.log``.
-4. ``compile``: ``torch.compile`` of NomMer-T: graph breaks (none wanted),
+5. ``compile``: ``torch.compile`` of NomMer-T: graph breaks (none wanted),
    its output against eager, and its speed-up over eager (bf16, batch 64).
 
 A table is printed and ``DIR/gpu_check.json`` written (device, versions, every
@@ -301,6 +305,86 @@ def check_backbones(
             torch.cuda.empty_cache()
 
 
+# ------------------------------------------------------------- attention
+ATTENTION_MODELS = ('NomMer-T', 'GC ViT-T', 'Visformer-S')
+
+
+@contextlib.contextmanager
+def sdpa_backends(record: list):
+    """Record every ``F.scaled_dot_product_attention`` call in the block as
+    (the calling module's class, the backend that torch's dispatcher picks
+    for those inputs on their device: ``torch._fused_sdp_choice`` on the
+    inputs as autocast casts them)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
+
+    original = F.scaled_dot_product_attention
+
+    def cast(t):
+        if (
+            isinstance(t, torch.Tensor)
+            and t.is_floating_point()
+            and torch.is_autocast_enabled(t.device.type)
+        ):
+            return t.to(torch.get_autocast_dtype(t.device.type))
+        return t
+
+    def recording(*args, **kwargs):
+        frame = sys._getframe(1)
+        while frame and not isinstance(frame.f_locals.get('self'), torch.nn.Module):
+            frame = frame.f_back
+        caller = type(frame.f_locals['self']).__name__ if frame else '?'
+        choice = torch._fused_sdp_choice(
+            *map(cast, args), **{k: cast(v) for k, v in kwargs.items()}
+        )
+        record.append((caller, SDPBackend(choice).name))
+        return original(*args, **kwargs)
+
+    F.scaled_dot_product_attention = recording
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def check_attention(device: str, report: Report, size: int, batch: int) -> None:
+    """Which attention kernel each SDPA call of the transformers gets under
+    bf16 autocast, in training and inference: on CUDA a call left to the
+    MATH backend (attention as separate matrix products and softmax) fails
+    the check; on the CPU the backends are reported only."""
+    from collections import Counter
+
+    for name, config in CLASSIFIERS:
+        if name not in ATTENTION_MODELS:
+            continue
+        model = build_classifier(config).to(device)
+        x = torch.randn(batch, 3, size, size, device=device)
+        for training in (True, False):
+            record: list = []
+            model.train(training)
+            with (
+                sdpa_backends(record),
+                torch.set_grad_enabled(training),
+                torch.autocast(device, dtype=torch.bfloat16),
+            ):
+                model(x, mode='tensor')
+            backends: dict = {}
+            for caller, backend in record:
+                backends.setdefault(caller, Counter())[backend] += 1
+            math = sum(c['MATH'] for c in backends.values())
+            report.add(
+                'attention',
+                f'{name} bf16 {"training" if training else "inference"}',
+                device != 'cuda' or math == 0,
+                calls=len(record),
+                math_calls=math,
+                backends={k: dict(v) for k, v in backends.items()},
+            )
+        del model
+        if device == 'cuda':
+            torch.cuda.empty_cache()
+
+
 # ------------------------------------------------------------------ dist
 def small_cls_config(data_root: Path, out: Path, iters: int) -> Path:
     out.write_text(f"""
@@ -511,7 +595,9 @@ def main() -> int:
     )
     parser.add_argument('--out', type=Path, default=Path('work_dirs/gpu_check'))
     parser.add_argument(
-        '--only', nargs='+', choices=['ops', 'backbones', 'dist', 'compile']
+        '--only',
+        nargs='+',
+        choices=['ops', 'backbones', 'attention', 'dist', 'compile'],
     )
     parser.add_argument(
         '--models',
@@ -534,7 +620,7 @@ def main() -> int:
         )
         return 0
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    sections = args.only or ['ops', 'backbones', 'dist', 'compile']
+    sections = args.only or ['ops', 'backbones', 'attention', 'dist', 'compile']
     if device == 'cpu' and 'compile' in sections:
         print('gpu_check: compile is measured on CUDA only; skipped')
         sections = [s for s in sections if s != 'compile']
@@ -549,6 +635,8 @@ def main() -> int:
                 check_ops(device, report)
             elif section == 'backbones':
                 check_backbones(device, report, args.size, args.batch, args.models)
+            elif section == 'attention':
+                check_attention(device, report, args.size, args.batch)
             elif section == 'dist':
                 with tempfile.TemporaryDirectory(dir=args.out) as work:
                     check_dist(device, report, Path(work), args.out)

@@ -1,8 +1,11 @@
-"""Every backbone's forward on CUDA tensors, on a machine without a GPU:
-the tensors are FakeTensors (shapes, dtypes and devices, no data), so the
-CUDA path runs as far as device placement and CUDA autocast go. A tensor
-made on the CPU inside a forward, or an op that mixes devices, fails here
-as it would on a GPU; the values are left to ``tools/gpu_check.py``."""
+"""What the GPU path depends on, checked on a machine without a GPU.
+
+Every backbone's forward on CUDA tensors: the tensors are FakeTensors
+(shapes, dtypes and devices, no data), so the CUDA path runs as far as
+device placement and CUDA autocast go. A tensor made on the CPU inside a
+forward, or an op that mixes devices, fails here as it would on a GPU; the
+values are left to ``tools/gpu_check.py``. And every attention call's
+inputs fit a fused SDPA kernel (its ``attention`` section on the CPU)."""
 
 import pytest
 import torch
@@ -50,3 +53,22 @@ def test_forward_on_cuda_tensors(backbone, training, dtype):
         assert out.device.type == 'cuda'
         assert out.dtype in (torch.float32, dtype or torch.float32)
         assert out.shape[0] == 2
+
+
+@pytest.mark.parametrize('backbone', list(SMALL), ids=lambda c: c.__name__)
+def test_attention_calls_get_a_fused_kernel(backbone):
+    """In inference every F.scaled_dot_product_attention call gets a fused
+    kernel here (the CPU's flash attention), not the MATH fallback: inputs
+    whose last dim is not contiguous, say, would be left to MATH on a GPU
+    too. (Training with a learned bias as the mask is MATH on the CPU by
+    design; gpu_check.py reports the GPU's choice.)"""
+    from cls_helpers import load_tool
+
+    gpu_check = load_tool('tools/gpu_check.py')
+    model = backbone(**SMALL[backbone]).eval()
+    record = []
+    with torch.no_grad(), gpu_check.sdpa_backends(record):
+        model(torch.randn(2, 3, 70, 90))
+    assert all(backend != 'MATH' for _, backend in record), record
+    if backbone.__name__ != 'CoTNet':  # no attention there
+        assert record

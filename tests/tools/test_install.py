@@ -405,16 +405,17 @@ def _gpu_check_on_cpu(out, *only_and_options):
 def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
     """The GPU check's harness with --allow-cpu (the device is the CPU):
     mmcv's ops against themselves, NomMer-T under fp32, bf16 and fp16
-    autocast against fp32 on the same weights, the report file. On one
-    device the fp32 comparison must be exact: same weights, same input and,
-    replayed, the same nominations."""
+    autocast against fp32 on the same weights, the attention kernels of the
+    three transformers, the report file. On one device the fp32 comparison
+    must be exact: same weights, same input and, replayed, the same
+    nominations."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip('a GPU is present: tools/gpu_check.py compares it with the CPU')
     proc, report = _gpu_check_on_cpu(
-        tmp_path, 'ops', 'backbones', '--models', 'NomMer-T', '--size', '64',
-        '--batch', '2',
+        tmp_path, 'ops', 'backbones', 'attention', '--models', 'NomMer-T',
+        '--size', '64', '--batch', '2',
     )  # fmt: skip
     # the report is readable in a lease's short output tail: no line per
     # parameter from init_weights
@@ -427,6 +428,22 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
     for dtype in ('bf16', 'fp16'):
         row = rows[f'NomMer-T {dtype}']
         assert row['ok'] and 0 < row['logits_rel'] and row['nominations_agree'] > 0.9
+    # every attention layer's calls, by backend; in inference the CPU's
+    # flash kernel for all (training with a learned bias mask is MATH here)
+    for name, layers in [
+        ('NomMer-T', {'LocalWindowContext', 'MultiheadSelfAttention'}),
+        ('GC ViT-T', {'WindowMSA', 'GlobalQueryWindowMSA'}),
+        ('Visformer-S', {'ConvAttention'}),
+    ]:
+        for mode in ('training', 'inference'):
+            row = rows[f'{name} bf16 {mode}']
+            assert set(row['backends']) == layers, row
+            counts = [
+                n for backends in row['backends'].values() for n in backends.values()
+            ]
+            assert sum(counts) == row['calls'] > 0
+        row = rows[f'{name} bf16 inference']
+        assert row['math_calls'] == 0, row
 
 
 def test_gpu_check_dist_runs_on_the_cpu(tmp_path):

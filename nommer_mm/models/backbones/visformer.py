@@ -88,7 +88,10 @@ class ConvAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         qkv = self.qkv(x).reshape(B, 3, self.num_heads, self.head_dims, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, N, d)
+        # SDPA's fused kernels (flash, memory-efficient) take only inputs
+        # whose last dim is contiguous; a transposed view would be left to
+        # the MATH backend, which writes out the (N, N) attention matrix.
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)  # (B, heads, N, d)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(-1, -2).reshape(B, -1, H, W))
 

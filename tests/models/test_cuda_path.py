@@ -55,20 +55,37 @@ def test_forward_on_cuda_tensors(backbone, training, dtype):
         assert out.shape[0] == 2
 
 
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
 @pytest.mark.parametrize('backbone', list(SMALL), ids=lambda c: c.__name__)
-def test_attention_calls_get_a_fused_kernel(backbone):
-    """In inference every F.scaled_dot_product_attention call gets a fused
-    kernel here (the CPU's flash attention), not the MATH fallback: inputs
-    whose last dim is not contiguous, say, would be left to MATH on a GPU
-    too. (Training with a learned bias as the mask is MATH on the CPU by
-    design; gpu_check.py reports the GPU's choice.)"""
+def test_attention_inputs_fit_the_fused_gpu_kernels(backbone, training, monkeypatch):
+    """Every F.scaled_dot_product_attention call's query, key, value and
+    mask have a last dim of stride 1, which SDPA's fused GPU kernels
+    (flash, memory-efficient) require of all four; the CPU requires it of
+    q/k/v only, so on the CPU a strided mask passes unnoticed while a GPU
+    runs such calls on the MATH backend. In inference each call also gets
+    the CPU's fused kernel here (gpu_check.py's record; training with a
+    learned bias as the mask is MATH on the CPU by design)."""
+    import torch.nn.functional as F
     from cls_helpers import load_tool
 
     gpu_check = load_tool('tools/gpu_check.py')
-    model = backbone(**SMALL[backbone]).eval()
+    kwargs = dict(SMALL[backbone])
+    if isinstance(kwargs['arch'].get('num_heads'), list):  # 2 heads: a
+        # (heads, n, n) view's last-dim stride is 1 only with one head
+        kwargs['arch'] = dict(kwargs['arch'], num_heads=[2] * 4)
+    model = backbone(**kwargs).train(training)
+    sdpa, strides = F.scaled_dot_product_attention, []
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        strides.append([t.stride(-1) for t in (q, k, v, attn_mask) if t is not None])
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', recording)
     record = []
-    with torch.no_grad(), gpu_check.sdpa_backends(record):
+    with torch.set_grad_enabled(training), gpu_check.sdpa_backends(record):
         model(torch.randn(2, 3, 70, 90))
-    assert all(backend != 'MATH' for _, backend in record), record
+    assert all(s == [1] * len(s) for s in strides), strides
     if backbone.__name__ != 'CoTNet':  # no attention there
-        assert record
+        assert record and len(strides) == len(record)
+    if not training:
+        assert all(backend != 'MATH' for _, backend in record), record

@@ -151,10 +151,12 @@ class WindowMSA(nn.Module):
         state_dict[key] = grid.reshape(-1, side_dst**2).T.to(src.dtype)
 
     def relative_position_bias(self) -> torch.Tensor:
-        """(heads, w*w, w*w) additive attention bias."""
+        """(heads, w*w, w*w) additive attention bias, contiguous: as a mask,
+        SDPA's fused GPU kernels take it only with a last dim of stride 1
+        (a permuted view would leave the GPU to the MATH backend)."""
         n = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(n, n, -1).permute(2, 0, 1)
+        return bias.view(n, n, -1).permute(2, 0, 1).contiguous()
 
     def forward(
         self, x: torch.Tensor, query: torch.Tensor | None = None

@@ -307,12 +307,6 @@ def system_cuda_homes() -> dict[Path, str]:
     return found
 
 
-def system_cuda_home(cuda: str) -> Path | None:
-    """A CUDA toolkit already on this machine whose nvcc is torch's CUDA
-    version, or None."""
-    return next((h for h, v in system_cuda_homes().items() if v == cuda), None)
-
-
 def pip_target(requirement: str, target: Path) -> None:
     """``pip install --target`` into a folder of its own (pip skips folders
     a target already has, so packages sharing ``nvidia/cuXY`` must not share
@@ -408,16 +402,16 @@ def cuda_home_for(situation: dict) -> Path:
     packages; else one of the same major version (torch's extension builder
     accepts a minor mismatch); else stop, saying what to do."""
     cuda = situation['cuda']
-    home = None if PYPI_CUDA else system_cuda_home(cuda)
-    if home:
-        log(f'using the CUDA {cuda} toolkit at {home}')
-        return home
-    if int(cuda.split('.')[0]) >= 13:
+    major = cuda.split('.')[0]
+    found = system_cuda_homes()
+    exact = [h for h, v in found.items() if v == cuda]
+    if exact and not PYPI_CUDA:
+        log(f'using the CUDA {cuda} toolkit at {exact[0]}')
+        return exact[0]
+    if int(major) >= 13:
         return cuda_home_from_pypi(cuda, situation['site_packages'])
     # Before CUDA 13 NVIDIA's PyPI packages hold no compiler:
     # nvidia-cuda-nvcc-cu12 and -cu11 ship ptxas alone (no nvcc, no cicc).
-    found = system_cuda_homes()
-    major = cuda.split('.')[0]
     near = [h for h, v in found.items() if v.split('.')[0] == major]
     if near and not PYPI_CUDA:
         log(

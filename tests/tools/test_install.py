@@ -214,7 +214,7 @@ def test_cuda_12_needs_a_toolkit_of_its_own(tmp_path, monkeypatch):
     """NVIDIA's PyPI nvcc packages before CUDA 13 hold no compiler, so a
     torch built for CUDA 12 or 11 builds its kernels with a toolkit of the
     same major version on the machine (the exact version first) or stops
-    before any download, naming the toolkits found and what to do."""
+    before the source is fetched, naming the toolkits found and what to do."""
     inst = _installer()
     monkeypatch.setattr(inst, 'PYPI_CUDA', False)
     monkeypatch.setenv('PATH', '/usr/bin:/bin')  # no nvcc on PATH

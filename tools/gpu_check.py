@@ -314,7 +314,8 @@ def sdpa_backends(record: list):
     """Record every ``F.scaled_dot_product_attention`` call in the block as
     (the calling module's class, the backend that torch's dispatcher picks
     for those inputs on their device: ``torch._fused_sdp_choice`` on the
-    inputs as autocast casts them)."""
+    inputs as autocast casts them, the last-dim strides of its tensor
+    arguments: q, k, v and a mask, which the fused GPU kernels need 1)."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend
 
@@ -337,7 +338,9 @@ def sdpa_backends(record: list):
         choice = torch._fused_sdp_choice(
             *map(cast, args), **{k: cast(v) for k, v in kwargs.items()}
         )
-        record.append((caller, SDPBackend(choice).name))
+        tensors = [*args, *kwargs.values()]
+        strides = [t.stride(-1) for t in tensors if isinstance(t, torch.Tensor)]
+        record.append((caller, SDPBackend(choice).name, strides))
         return original(*args, **kwargs)
 
     F.scaled_dot_product_attention = recording
@@ -369,7 +372,7 @@ def check_attention(device: str, report: Report, size: int, batch: int) -> None:
             ):
                 model(x, mode='tensor')
             backends: dict = {}
-            for caller, backend in record:
+            for caller, backend, _ in record:
                 backends.setdefault(caller, Counter())[backend] += 1
             math = sum(c['MATH'] for c in backends.values())
             report.add(

@@ -22,12 +22,16 @@
 4. ``dist``: one-process NCCL runs of small classification, Cascade Mask
    R-CNN and UperNet configs (the real models, SyncBN, generated data)
    through ``tools/dist_train.sh --amp``, then ``tools/dist_test.sh``; a
-   failed run's output is kept as ``DIR/dist-<config>-failure.log``.
+   failed run's output is kept as ``DIR/dist-<config>-failure.log``. A run
+   still going after ``--dist-timeout`` seconds (300) is stopped with its
+   workers and fails.
 5. ``compile``: ``torch.compile`` of NomMer-T: graph breaks (none wanted),
    its output against eager, and its speed-up over eager (bf16, batch 64).
 
-A table is printed and ``DIR/gpu_check.json`` written (device, versions, every
-figure). Exit status 1 if any check fails. Without a GPU it says so and exits
+Each check's row is printed as it comes, and ``DIR/gpu_check.json`` (device,
+versions, every figure, each section's seconds) is rewritten after every row,
+``"complete": false`` until the end: a run stopped from outside keeps what it
+measured. Exit status 1 if any check fails. Without a GPU it says so and exits
 0; ``--allow-cpu`` runs what can run on the CPU (this script's own test).
 """
 
@@ -38,6 +42,7 @@ import contextlib
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,14 +67,40 @@ DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 class Report:
-    def __init__(self) -> None:
+    """The checks' rows, printed as they come and kept in ``path``, which is
+    rewritten after every row: a run stopped from outside (a lease's time
+    limit, a hung section) leaves what it measured, marked incomplete."""
+
+    def __init__(self, path: Path, environment: dict) -> None:
+        self.path = path
+        self.environment = environment
         self.rows: list[dict] = []
+        self.section_seconds: dict[str, float] = {}
+        self.start = time.time()
 
     def add(self, section: str, name: str, ok: bool, **figures) -> None:
         row = dict(section=section, name=name, ok=bool(ok), **figures)
         self.rows.append(row)
         shown = ', '.join(f'{k}={_fmt(v)}' for k, v in figures.items())
         print(f'[{"ok" if ok else "FAIL"}] {section}: {name}  {shown}', flush=True)
+        self.write(complete=False)
+
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if not r['ok']]
+
+    def write(self, complete: bool) -> dict:
+        result = dict(
+            environment=self.environment,
+            complete=complete,
+            seconds=round(time.time() - self.start, 1),
+            section_seconds=self.section_seconds,
+            rows=self.rows,
+            failed=len(self.failed()),
+        )
+        partial = self.path.with_name(self.path.name + '.partial')
+        partial.write_text(json.dumps(result, indent=1))
+        partial.replace(self.path)  # never a half-written report
+        return result
 
 
 def _fmt(value) -> str:
@@ -407,9 +438,12 @@ default_hooks = dict(logger=dict(interval=1),
     return out
 
 
-def check_dist(device: str, report: Report, work: Path, logs: Path) -> None:
+def check_dist(
+    device: str, report: Report, work: Path, logs: Path, timeout: float
+) -> None:
     """``work`` is a temporary folder; a failed run's output is kept in
-    ``logs`` (the --out folder) and named in the report."""
+    ``logs`` (the --out folder) and named in the report. Each train or test
+    run is stopped after ``timeout`` seconds and then fails."""
     from nommer_mm.testing import (
         make_ade_layout,
         make_coco_layout,
@@ -455,7 +489,7 @@ def check_dist(device: str, report: Report, work: Path, logs: Path) -> None:
         run_dir = work / config.stem
         env = dict(os.environ, PORT=str(29700 + 10 * i))
         start = time.time()
-        train = subprocess.run(
+        train_rc, train_log = run_bounded(
             [
                 'bash',
                 str(ROOT / 'tools/dist_train.sh'),
@@ -465,16 +499,15 @@ def check_dist(device: str, report: Report, work: Path, logs: Path) -> None:
                 str(run_dir),
                 *amp,
             ],
+            timeout,
             cwd=work,
             env=env,
-            capture_output=True,
-            text=True,
         )
         train_s = time.time() - start
         out = run_dir / 'metrics.json'
-        test = None
-        if train.returncode == 0:
-            test = subprocess.run(
+        test_rc, test_log = None, ''
+        if train_rc == 0:
+            test_rc, test_log = run_bounded(
                 [
                     'bash',
                     str(ROOT / 'tools/dist_test.sh'),
@@ -486,23 +519,22 @@ def check_dist(device: str, report: Report, work: Path, logs: Path) -> None:
                     '--out',
                     str(out),
                 ],
+                timeout,
                 cwd=work,
                 env=dict(env, PORT=str(29705 + 10 * i)),
-                capture_output=True,
-                text=True,
             )
-        ok = test is not None and test.returncode == 0 and out.exists()
+        ok = test_rc == 0 and out.exists()
         value = json.loads(out.read_text()).get(metric) if ok else None
-        log = train.stdout + train.stderr
         figures = dict(
             train_s=round(train_s, 1),
             metric=f'{metric}={value}',
-            amp='AmpOptimWrapper' in log or not amp,
+            amp='AmpOptimWrapper' in train_log or not amp,
             backend='nccl' if device == 'cuda' else 'gloo',
         )
         if not ok:
-            failed = test if train.returncode == 0 else train
-            text = failed.stdout + failed.stderr
+            failed_rc, text = (
+                (test_rc, test_log) if train_rc == 0 else (train_rc, train_log)
+            )
             log_file = logs / f'dist-{config.stem}-failure.log'
             log_file.write_text(text)
             # the rank's own exception, not torchrun's ChildFailedError
@@ -511,9 +543,50 @@ def check_dist(device: str, report: Report, work: Path, logs: Path) -> None:
                 for ln in text.splitlines()
                 if 'Error' in ln and 'ChildFailedError' not in ln
             ]
+            if failed_rc is None:
+                errors.append(
+                    f'{"test" if train_rc == 0 else "train"} stopped after '
+                    f'{timeout:g} s (--dist-timeout)'
+                )
             figures['error'] = (errors or text.strip().splitlines() or ['?'])[-1]
             figures['log'] = str(log_file)
         report.add('dist', name, ok and value is not None, **figures)
+
+
+def run_bounded(
+    cmd: list[str], timeout: float, grace: float = 15, **kwargs
+) -> tuple[int | None, str]:
+    """Run ``cmd`` in a process group of its own: (its exit status, its
+    stdout and stderr together). Past ``timeout`` seconds the whole group
+    (torchrun and its workers, not just the shell) gets SIGTERM, and SIGKILL
+    ``grace`` seconds later; the status is then None. No process of the
+    group outlives the call."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:  # torchrun passes SIGTERM on to its workers and waits for them
+            out, _ = proc.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        return None, out
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone
+        os.killpg(pgid, sig)
 
 
 # --------------------------------------------------------------- compile
@@ -611,6 +684,14 @@ def main() -> int:
     parser.add_argument('--size', type=int, default=224, help='backbones: input size')
     parser.add_argument('--batch', type=int, default=4, help='backbones: batch size')
     parser.add_argument(
+        '--dist-timeout',
+        type=float,
+        default=300,
+        metavar='S',
+        help='dist: seconds for each train or test run before it is stopped '
+        'and reported as failed (a hung NCCL rendezvous, say)',
+    )
+    parser.add_argument(
         '--allow-cpu',
         action='store_true',
         help='without a GPU, run on the CPU what can run there (tests this script)',
@@ -630,9 +711,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     facts = environment(device)
     print('gpu_check:', ', '.join(f'{k}={v}' for k, v in facts.items()), flush=True)
-    report = Report()
-    start = time.time()
+    report = Report(args.out / 'gpu_check.json', facts)
+    report.write(complete=False)
     for section in sections:
+        section_start = time.time()
         try:
             if section == 'ops':
                 check_ops(device, report)
@@ -642,24 +724,23 @@ def main() -> int:
                 check_attention(device, report, args.size, args.batch)
             elif section == 'dist':
                 with tempfile.TemporaryDirectory(dir=args.out) as work:
-                    check_dist(device, report, Path(work), args.out)
+                    check_dist(device, report, Path(work), args.out, args.dist_timeout)
             elif section == 'compile':
                 check_compile(device, report, 64)
         except Exception as err:  # report it, go on with the next section
             traceback.print_exc()
             report.add(section, 'raised', False, error=repr(err)[:300])
-    failed = [r for r in report.rows if not r['ok']]
-    result = dict(
-        environment=facts,
-        seconds=round(time.time() - start, 1),
-        rows=report.rows,
-        failed=len(failed),
-    )
-    (args.out / 'gpu_check.json').write_text(json.dumps(result, indent=1))
+        report.section_seconds[section] = round(time.time() - section_start, 1)
+        print(
+            f'gpu_check: {section} took {report.section_seconds[section]} s',
+            flush=True,
+        )
+    result = report.write(complete=True)
+    failed = result['failed']
     print(
-        f'gpu_check: {len(report.rows) - len(failed)}/{len(report.rows)} '
+        f'gpu_check: {len(report.rows) - failed}/{len(report.rows)} '
         f'checks passed in {result["seconds"]} s on '
-        f'{facts.get("name", device)}; {args.out / "gpu_check.json"}'
+        f'{facts.get("name", device)}; {report.path}'
     )
     return 1 if failed else 0
 

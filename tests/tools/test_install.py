@@ -45,9 +45,11 @@ def test_mmcv_ops_work():
 
 
 # ------------------------------------------------ CUDA builds, wheelhouse
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -420,6 +422,8 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
     # the report is readable in a lease's short output tail: no line per
     # parameter from init_weights
     assert len((proc.stdout + proc.stderr).splitlines()) < 60, proc.stdout[-2000:]
+    assert report['complete'] is True
+    assert set(report['section_seconds']) == {'ops', 'backbones', 'attention'}
     rows = {r['name']: r for r in report['rows']}
     assert {'nms', 'batched_nms', 'RoIAlign forward/backward'} <= set(rows)
     fp32 = rows['NomMer-T fp32']
@@ -446,6 +450,91 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
         assert row['math_calls'] == 0, row
 
 
+def test_gpu_check_report_is_rewritten_after_every_row(tmp_path):
+    """gpu_check.json is current after each check, marked incomplete until
+    the end, so that a run stopped from outside (a lease's time limit)
+    still leaves what it measured; never a half-written file."""
+    from cls_helpers import load_tool
+
+    gpu_check = load_tool('tools/gpu_check.py')
+    path = tmp_path / 'gpu_check.json'
+    report = gpu_check.Report(path, {'device': 'cpu'})
+
+    def read():
+        return json.loads(path.read_text())
+
+    report.write(complete=False)
+    assert read()['rows'] == [] and read()['complete'] is False
+    report.add('ops', 'nms', True, kept=3)
+    assert read()['rows'][0] == dict(section='ops', name='nms', ok=True, kept=3)
+    assert read()['failed'] == 0 and read()['complete'] is False
+    report.add('ops', 'RoIAlign', False, forward_rel=0.5)
+    assert read()['failed'] == 1 and len(read()['rows']) == 2
+    report.section_seconds['ops'] = 1.5
+    report.write(complete=True)
+    assert read()['complete'] is True and read()['section_seconds'] == {'ops': 1.5}
+    assert read()['environment'] == {'device': 'cpu'}
+    assert [p.name for p in tmp_path.iterdir()] == ['gpu_check.json']
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != 'Z'  # a zombie has exited; its reaper is not ours
+
+
+def test_run_bounded_stops_the_whole_process_group(tmp_path):
+    """A run past its time (a hung NCCL rendezvous, say) is stopped with
+    every process it started, torchrun's workers included, even one that
+    ignores SIGTERM, and its output so far comes back. (Stopping only the
+    shell would hang: its children keep the output pipe open.)"""
+    import signal
+
+    from cls_helpers import load_tool
+
+    gpu_check = load_tool('tools/gpu_check.py')
+    assert gpu_check.run_bounded(['bash', '-c', 'echo done; exit 3'], 30) == (
+        3,
+        'done\n',
+    )
+    pids = tmp_path / 'pids'
+    script = (
+        f'sleep 600 & echo $! >> {pids}; '
+        f'bash -c \'trap "" TERM; echo $$ >> {pids}; '
+        f"sleep 600 & echo $! >> {pids}; wait' & "
+        'echo started; wait'
+    )
+    call = (
+        'import json, sys; sys.path.insert(0, "tests"); '
+        'from cls_helpers import load_tool; '
+        'run_bounded = load_tool("tools/gpu_check.py").run_bounded; '
+        f'print(json.dumps(run_bounded(["bash", "-c", {script!r}], 2, grace=1)))'
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, '-c', call],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,  # a hang is a failure too
+        )
+        assert proc.returncode == 0, proc.stderr
+        rc, out = json.loads(proc.stdout)
+        assert rc is None and out == 'started\n'
+        children = [int(p) for p in pids.read_text().split()]
+        assert len(children) == 3
+        deadline = time.time() + 10  # init reaps the orphans
+        while any(map(_alive, children)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, children))
+    finally:  # whatever a failed run left
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
 def test_gpu_check_dist_runs_on_the_cpu(tmp_path):
     """gpu_check's dist section with --allow-cpu: its three small configs
     (classification with sync_bn, Cascade Mask R-CNN, UperNet) train and
@@ -463,6 +552,40 @@ def test_gpu_check_dist_runs_on_the_cpu(tmp_path):
         assert name == metric and float(value) >= 0, row
         assert row['backend'] == 'gloo'
     assert not list(tmp_path.glob('*-failure.log'))
+
+
+def test_gpu_check_dist_runs_past_their_time_are_stopped(tmp_path):
+    """--dist-timeout: each run that takes longer is stopped with its
+    workers, reported as failed with the reason and its log kept, and the
+    check goes on with the next run; the report is complete."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: tools/gpu_check.py runs it with NCCL')
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/gpu_check.py'), '--allow-cpu']
+        + ['--only', 'dist', '--dist-timeout', '2', '--out', str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert report['complete'] is True and report['failed'] == 3
+    assert set(report['section_seconds']) == {'dist'}
+    for row in report['rows']:
+        assert row['error'] == 'train stopped after 2 s (--dist-timeout)', row
+        assert Path(row['log']).parent == tmp_path
+    assert len(list(tmp_path.glob('dist-*-failure.log'))) == 3
+    # no process of the stopped runs is left (their configs lay in tmp_path)
+    left = []
+    for cmdline in Path('/proc').glob('[0-9]*/cmdline'):
+        try:
+            if str(tmp_path) in cmdline.read_text():
+                left.append(cmdline.read_text().replace('\0', ' '))
+        except OSError:
+            pass  # gone meanwhile
+    assert not left, left
 
 
 def test_overlay_environment_sees_this_one_after_its_own(tmp_path, monkeypatch):

@@ -31,7 +31,9 @@
 Each check's row is printed as it comes, and ``DIR/gpu_check.json`` (device,
 versions, every figure, each section's seconds) is rewritten after every row,
 ``"complete": false`` until the end: a run stopped from outside keeps what it
-measured. Exit status 1 if any check fails. Without a GPU it says so and exits
+measured. A section or model that raises (out of memory, say) gets a failed
+row with the error, and the check goes on with the next. Exit status 1 if any
+check fails. Without a GPU it says so and exits
 0; ``--allow-cpu`` runs what can run on the CPU (this script's own test).
 """
 
@@ -118,6 +120,21 @@ def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@contextlib.contextmanager
+def one_model(report: Report, section: str, name: str, device: str):
+    """A model whose check raises (an out-of-memory error, a kernel the
+    device lacks) gets a failed row with the error, and the section goes on
+    with the next model instead of leaving them all unchecked."""
+    try:
+        yield
+    except Exception as err:
+        traceback.print_exc()
+        report.add(section, f'{name} raised', False, error=repr(err)[:300])
+    finally:
+        if device == 'cuda':
+            torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------- ops
@@ -302,38 +319,37 @@ def check_backbones(
     for name, config in CLASSIFIERS:
         if names and name not in names:
             continue
-        torch.manual_seed(0)
-        model = build_classifier(config)
-        x = torch.randn(
-            batch, 3, size, size, generator=torch.Generator().manual_seed(1)
-        )
-        calibrate_batchnorm(model, x)
-        weight = torch.randn(
-            batch, model.head.num_classes, generator=torch.Generator().manual_seed(2)
-        )
-        ref_logits, ref_grads, ref_maps = run_once(model, x, 'fp32', weight)
-        dev_model = copy.deepcopy(model).to(device)
-        for dtype_name in ('fp32', 'bf16', 'fp16'):
-            start = time.time()
-            figures = {}
-            if ref_maps:  # the device's own choices, then the CPU's replayed
-                _, _, maps = run_once(dev_model, x.to(device), dtype_name, None)
-                same = torch.cat([(maps[k] == ref_maps[k]).flatten() for k in ref_maps])
-                figures['nominations_agree'] = float(same.float().mean())
-            with replayed(dev_model, ref_maps):
-                logits, grads, _ = run_once(dev_model, x.to(device), dtype_name, weight)
-            tol_logits, tol_grads = TOLERANCES[dtype_name]
-            figures['logits_rel'] = rel_max(logits, ref_logits)
-            figures['grads_rel'] = rel_l2(grads, ref_grads)
-            figures['s'] = round(time.time() - start, 2)
-            ok = (
-                figures['logits_rel'] <= tol_logits
-                and figures['grads_rel'] <= tol_grads
-            )
-            report.add('backbones', f'{name} {dtype_name}', ok, **figures)
-        del dev_model
-        if device == 'cuda':
-            torch.cuda.empty_cache()
+        with one_model(report, 'backbones', name, device):
+            _check_backbone(device, report, size, batch, name, config)
+
+
+def _check_backbone(
+    device: str, report: Report, size: int, batch: int, name: str, config: str
+) -> None:
+    torch.manual_seed(0)
+    model = build_classifier(config)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    calibrate_batchnorm(model, x)
+    weight = torch.randn(
+        batch, model.head.num_classes, generator=torch.Generator().manual_seed(2)
+    )
+    ref_logits, ref_grads, ref_maps = run_once(model, x, 'fp32', weight)
+    dev_model = copy.deepcopy(model).to(device)
+    for dtype_name in ('fp32', 'bf16', 'fp16'):
+        start = time.time()
+        figures = {}
+        if ref_maps:  # the device's own choices, then the CPU's replayed
+            _, _, maps = run_once(dev_model, x.to(device), dtype_name, None)
+            same = torch.cat([(maps[k] == ref_maps[k]).flatten() for k in ref_maps])
+            figures['nominations_agree'] = float(same.float().mean())
+        with replayed(dev_model, ref_maps):
+            logits, grads, _ = run_once(dev_model, x.to(device), dtype_name, weight)
+        tol_logits, tol_grads = TOLERANCES[dtype_name]
+        figures['logits_rel'] = rel_max(logits, ref_logits)
+        figures['grads_rel'] = rel_l2(grads, ref_grads)
+        figures['s'] = round(time.time() - start, 2)
+        ok = figures['logits_rel'] <= tol_logits and figures['grads_rel'] <= tol_grads
+        report.add('backbones', f'{name} {dtype_name}', ok, **figures)
 
 
 # ------------------------------------------------------------- attention
@@ -386,37 +402,40 @@ def check_attention(device: str, report: Report, size: int, batch: int) -> None:
     bf16 autocast, in training and inference: on CUDA a call left to the
     MATH backend (attention as separate matrix products and softmax) fails
     the check; on the CPU the backends are reported only."""
+    for name, config in CLASSIFIERS:
+        if name in ATTENTION_MODELS:
+            with one_model(report, 'attention', name, device):
+                _check_attention(device, report, size, batch, name, config)
+
+
+def _check_attention(
+    device: str, report: Report, size: int, batch: int, name: str, config: str
+) -> None:
     from collections import Counter
 
-    for name, config in CLASSIFIERS:
-        if name not in ATTENTION_MODELS:
-            continue
-        model = build_classifier(config).to(device)
-        x = torch.randn(batch, 3, size, size, device=device)
-        for training in (True, False):
-            record: list = []
-            model.train(training)
-            with (
-                sdpa_backends(record),
-                torch.set_grad_enabled(training),
-                torch.autocast(device, dtype=torch.bfloat16),
-            ):
-                model(x, mode='tensor')
-            backends: dict = {}
-            for caller, backend, _ in record:
-                backends.setdefault(caller, Counter())[backend] += 1
-            math = sum(c['MATH'] for c in backends.values())
-            report.add(
-                'attention',
-                f'{name} bf16 {"training" if training else "inference"}',
-                device != 'cuda' or math == 0,
-                calls=len(record),
-                math_calls=math,
-                backends={k: dict(v) for k, v in backends.items()},
-            )
-        del model
-        if device == 'cuda':
-            torch.cuda.empty_cache()
+    model = build_classifier(config).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    for training in (True, False):
+        record: list = []
+        model.train(training)
+        with (
+            sdpa_backends(record),
+            torch.set_grad_enabled(training),
+            torch.autocast(device, dtype=torch.bfloat16),
+        ):
+            model(x, mode='tensor')
+        backends: dict = {}
+        for caller, backend, _ in record:
+            backends.setdefault(caller, Counter())[backend] += 1
+        math = sum(c['MATH'] for c in backends.values())
+        report.add(
+            'attention',
+            f'{name} bf16 {"training" if training else "inference"}',
+            device != 'cuda' or math == 0,
+            calls=len(record),
+            math_calls=math,
+            backends={k: dict(v) for k, v in backends.items()},
+        )
 
 
 # ------------------------------------------------------------------ dist

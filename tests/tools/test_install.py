@@ -477,6 +477,41 @@ def test_gpu_check_report_is_rewritten_after_every_row(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['gpu_check.json']
 
 
+def test_gpu_check_goes_on_after_a_model_that_raises(tmp_path, monkeypatch):
+    """A model whose check raises (out of memory, say) gets a failed row
+    naming the error; the models after it are still checked."""
+    import torch
+    from cls_helpers import load_tool
+
+    gpu_check = load_tool('tools/gpu_check.py')
+    build = gpu_check.build_classifier
+
+    def build_or_fail(config):
+        if 'gcvit' in config:
+            raise torch.OutOfMemoryError('out of memory (simulated)')
+        return build(config)
+
+    monkeypatch.setattr(gpu_check, 'build_classifier', build_or_fail)
+    report = gpu_check.Report(tmp_path / 'gpu_check.json', {'device': 'cpu'})
+    gpu_check.check_attention('cpu', report, 64, 2)
+    gpu_check.check_backbones('cpu', report, 64, 2, ['GC ViT-T', 'Visformer-S'])
+    assert [(r['section'], r['name']) for r in report.rows] == [
+        ('attention', 'NomMer-T bf16 training'),
+        ('attention', 'NomMer-T bf16 inference'),
+        ('attention', 'GC ViT-T raised'),
+        ('attention', 'Visformer-S bf16 training'),
+        ('attention', 'Visformer-S bf16 inference'),
+        ('backbones', 'GC ViT-T raised'),
+        ('backbones', 'Visformer-S fp32'),
+        ('backbones', 'Visformer-S bf16'),
+        ('backbones', 'Visformer-S fp16'),
+    ]
+    for row in report.rows:
+        raised = row['name'] == 'GC ViT-T raised'
+        assert row['ok'] is not raised, row
+        assert raised == ('out of memory (simulated)' in row.get('error', ''))
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]

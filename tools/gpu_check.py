@@ -506,7 +506,9 @@ def check_dist(
     amp = ['--amp'] if device == 'cuda' else []
     for i, (name, config, metric) in enumerate(runs):
         run_dir = work / config.stem
-        env = dict(os.environ, PORT=str(29700 + 10 * i))
+        # the launchers run $PYTHON (python3 from PATH without it): this one,
+        # whose stack is the one checked, also when its venv is not activated
+        env = dict(os.environ, PORT=str(29700 + 10 * i), PYTHON=sys.executable)
         start = time.time()
         train_rc, train_log = run_bounded(
             [

@@ -388,7 +388,7 @@ def test_gpu_check_skips_without_a_gpu():
     assert proc.returncode == 0
 
 
-def _gpu_check_on_cpu(out, *only_and_options):
+def _gpu_check_on_cpu(out, *only_and_options, env=None):
     """tools/gpu_check.py --allow-cpu --only ...: its output and report,
     which must have no failed check."""
     proc = subprocess.run(
@@ -397,6 +397,7 @@ def _gpu_check_on_cpu(out, *only_and_options):
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / 'gpu_check.json').read_text())
@@ -575,12 +576,19 @@ def test_gpu_check_dist_runs_on_the_cpu(tmp_path):
     (classification with sync_bn, Cascade Mask R-CNN, UperNet) train and
     test through dist_train.sh / dist_test.sh in one gloo process, so that
     a GPU lease is not spent on a broken config (the classification one
-    once was: sync_bn on CPU)."""
+    once was: sync_bn on CPU). The launchers run the check's own Python,
+    not the first python3 on PATH (here one that fails)."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip('a GPU is present: tools/gpu_check.py runs it with NCCL')
-    _, report = _gpu_check_on_cpu(tmp_path, 'dist')
+    other = tmp_path / 'other-bin'
+    other.mkdir()
+    (other / 'python3').write_text('#!/bin/sh\necho "not this python" >&2\nexit 1\n')
+    (other / 'python3').chmod(0o755)
+    env = dict(os.environ, PATH=f'{other}:{os.environ["PATH"]}')
+    env.pop('PYTHON', None)
+    _, report = _gpu_check_on_cpu(tmp_path, 'dist', env=env)
     assert len(report['rows']) == 3
     for row, metric in zip(report['rows'], ('accuracy/top1', 'coco/bbox_mAP', 'mIoU')):
         name, value = row['metric'].split('=')

@@ -409,22 +409,27 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
     """The GPU check's harness with --allow-cpu (the device is the CPU):
     mmcv's ops against themselves, NomMer-T under fp32, bf16 and fp16
     autocast against fp32 on the same weights, the attention kernels of the
-    three transformers, the report file. On one device the fp32 comparison
-    must be exact: same weights, same input and, replayed, the same
-    nominations."""
+    three transformers, torch.compile of NomMer-T, the report file. On one
+    device the fp32 comparison must be exact: same weights, same input and,
+    replayed, the same nominations."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip('a GPU is present: tools/gpu_check.py compares it with the CPU')
     proc, report = _gpu_check_on_cpu(
-        tmp_path, 'ops', 'backbones', 'attention', '--models', 'NomMer-T',
-        '--size', '64', '--batch', '2',
+        tmp_path, 'ops', 'backbones', 'attention', 'compile',
+        '--models', 'NomMer-T', '--size', '64', '--batch', '2',
     )  # fmt: skip
     # the report is readable in a lease's short output tail: no line per
     # parameter from init_weights
     assert len((proc.stdout + proc.stderr).splitlines()) < 60, proc.stdout[-2000:]
     assert report['complete'] is True
-    assert set(report['section_seconds']) == {'ops', 'backbones', 'attention'}
+    assert set(report['section_seconds']) == {
+        'ops',
+        'backbones',
+        'attention',
+        'compile',
+    }
     rows = {r['name']: r for r in report['rows']}
     assert {'nms', 'batched_nms', 'RoIAlign forward/backward'} <= set(rows)
     fp32 = rows['NomMer-T fp32']
@@ -449,6 +454,11 @@ def test_gpu_check_harness_runs_on_the_cpu(tmp_path):
             assert sum(counts) == row['calls'] > 0
         row = rows[f'{name} bf16 inference']
         assert row['math_calls'] == 0, row
+    # inductor's CPU code: one graph, its output near eager's, timed
+    row = rows['NomMer-T bf16 batch 2']
+    assert row['graph_breaks'] == 0 and row['logits_rel'] < 6e-2, row
+    assert row['compile_s'] > 0 and row['speedup'] > 0, row
+    assert 0.9 < row['nominations_agree'] <= 1, row
 
 
 def test_gpu_check_report_is_rewritten_after_every_row(tmp_path):

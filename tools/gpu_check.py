@@ -197,11 +197,7 @@ def check_ops(device: str, report: Report) -> None:
         loss = sigmoid_focal_loss(x, target.cuda(), 2.0, 0.25, None, 'sum')
         loss.backward()
         y = logits.clone().double().requires_grad_()
-        t = torch.nn.functional.one_hot(target, 8).double()
-        p = y.sigmoid()
-        pt = p * t + (1 - p) * (1 - t)
-        alpha = 0.25 * t + 0.75 * (1 - t)
-        ref = (-alpha * (1 - pt) ** 2 * pt.clamp_min(1e-30).log()).sum()
+        ref = focal_loss_reference(y, target)
         ref.backward()
         fwd = abs(float(loss) - float(ref)) / float(ref)
         bwd = rel_max(x.grad, y.grad)
@@ -212,6 +208,18 @@ def check_ops(device: str, report: Report) -> None:
             forward_rel=fwd,
             backward_rel=bwd,
         )
+
+
+def focal_loss_reference(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25
+) -> torch.Tensor:
+    """Sigmoid focal loss, summed, written out: (N, C) logits, (N,) class
+    indices; the reference for mmcv's CUDA kernel, which has no CPU twin."""
+    t = torch.nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
+    p = logits.sigmoid()
+    pt = p * t + (1 - p) * (1 - t)
+    weight = alpha * t + (1 - alpha) * (1 - t)
+    return (-weight * (1 - pt) ** gamma * pt.clamp_min(1e-30).log()).sum()
 
 
 # ------------------------------------------------------------- backbones

@@ -523,6 +523,34 @@ def test_gpu_check_goes_on_after_a_model_that_raises(tmp_path, monkeypatch):
         assert raised == ('out of memory (simulated)' in row.get('error', ''))
 
 
+def test_gpu_check_focal_loss_reference_is_mmdets():
+    """The CUDA-only focal loss check compares mmcv's kernel with a formula;
+    the formula agrees with mmdet's own PyTorch focal loss, value and
+    gradient."""
+    import torch
+    from cls_helpers import load_tool
+    from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
+
+    gpu_check = load_tool('tools/gpu_check.py')
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 5, generator=g, dtype=torch.float64) * 3
+    target = torch.randint(0, 5, (64,), generator=g)
+    ours = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    loss = gpu_check.focal_loss_reference(ours, target)
+    expected = py_sigmoid_focal_loss(
+        theirs,
+        torch.nn.functional.one_hot(target, 5).double(),
+        gamma=2.0,
+        alpha=0.25,
+        reduction='sum',
+    )
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ours.grad, theirs.grad)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]

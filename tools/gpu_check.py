@@ -646,6 +646,7 @@ def check_compile(device: str, report: Report, batch: int, size: int = 224) -> N
         compiled = torch.compile(net)
         start = time.time()
         out_compiled = compiled(x)
+        synchronize(device)
         compile_s = time.time() - start
         maps_compiled = {k: n.nomination.cpu() for k, n in nominators(model).items()}
         out_eager = net(x)

@@ -273,6 +273,17 @@ def nominators(model: torch.nn.Module) -> dict:
     }
 
 
+def nomination_maps(model: torch.nn.Module) -> dict:
+    """Each nominator's choices of the last forward, on the CPU."""
+    return {name: n.nomination.detach().cpu() for name, n in nominators(model).items()}
+
+
+def agreement(maps: dict, ref_maps: dict) -> float:
+    """The share of nominations in ``maps`` equal to those of ``ref_maps``."""
+    same = torch.cat([(maps[k] == ref).flatten() for k, ref in ref_maps.items()])
+    return float(same.float().mean())
+
+
 @contextlib.contextmanager
 def replayed(model: torch.nn.Module, maps: dict):
     """NomMer's nominators select the given candidate indices (the CPU's)
@@ -318,8 +329,7 @@ def run_once(model, x, dtype_name: str, weight: torch.Tensor | None):
                 if p.grad is not None
             ]
         )
-    maps = {name: n.nomination.detach().cpu() for name, n in nominators(model).items()}
-    return logits.detach().float().cpu(), grads, maps
+    return logits.detach().float().cpu(), grads, nomination_maps(model)
 
 
 def check_backbones(
@@ -351,8 +361,7 @@ def _check_backbone(
         figures = {}
         if ref_maps:  # the device's own choices, then the CPU's replayed
             _, _, maps = run_once(dev_model, x.to(device), dtype_name, None)
-            same = torch.cat([(maps[k] == ref_maps[k]).flatten() for k in ref_maps])
-            figures['nominations_agree'] = float(same.float().mean())
+            figures['nominations_agree'] = agreement(maps, ref_maps)
         with replayed(dev_model, ref_maps):
             logits, grads, _ = run_once(dev_model, x.to(device), dtype_name, weight)
         tol_logits, tol_grads = TOLERANCES[dtype_name]
@@ -648,9 +657,9 @@ def check_compile(device: str, report: Report, batch: int, size: int = 224) -> N
         out_compiled = compiled(x)
         synchronize(device)
         compile_s = time.time() - start
-        maps_compiled = {k: n.nomination.cpu() for k, n in nominators(model).items()}
+        maps_compiled = nomination_maps(model)
         out_eager = net(x)
-        maps_eager = {k: n.nomination.cpu() for k, n in nominators(model).items()}
+        maps_eager = nomination_maps(model)
 
         def timed(fn) -> float:
             for _ in range(3):
@@ -665,7 +674,6 @@ def check_compile(device: str, report: Report, batch: int, size: int = 224) -> N
         eager_s, compiled_s = timed(net), timed(compiled)
     breaks = explanation.graph_break_count
     diff = rel_max(out_compiled.float(), out_eager.float())
-    same = torch.cat([(maps_compiled[k] == v).flatten() for k, v in maps_eager.items()])
     report.add(
         'compile',
         f'NomMer-T bf16 batch {batch}',
@@ -674,7 +682,7 @@ def check_compile(device: str, report: Report, batch: int, size: int = 224) -> N
         break_reasons=[str(r.reason) for r in explanation.break_reasons][:3],
         compile_s=round(compile_s, 1),
         logits_rel=diff,
-        nominations_agree=float(same.float().mean()),
+        nominations_agree=agreement(maps_compiled, maps_eager),
         eager_img_s=round(batch / eager_s, 1),
         compiled_img_s=round(batch / compiled_s, 1),
         speedup=round(eager_s / compiled_s, 3),

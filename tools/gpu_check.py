@@ -274,8 +274,10 @@ def nominators(model: torch.nn.Module) -> dict:
 
 
 def nomination_maps(model: torch.nn.Module) -> dict:
-    """Each nominator's choices of the last forward, on the CPU."""
-    return {name: n.nomination.detach().cpu() for name, n in nominators(model).items()}
+    """Each nominator's choices of the last forward (the backbone's own
+    ``nomination_maps``), on the CPU; empty for a backbone without them."""
+    maps = getattr(model.backbone, 'nomination_maps', dict)()
+    return {name: index.cpu() for name, index in maps.items()}
 
 
 def agreement(maps: dict, ref_maps: dict) -> float:

@@ -128,6 +128,7 @@ def test_near_ties_draw_another_input_and_other_flips_fail(monkeypatch, capsys):
     def run(*results):
         queue = list(results)
         monkeypatch.setattr(tool, 'compare', lambda *a: queue.pop(0))
+        monkeypatch.setattr(tool, 'fp32_rounding', lambda *a: None)
         good = tool.verify_at(None, 'unused.onnx', x, [], 1e-4)
         return good, capsys.readouterr().out, len(queue)
 
@@ -141,6 +142,57 @@ def test_near_ties_draw_another_input_and_other_flips_fail(monkeypatch, capsys):
     good, out, left = run(*[tie] * tool.DRAWS)
     assert not good and left == 0
     assert f'near ties flipped in each of {tool.DRAWS} inputs  FAIL' in out
+
+
+def test_beyond_atol_passes_only_within_fp32_rounding(monkeypatch, capsys):
+    """An output beyond atol x scale passes when it is within ROUNDING times
+    PyTorch fp32's own distance from fp64, fails beyond it or where fp64
+    nominates otherwise; within atol the fp64 run is not made at all."""
+    tool = load_tool('tools/deployment/pytorch2onnx.py')
+    x = torch.zeros(1, 3, 8, 8)
+    made = []
+
+    def run(found, rounding):
+        monkeypatch.setattr(tool, 'compare', lambda *a: found)
+        monkeypatch.setattr(
+            tool, 'fp32_rounding', lambda *a: made.append(1) or rounding
+        )
+        good = tool.verify_at(None, 'unused.onnx', x, ['logits'], 1e-4)
+        return good, capsys.readouterr().out
+
+    far = {'logits': (0.3, 500.0)}  # atol bound: 0.05
+    good, out = run(far, {'logits': 0.05})
+    assert good and f'within {tool.ROUNDING} x that' in out
+    assert 'PyTorch fp32 is itself 0.05 from fp64' in out and 'FAIL' not in out
+    good, out = run(far, {'logits': 0.3 / tool.ROUNDING / 2})
+    assert not good and f'beyond {tool.ROUNDING} x that  FAIL' in out
+    good, out = run(far, None)
+    assert not good and 'fp64 nominates otherwise here' in out and 'FAIL' in out
+    assert len(made) == 3
+    good, out = run({'logits': (0.04, 500.0)}, {'logits': 0.0})
+    assert good and len(made) == 3 and 'fp64' not in out
+
+
+class _Cancels(torch.nn.Module):
+    """Logits, and a nomination that fp32 rounding flips: (1 + 1e8) - 1e8 is
+    0 in fp32 (its spacing at 1e8 is 8) and 1 in fp64."""
+
+    def forward(self, x):
+        lost = (x.mean() + 1e8) - 1e8
+        choice = torch.stack([lost, torch.tensor(0.5, dtype=x.dtype)]).argmax()
+        return x.sum(dim=(1, 2, 3)) * 1e3, choice.reshape(1)
+
+
+def test_fp32_rounding_measures_fp32_against_fp64():
+    tool = load_tool('tools/deployment/pytorch2onnx.py')
+    x = torch.rand(1, 3, 16, 16) / 4  # mean < 0.5: both choose 0.5
+    found = tool.fp32_rounding(_Cancels(), x * 0, ['logits', 'nomination:toy'])
+    assert found == {'logits': 0.0}  # zeros sum exactly; both choose 0.5
+    found = tool.fp32_rounding(_Cancels(), x, ['logits', 'nomination:toy'])
+    scale = 1e3 * float(x.sum())  # 768 terms summed in fp32
+    assert found is not None and 0 < found['logits'] < 1e-6 * scale
+    x = torch.ones(1, 3, 16, 16)  # mean 1: fp32 and fp64 choose otherwise
+    assert tool.fp32_rounding(_Cancels(), x, ['logits', 'nomination:toy']) is None
 
 
 @pytest.mark.parametrize(

@@ -16,16 +16,25 @@ exports the nomination maps alongside, to a temporary file, and checks that
 they are equal. A nomination whose two largest logits lie within float
 rounding (a near tie) may fall the other way in onnxruntime, and the outputs
 after it then differ legitimately; such an input is reported and another one
-drawn (three at most per shape). It exits 1 when an fp32 output differs by
-more than ``--atol`` (1e-4) times max(1, its largest magnitude), a
-nomination that is not a near tie differs, every input drawn had near ties
-that flipped, or the graph does not run at a checked shape.
+drawn (three at most per shape). An fp32 output passes when it differs by
+at most ``--atol`` (1e-4) times max(1, its largest magnitude). Some weights
+amplify rounding: Visformer's initial weights give logits in the hundreds,
+and at some inputs PyTorch's fp32 result is itself ~1e-3 of that from the
+same model in fp64. An output beyond the first bound still passes within
+ROUNDING (10) times PyTorch fp32's own distance from fp64 near that input
+(``fp32_rounding``), a distance an export mistake does not hide in (a wrong
+padding or window count moves the outputs by orders more). Without a
+checkpoint the initial weights are drawn with seed 0. It exits 1 when an
+output fails both bounds, a nomination that is not a near tie differs,
+every input drawn had near ties that flipped, or the graph does not run at
+a checked shape.
 Detectors and segmentors as a whole are not exported (see README).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -99,6 +108,7 @@ def build(args):
 
     backbone = cfg.model.get('backbone', {})
     backbone.pop('init_cfg', None)
+    torch.manual_seed(0)  # the initial weights, when no checkpoint replaces them
     model = MODELS.build(cfg.model)
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
@@ -111,7 +121,10 @@ def build(args):
                 strict=not args.backbone_only,
             )
     else:
-        print('no checkpoint: exporting the initial (random) weights', file=sys.stderr)
+        print(
+            'no checkpoint: exporting the initial (random, seed 0) weights',
+            file=sys.stderr,
+        )
     return model.eval(), backbone
 
 
@@ -189,6 +202,40 @@ class Flips(NamedTuple):
 
 DRAWS = 3  # inputs tried per shape when near ties flip
 
+# How far onnxruntime may be from PyTorch, in units of PyTorch fp32's own
+# distance from fp64 at the same input: two fp32 implementations of one
+# ill-conditioned function each round their own way.
+ROUNDING = 10
+
+
+def fp32_rounding(module: nn.Module, x: torch.Tensor, names: list) -> dict | None:
+    """Per float output, how far PyTorch fp32 lands from the same weights in
+    fp64 (plain path) at ``x``: the largest distance over three fp32 runs,
+    at ``x`` and at ``x`` moved by one fp32 rounding (relative 2**-24 noise)
+    twice. One run's rounding may happen to fall small where the output is
+    steepest; the moved inputs sample how far that steepness carries an
+    error of rounding size. None when a run nominates otherwise than fp64,
+    where the outputs after the flip differ for that reason."""
+    exact = copy.deepcopy(module).double()
+    noise = torch.Generator().manual_seed(0)
+    runs = [x] + [
+        x * (1 + 2.0**-24 * torch.randn(x.shape, generator=noise)) for _ in range(2)
+    ]
+    with torch.no_grad():
+        with fast_paths(False):
+            ref = exact(x.double())
+        found = dict.fromkeys(
+            (n for n in names if not n.startswith('nomination:')), 0.0
+        )
+        for run in runs:
+            for name, a, b in zip(names, module(run), ref):
+                if name not in found:
+                    if not torch.equal(a, b):
+                        return None
+                else:
+                    found[name] = max(found[name], float((a.double() - b).abs().max()))
+    return found
+
 
 def verify_at(
     module: nn.Module, path: str, x: torch.Tensor, names: list, atol: float
@@ -218,6 +265,7 @@ def verify_at(
             x = torch.randn(size)
             continue
         ok = True
+        rounding = ...  # measured when an output needs it
         for name, value in found.items():
             if isinstance(value, str):
                 good, text = False, value
@@ -230,11 +278,32 @@ def verify_at(
                 diff, scale = value
                 good = diff <= atol * max(1.0, scale)
                 text = f'max |onnx - torch| = {diff:.3g} (largest |output| {scale:.3g})'
+                if not good:
+                    if rounding is ...:
+                        rounding = fp32_rounding(module, x, names)
+                    good, note = within_rounding(diff, name, rounding, atol)
+                    text += note
             ok &= good
             print(f'verify {size} {name}: {text}{"" if good else "  FAIL"}')
         return ok
     print(f'verify {size}: near ties flipped in each of {DRAWS} inputs  FAIL')
     return False
+
+
+def within_rounding(
+    diff: float, name: str, rounding: dict | None, atol: float
+) -> tuple[bool, str]:
+    """The second bound for an output beyond ``atol`` times its scale:
+    whether ``diff`` is within ROUNDING times PyTorch fp32's own distance
+    from fp64 (``fp32_rounding``), and the words that say so."""
+    if rounding is None:
+        return False, '; fp64 nominates otherwise here, no rounding bound'
+    own = rounding[name]
+    good = diff <= ROUNDING * own
+    return good, (
+        f'; beyond {atol:g} x scale, PyTorch fp32 is itself {own:.3g} from '
+        f'fp64 here: {"within" if good else "beyond"} {ROUNDING} x that'
+    )
 
 
 def main(argv=None) -> None:

@@ -523,6 +523,46 @@ def test_gpu_check_goes_on_after_a_model_that_raises(tmp_path, monkeypatch):
         assert raised == ('out of memory (simulated)' in row.get('error', ''))
 
 
+def test_gpu_check_fp32_bound_follows_the_cpus_own_rounding():
+    """Beyond the fixed fp32 tolerance a figure passes within ROUNDING times
+    the CPU fp32's own distance from fp64 (at 224, batch 4, CoTNet-50's CPU
+    fp32 gradients are 2.6e-3 from fp64, beyond the fixed 1e-3, so a right
+    GPU would fail it); each figure is held to its own bound."""
+    from cls_helpers import load_tool
+
+    gpu_check = load_tool('tools/gpu_check.py')
+    tol_logits, tol_grads = gpu_check.TOLERANCES['fp32']
+    step = gpu_check.ROUNDING
+    assert gpu_check.within_fp32_rounding(tol_logits, tol_grads, (0.0, 0.0))
+    assert not gpu_check.within_fp32_rounding(tol_logits, 3 * tol_grads, (0, 0))
+    assert gpu_check.within_fp32_rounding(
+        tol_logits, 3 * tol_grads, (0.0, 3 * tol_grads / step)
+    )
+    assert not gpu_check.within_fp32_rounding(
+        tol_logits, 3 * tol_grads, (0.0, 2 * tol_grads / step)
+    )
+    # the gradients' distance does not widen the logits' bound
+    assert not gpu_check.within_fp32_rounding(3 * tol_logits, tol_grads, (0, 1))
+
+
+def test_gpu_check_fp32_bound_runs_on_a_real_model(tmp_path, monkeypatch):
+    """The path a GPU takes when an fp32 figure is beyond its tolerance, on
+    the CPU: with the tolerances made negative even the exact one-device
+    comparison is beyond them, so NomMer-T's fp32 row measures the CPU
+    fp32's distance from fp64 (nominations replayed) and passes within it."""
+    from cls_helpers import load_tool
+
+    gpu_check = load_tool('tools/gpu_check.py')
+    monkeypatch.setitem(gpu_check.TOLERANCES, 'fp32', (-1.0, -1.0))
+    report = gpu_check.Report(tmp_path / 'gpu_check.json', {'device': 'cpu'})
+    gpu_check.check_backbones('cpu', report, 64, 2, ['NomMer-T'])
+    row = {r['name']: r for r in report.rows}['NomMer-T fp32']
+    assert row['ok'] and row['logits_rel'] == 0 and row['grads_rel'] == 0, row
+    # fp64 is another computation: a small distance, not none
+    assert 0 < row['cpu_fp32_vs_fp64_logits'] < 1e-5, row
+    assert 0 < row['cpu_fp32_vs_fp64_grads'] < 1e-4, row
+
+
 def test_gpu_check_focal_loss_reference_is_mmdets():
     """The CUDA-only focal loss check compares mmcv's kernel with a formula;
     the formula agrees with mmdet's own PyTorch focal loss, value and

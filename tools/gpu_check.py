@@ -37,7 +37,8 @@
 Each check's row is printed as it comes, and ``DIR/gpu_check.json`` (device,
 versions, every figure, each section's seconds) is rewritten after every row,
 ``"complete": false`` until the end: a run stopped from outside keeps what it
-measured. A section or model that raises (out of memory, say) gets a failed
+measured; SIGTERM (a job's time limit) also ends a dist run still going, with
+its workers. A section or model that raises (out of memory, say) gets a failed
 row with the error, and the check goes on with the next. Exit status 1 if any
 check fails. Without a GPU it says so and exits 0; ``--allow-cpu`` runs it
 on the CPU (this script's own test; the dist runs without AMP, which
@@ -761,6 +762,11 @@ def environment(device: str) -> dict:
     return facts
 
 
+def _terminated(signum: int, frame) -> None:
+    print('gpu_check: stopped by SIGTERM', flush=True)
+    sys.exit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
@@ -802,6 +808,10 @@ def main() -> int:
         help='without a GPU, run on the CPU what can run there (tests this script)',
     )
     args = parser.parse_args()
+    # A job's time limit (a lease, SLURM) sends SIGTERM: as SystemExit it
+    # unwinds through run_bounded, which then ends a dist run's process
+    # group (its own session, which a signal to this process misses).
+    signal.signal(signal.SIGTERM, _terminated)
     if not torch.cuda.is_available() and not args.allow_cpu:
         print(
             'gpu_check: skipped, no CUDA device here '

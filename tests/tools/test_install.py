@@ -699,14 +699,60 @@ def test_gpu_check_dist_runs_past_their_time_are_stopped(tmp_path):
         assert Path(row['log']).parent == tmp_path
     assert len(list(tmp_path.glob('dist-*-failure.log'))) == 3
     # no process of the stopped runs is left (their configs lay in tmp_path)
-    left = []
+    left = _processes_naming(str(tmp_path))
+    assert not left, left
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the running processes that contain ``text``."""
+    found = []
     for cmdline in Path('/proc').glob('[0-9]*/cmdline'):
         try:
-            if str(tmp_path) in cmdline.read_text():
-                left.append(cmdline.read_text().replace('\0', ' '))
+            line = cmdline.read_text().replace('\0', ' ')
         except OSError:
-            pass  # gone meanwhile
-    assert not left, left
+            continue  # gone meanwhile
+        if text in line:
+            found.append(line)
+    return found
+
+
+def test_gpu_check_stopped_by_sigterm_ends_its_dist_run(tmp_path):
+    """A job's time limit (a GPU lease, SLURM) sends gpu_check SIGTERM while
+    a dist run goes on in a session of its own: the check exits 143 and no
+    process of that run is left to hold the GPU; the report so far stays."""
+    import signal
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: tools/gpu_check.py runs it with NCCL')
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / 'tools/gpu_check.py'), '--allow-cpu']
+        + ['--only', 'dist', '--out', str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        # gpu_check names tmp_path itself; a second process is the dist run
+        while len(_processes_naming(str(tmp_path))) < 3 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(_processes_naming(str(tmp_path))) >= 3, 'no dist run started'
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+        assert 'gpu_check: stopped by SIGTERM' in out
+        report = json.loads((tmp_path / 'gpu_check.json').read_text())
+        assert report['complete'] is False
+        deadline = time.time() + 10  # init reaps the orphans
+        while _processes_naming(str(tmp_path)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _processes_naming(str(tmp_path))
+    finally:  # whatever a failed run left
+        proc.kill()
+        proc.wait()
+        subprocess.run(['pkill', '-KILL', '-f', str(tmp_path)], check=False)
 
 
 def test_overlay_environment_sees_this_one_after_its_own(tmp_path, monkeypatch):

@@ -24,7 +24,8 @@
 #   s128 b128       NomMer-S/B vs Swin-S/B, as t128
 #   t256 s256 b256  the three pairs at batch 256
 # STEP_LIMIT (seconds, default 300) bounds each step, twice that for
-# compile. At the end the Markdown tables of every step and issue 13's
+# compile; PYTHON (default python3, as in dist_train.sh) runs the tools.
+# At the end the Markdown tables of every step and issue 13's
 # targets (met, missed or not measured) are written to OUT/figures.md and
 # printed (benchmark_table.py --targets).
 # Exit status 1 if a step failed or timed out, or a measured target is missed.
@@ -39,6 +40,7 @@ OUT=${1:-work_dirs/gpu_figures}
 ALL="t128 cascade compile dense profile fast s128 b128 t256 s256 b256"
 STEPS=${*:-$ALL}
 LIMIT=${STEP_LIMIT:-300}
+PYTHON=${PYTHON:-python3}
 unset THIS_LIMIT  # set per step below (compile), never from the caller
 FAILED=""
 for s in $STEPS; do
@@ -63,7 +65,7 @@ CASCADE=configs/det/cascade-mask-rcnn_nommer-b_fpn_ms-3x_coco.py
 step() {  # name, then benchmark.py's arguments
     local name=$1
     shift
-    local cmd=(python tools/analysis_tools/benchmark.py "$@" --json "$OUT/$name.json")
+    local cmd=("$PYTHON" tools/analysis_tools/benchmark.py "$@" --json "$OUT/$name.json")
     if [ $DRY = 1 ]; then
         echo "${cmd[*]}"
         return
@@ -104,7 +106,7 @@ for s in $STEPS; do
     esac
 done
 [ $DRY = 1 ] && exit 0
-python tools/analysis_tools/benchmark_table.py "$OUT" --targets >"$OUT/figures.md"
+"$PYTHON" tools/analysis_tools/benchmark_table.py "$OUT" --targets >"$OUT/figures.md"
 rc=$?
 echo "== tables and targets: $OUT/figures.md"
 cat "$OUT/figures.md"

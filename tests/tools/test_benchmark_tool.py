@@ -271,8 +271,12 @@ def test_gpu_figures_script_runs_valid_commands(tmp_path):
 
     bench = load_tool('tools/analysis_tools/benchmark.py')
     script = str(ROOT / 'tools/gpu_figures.sh')
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHON'}
     proc = subprocess.run(
-        ['bash', script, '--dry-run', str(tmp_path)], capture_output=True, text=True
+        ['bash', script, '--dry-run', str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -280,7 +284,8 @@ def test_gpu_figures_script_runs_valid_commands(tmp_path):
     jsons = []
     for line in lines:
         argv = shlex.split(line)
-        assert argv[:2] == ['python', 'tools/analysis_tools/benchmark.py']
+        # python3 as in dist_train.sh (an image may have no plain 'python')
+        assert argv[:2] == ['python3', 'tools/analysis_tools/benchmark.py']
         args = bench.make_parser().parse_args(argv[2:])
         assert args.dtype in ('bf16', 'fp16', 'fp32')
         for spec in args.models:
@@ -288,6 +293,13 @@ def test_gpu_figures_script_runs_valid_commands(tmp_path):
         jsons.append(Path(args.json))
     assert all(j.parent == tmp_path for j in jsons)
     assert len(set(jsons)) == len(jsons)
+    proc = subprocess.run(
+        ['bash', script, '--dry-run', str(tmp_path), 't128'],
+        capture_output=True,
+        text=True,
+        env={**env, 'PYTHON': sys.executable},
+    )
+    assert shlex.split(proc.stdout)[0] == sys.executable
     proc = subprocess.run(
         ['bash', script, str(tmp_path), 't128', 'b512'], capture_output=True, text=True
     )

@@ -23,6 +23,16 @@ def load_tool(relative: str):
     return module
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie has exited; its reaper may not
+    be the caller)."""
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != 'Z'
+
+
 def write_config(
     path: Path,
     data_root: Path,

@@ -640,16 +640,17 @@ def check_dist(
 
 
 def run_bounded(
-    cmd: list[str], timeout: float, grace: float = 15, **kwargs
-) -> tuple[int | None, str]:
+    cmd: list[str], timeout: float, grace: float = 15, stdout=subprocess.PIPE, **kwargs
+) -> tuple[int | None, str | None]:
     """Run ``cmd`` in a process group of its own: (its exit status, its
-    stdout and stderr together). Past ``timeout`` seconds the whole group
-    (torchrun and its workers, not just the shell) gets SIGTERM, and SIGKILL
-    ``grace`` seconds later; the status is then None. No process of the
-    group outlives the call."""
+    stdout and stderr together; None where ``stdout`` is a file). Past
+    ``timeout`` seconds the whole group (torchrun and its workers, not just
+    the shell) gets SIGTERM, and SIGKILL ``grace`` seconds later; the status
+    is then None. No process of the group outlives the call, also when the
+    caller is stopped by an exception (SIGTERM made SystemExit, say)."""
     proc = subprocess.Popen(
         cmd,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
@@ -767,7 +768,7 @@ def _terminated(signum: int, frame) -> None:
     sys.exit(128 + signum)
 
 
-def main() -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -807,7 +808,11 @@ def main() -> int:
         action='store_true',
         help='without a GPU, run on the CPU what can run there (tests this script)',
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = make_parser().parse_args()
     # A job's time limit (a lease, SLURM) sends SIGTERM: as SystemExit it
     # unwinds through run_bounded, which then ends a dist run's process
     # group (its own session, which a signal to this process misses).

@@ -591,14 +591,6 @@ def test_gpu_check_focal_loss_reference_is_mmdets():
     torch.testing.assert_close(ours.grad, theirs.grad)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != 'Z'  # a zombie has exited; its reaper is not ours
-
-
 def test_run_bounded_stops_the_whole_process_group(tmp_path):
     """A run past its time (a hung NCCL rendezvous, say) is stopped with
     every process it started, torchrun's workers included, even one that
@@ -606,7 +598,7 @@ def test_run_bounded_stops_the_whole_process_group(tmp_path):
     shell would hang: its children keep the output pipe open.)"""
     import signal
 
-    from cls_helpers import load_tool
+    from cls_helpers import alive, load_tool
 
     gpu_check = load_tool('tools/gpu_check.py')
     assert gpu_check.run_bounded(['bash', '-c', 'echo done; exit 3'], 30) == (
@@ -640,9 +632,9 @@ def test_run_bounded_stops_the_whole_process_group(tmp_path):
         children = [int(p) for p in pids.read_text().split()]
         assert len(children) == 3
         deadline = time.time() + 10  # init reaps the orphans
-        while any(map(_alive, children)) and time.time() < deadline:
+        while any(map(alive, children)) and time.time() < deadline:
             time.sleep(0.1)
-        assert not any(map(_alive, children))
+        assert not any(map(alive, children))
     finally:  # whatever a failed run left
         for pid in pids.read_text().split() if pids.exists() else []:
             with contextlib.suppress(ProcessLookupError):

@@ -642,12 +642,12 @@ def check_dist(
 def run_bounded(
     cmd: list[str], timeout: float, grace: float = 15, stdout=subprocess.PIPE, **kwargs
 ) -> tuple[int | None, str | None]:
-    """Run ``cmd`` in a process group of its own: (its exit status, its
-    stdout and stderr together; None where ``stdout`` is a file). Past
-    ``timeout`` seconds the whole group (torchrun and its workers, not just
-    the shell) gets SIGTERM, and SIGKILL ``grace`` seconds later; the status
-    is then None. No process of the group outlives the call, also when the
-    caller is stopped by an exception (SIGTERM made SystemExit, say)."""
+    """Run ``cmd`` in a session of its own: (its exit status, its stdout and
+    stderr together; None where ``stdout`` is a file). Past ``timeout``
+    seconds every process it started gets SIGTERM (torchrun passes it on to
+    its workers and waits for them), and SIGKILL ``grace`` seconds later; the
+    status is then None. No process it started outlives the call, also when
+    the caller is stopped by an exception (SIGTERM made SystemExit, say)."""
     proc = subprocess.Popen(
         cmd,
         stdout=stdout,
@@ -656,24 +656,57 @@ def run_bounded(
         start_new_session=True,
         **kwargs,
     )
+    family: set[int] = set()
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out
     except subprocess.TimeoutExpired:
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:  # torchrun passes SIGTERM on to its workers and waits for them
+        family = _family(proc.pid)
+        _signal_all(family, signal.SIGTERM)
+        try:
             out, _ = proc.communicate(timeout=grace)
         except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
+            family |= _family(proc.pid)
+            _signal_all(family, signal.SIGKILL)
             out, _ = proc.communicate()
         return None, out
     finally:
-        _signal_group(proc.pid, signal.SIGKILL)
+        left = family | _family(proc.pid)
+        if proc.returncode is not None:
+            left.discard(proc.pid)  # reaped: the number may be another's now
+        _signal_all(left, signal.SIGKILL)
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group is gone
-        os.killpg(pgid, sig)
+def _family(pid: int) -> set[int]:
+    """``pid``, its descendants and its session's processes, from /proc.
+    The group alone misses some: ``timeout`` moves its command into a group
+    of its own, and torchrun starts each worker in a session of its own
+    (found as its descendant while torchrun lives; the caller keeps the
+    set, as the workers outlive a killed torchrun)."""
+    children: dict[int, list[int]] = {}
+    family = {pid}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:  # after the name in parentheses: state, ppid, pgrp, session
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        child = int(stat.parent.name)
+        children.setdefault(int(fields[1]), []).append(child)
+        if int(fields[3]) == pid:
+            family.add(child)
+    todo = list(family)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in family:
+                family.add(child)
+                todo.append(child)
+    return family
+
+
+def _signal_all(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # gone
+            os.kill(pid, sig)
 
 
 # --------------------------------------------------------------- compile

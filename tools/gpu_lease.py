@@ -7,9 +7,10 @@
 A lent GPU machine may come for minutes only (this project's: 15 minutes of
 device time in all, its start included, at most 10 a command, and at most 8
 files back from a command's output folder). The work is split into parts,
-run in the order of what issue 13 needs first; each runs in a process group
-of its own, bounded by its own limit and by what is left of ``--seconds``,
-and none is started with less than a minute left:
+run in the order of what issue 13 needs first; each runs in a session of
+its own, bounded by its own limit and by what is left of ``--seconds``
+(every process it started is stopped then), and none is started with less
+than a minute left:
 
     install   the stack from wheelhouse/ (install_deps.py --offline), unless
               it already imports

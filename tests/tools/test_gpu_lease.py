@@ -143,7 +143,8 @@ def test_parts_run_within_the_budget_and_resume(tool, tmp_path, monkeypatch):
 
 def test_lease_writes_its_files_also_when_stopped(tool, tmp_path):
     """SIGTERM (the lease's limit from outside) ends the running part with
-    its processes, marks it cut, and the output folder is still written:
+    its processes (gpu_figures.sh's ``timeout`` puts them in a group of
+    their own), marks it cut, and the output folder is still written:
     lease.md with every part's row, the tarball of the logs, at most the
     few files a lease brings back; the exit status is 143."""
     pids = tmp_path / 'pids'
@@ -152,6 +153,8 @@ def test_lease_writes_its_files_also_when_stopped(tool, tmp_path):
         f'import os, time\nopen({str(pids)!r}, "a").write(str(os.getpid()))\n'
         'time.sleep(600)\n'
     )
+    # as in gpu_figures.sh: a shell, and timeout's own group under it
+    hang_cmd = f'timeout 600 {sys.executable} {hang}; echo'
     script = f"""
 import sys
 from pathlib import Path
@@ -160,7 +163,7 @@ from cls_helpers import alive, load_tool
 tool = load_tool('tools/gpu_lease.py')
 parts = [
     tool.Part('first', 30, [sys.executable, '-c', 'print("measured")']),
-    tool.Part('hangs', 300, [sys.executable, {str(hang)!r}]),
+    tool.Part('hangs', 300, ['bash', '-c', {hang_cmd!r}]),
     tool.Part('never', 30, [sys.executable, '-c', '']),
 ]
 state, out = Path({str(tmp_path / 'state')!r}), Path({str(tmp_path / 'out')!r})

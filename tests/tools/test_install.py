@@ -591,11 +591,14 @@ def test_gpu_check_focal_loss_reference_is_mmdets():
     torch.testing.assert_close(ours.grad, theirs.grad)
 
 
-def test_run_bounded_stops_the_whole_process_group(tmp_path):
+def test_run_bounded_stops_every_process_it_started(tmp_path):
     """A run past its time (a hung NCCL rendezvous, say) is stopped with
-    every process it started, torchrun's workers included, even one that
-    ignores SIGTERM, and its output so far comes back. (Stopping only the
-    shell would hang: its children keep the output pipe open.)"""
+    every process it started, even one that ignores SIGTERM, one that
+    ``timeout`` moved into a group of its own, and one in a session of its
+    own (as torchrun starts its workers), and its output so far comes back.
+    (Stopping only the shell would hang: its children keep the output pipe
+    open; stopping only its group missed the last two, and the call then
+    waited for them.)"""
     import signal
 
     from cls_helpers import alive, load_tool
@@ -610,6 +613,9 @@ def test_run_bounded_stops_the_whole_process_group(tmp_path):
         f'sleep 600 & echo $! >> {pids}; '
         f'bash -c \'trap "" TERM; echo $$ >> {pids}; '
         f"sleep 600 & echo $! >> {pids}; wait' & "
+        f"timeout 600 bash -c 'echo $$ >> {pids}; exec sleep 600' & "
+        f"setsid bash -c 'echo $$ >> {pids}; exec sleep 600' & "
+        f'while [ $(wc -l < {pids}) -lt 5 ]; do sleep 0.05; done; '
         'echo started; wait'
     )
     call = (
@@ -630,7 +636,7 @@ def test_run_bounded_stops_the_whole_process_group(tmp_path):
         rc, out = json.loads(proc.stdout)
         assert rc is None and out == 'started\n'
         children = [int(p) for p in pids.read_text().split()]
-        assert len(children) == 3
+        assert len(children) == 5
         deadline = time.time() + 10  # init reaps the orphans
         while any(map(alive, children)) and time.time() < deadline:
             time.sleep(0.1)

@@ -19,6 +19,7 @@ than a minute left:
     cascade   gpu_figures.sh cascade: the Cascade NomMer-B iteration
     late      gpu_check.py --only dist compile
     profile compile dense fast s128 b128 t256 s256 b256: gpu_figures.sh's
+              other steps
 
 What the parts write stays in ``work_dirs/gpu_lease/`` with each part's
 outcome (``state.json``): the same command run again (on a machine still
@@ -28,8 +29,9 @@ five files: ``lease.md`` (each part's outcome, seconds and last lines),
 ``figures.md`` (benchmark_table.py --targets over every figure so far),
 ``gpu_check.json`` and ``gpu_check-late.json``, and ``lease.tar.gz`` (every
 log and JSON). SIGTERM ends the running part with its processes and still
-writes DIR. Without a GPU it says so and exits 0. Exit status 1 if a part
-failed or was cut short.
+writes DIR (exit status 143). Without a GPU it says so and exits 0. Exit
+status 1 if a part failed, timed out or was cut short (a missed target of
+gpu_figures.sh counts as failed).
 """
 
 from __future__ import annotations

@@ -733,7 +733,7 @@ def test_gpu_check_stopped_by_sigterm_ends_its_dist_run(tmp_path):
     )
     try:
         deadline = time.time() + 120
-        # gpu_check names tmp_path itself; a second process is the dist run
+        # gpu_check names tmp_path itself; torchrun and its worker make three
         while len(_processes_naming(str(tmp_path))) < 3 and time.time() < deadline:
             time.sleep(0.2)
         assert len(_processes_naming(str(tmp_path))) >= 3, 'no dist run started'

@@ -112,10 +112,16 @@ class Report:
             rows=self.rows,
             failed=len(self.failed()),
         )
-        partial = self.path.with_name(self.path.name + '.partial')
-        partial.write_text(json.dumps(result, indent=1))
-        partial.replace(self.path)  # never a half-written report
+        write_json(self.path, result)
         return result
+
+
+def write_json(path: Path, data) -> None:
+    """``data`` as JSON in ``path``, never half-written: a run stopped while
+    writing leaves the previous file (written beside it, then renamed)."""
+    partial = path.with_name(path.name + '.partial')
+    partial.write_text(json.dumps(data, indent=1))
+    partial.replace(path)
 
 
 def _fmt(value) -> str:
@@ -847,8 +853,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = make_parser().parse_args()
     # A job's time limit (a lease, SLURM) sends SIGTERM: as SystemExit it
-    # unwinds through run_bounded, which then ends a dist run's process
-    # group (its own session, which a signal to this process misses).
+    # unwinds through run_bounded, which then ends every process of a dist
+    # run (in a session of its own, which a signal to this process misses).
     signal.signal(signal.SIGTERM, _terminated)
     if not torch.cuda.is_available() and not args.allow_cpu:
         print(

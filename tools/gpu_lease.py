@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
-from gpu_check import run_bounded  # noqa: E402
+from gpu_check import run_bounded, write_json  # noqa: E402
 
 STATE = ROOT / 'work_dirs' / 'gpu_lease'
 MIN_START = 60  # seconds: no part is started with less than this left
@@ -145,18 +145,14 @@ def load_state(path: Path) -> dict:
         return {}
 
 
-def save_state(path: Path, state: dict) -> None:
-    partial = path.with_name(path.name + '.partial')
-    partial.write_text(json.dumps(state, indent=1))
-    partial.replace(path)
-
-
 def to_run(parts: list[Part], state: dict, named: list[str] | None) -> list[Part]:
     """The named parts in that order, else those not yet run or cut short."""
     if named:
         by_name = {p.name: p for p in parts}
         return [by_name[n] for n in named]
-    return [p for p in parts if state.get(p.name, {}).get('outcome', 'cut') == 'cut']
+    return [
+        p for p in parts if p.name not in state or state[p.name]['outcome'] == 'cut'
+    ]
 
 
 def run_parts(
@@ -200,7 +196,7 @@ def run_parts(
                 limit=round(bound),
                 command=shlex.join(part.argv),
             )
-            save_state(state_file, state)
+            write_json(state_file, state)
             print(
                 f'gpu_lease: {part.name}: {state[part.name]["outcome"]} after '
                 f'{state[part.name]["seconds"]} s',

@@ -220,6 +220,43 @@ def test_live_memory_is_repeatable(tmp_path):
     assert first > 5 and abs(first - second) < 3
 
 
+def test_a_run_stopped_while_writing_keeps_the_modes_it_finished(tmp_path, monkeypatch):
+    """--json is rewritten after every mode; a stop in the middle of the
+    last write (a time limit's kill, here an exception after half the text)
+    leaves the file of the previous write whole: the run and the inference
+    rows."""
+    from cls_helpers import load_tool
+
+    benchmark = load_tool('tools/analysis_tools/benchmark.py')
+    out = tmp_path / 'bench.json'
+    writes = []
+    write_text = Path.write_text
+
+    def stopped_third_time(self, text, *args, **kwargs):
+        if self.name.startswith(out.name):
+            writes.append(self.name)
+            if len(writes) == 3:  # after the header, inference, training
+                write_text(self, text[: len(text) // 2], *args, **kwargs)
+                raise KeyboardInterrupt('stopped while writing')
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, 'write_text', stopped_third_time)
+    spec = (
+        "dict(type='NomMer', arch=dict(embed_dims=32, depths=[1, 1, 1, 1],"
+        ' num_heads=[2, 2, 2, 4], bottleneck_ratios=[2, 2]))'
+    )
+    argv = ['benchmark.py', '--models', spec, '--batch', '1', '--shape', '64']
+    argv += ['64', '--warmup', '1', '--reps', '1', '--no-memory']
+    monkeypatch.setattr(sys, 'argv', [*argv, '--json', str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main()
+    monkeypatch.undo()
+    assert len(writes) == 3
+    rows = json.loads(out.read_text())
+    assert [r['mode'] for r in rows] == ['run', 'infer']
+    assert rows[1]['images_per_s'] > 0
+
+
 def test_onednn_linear_all_swaps_the_other_models_linears():
     """--onednn-linear-all: a ViT's attention and mmcv-FFN linears (2 layers
     x 4) become oneDNN Linear, so the comparison can exclude that kernel."""

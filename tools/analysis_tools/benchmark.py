@@ -40,7 +40,6 @@ become BatchNorm (one process).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -56,6 +55,9 @@ import torch.nn as nn
 from nommer_mm.models.fast import fast_paths
 
 ROOT = Path(__file__).resolve().parents[2]
+# appended, not put first: tools/ holds test.py and train.py
+sys.path.append(str(ROOT / 'tools'))
+from gpu_check import write_json  # noqa: E402
 
 DEFAULT_MODELS = [
     'configs/cls/nommer-tiny_8xb128_in1k.py',
@@ -602,8 +604,9 @@ def main() -> None:
         f'{args.shape[0]}x{args.shape[1]}, {args.dtype}{options}; '
         f'{args.reps} alternating repetitions after {args.warmup} warm-up'
     )
-    # what was run, first; the file is rewritten after every mode, so a run
-    # stopped by a time limit keeps the modes it finished
+    # what was run, first; the file is rewritten (beside, then renamed) after
+    # every mode, so a run stopped by a time limit, even mid-write, keeps the
+    # modes it finished
     results = [
         dict(
             mode='run',
@@ -622,7 +625,7 @@ def main() -> None:
 
     def save() -> None:
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2))
+            write_json(Path(args.json), results)
 
     peak = flops = None
     if args.mfu:

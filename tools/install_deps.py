@@ -1023,7 +1023,11 @@ def make_wheelhouse(
         made_by='tools/install_deps.py --wheelhouse',
         wheels={w.name: sha256(w) for w in wheels},
     )
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + '\n')
+    # the manifest last, written beside and renamed: a making that was
+    # stopped leaves no manifest (or the previous one), never half of one
+    partial = dest / (MANIFEST + '.partial')
+    partial.write_text(json.dumps(manifest, indent=1) + '\n')
+    partial.replace(dest / MANIFEST)
     log(
         f'wheelhouse {dest}: {len(wheels)} wheels, {total:.1f} MiB, for '
         f'CPython {python_version} + torch {torch_version} '
@@ -1088,7 +1092,14 @@ def install_offline(dest: Path, with_self: bool, break_system_packages: bool) ->
             '[--for-python X.Y --for-torch VERSION] on a machine with '
             'network'
         )
-    manifest = json.loads(manifest_file.read_text())
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except ValueError as e:
+        sys.exit(
+            f'--wheelhouse {dest}: {MANIFEST} is not readable JSON ({e}); '
+            'copy the wheelhouse again, or make it again with '
+            'tools/install_deps.py --wheelhouse DIR'
+        )
     here = '%d.%d' % sys.version_info[:2]
     if manifest['python'] != here:
         sys.exit(

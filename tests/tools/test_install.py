@@ -374,6 +374,19 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
     assert proc.returncode != 0
     assert 'was made for torch 2.11.0' in proc.stderr
     assert '--for-torch' in proc.stderr
+    # and so is one whose manifest was cut short, with the file named
+    text = json.dumps(manifest)
+    (house / 'wheelhouse.json').write_text(text[: len(text) // 2])
+    proc = subprocess.run(
+        [py, str(ROOT / 'tools/install_deps.py'), '--wheelhouse', str(house)]
+        + ['--offline'],
+        capture_output=True,
+        text=True,
+        env=offline,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'wheelhouse.json is not readable JSON' in proc.stderr
+    assert 'Traceback' not in proc.stderr
     shutil.rmtree(venv)
 
 

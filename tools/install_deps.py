@@ -932,6 +932,9 @@ def make_wheelhouse(
     else:
         python = side_environment(python_version, torch_version)
     dest.mkdir(parents=True, exist_ok=True)
+    # the old manifest goes with the old wheels: until the new one is
+    # written, the folder is refused as unmade, not as a bad copy
+    (dest / MANIFEST).unlink(missing_ok=True)
     for old in dest.glob('*.whl'):
         old.unlink()
     # 1. mmcv, built for (or found for) that interpreter and torch.
@@ -1024,7 +1027,7 @@ def make_wheelhouse(
         wheels={w.name: sha256(w) for w in wheels},
     )
     # the manifest last, written beside and renamed: a making that was
-    # stopped leaves no manifest (or the previous one), never half of one
+    # stopped leaves no manifest, never half of one
     partial = dest / (MANIFEST + '.partial')
     partial.write_text(json.dumps(manifest, indent=1) + '\n')
     partial.replace(dest / MANIFEST)

@@ -324,18 +324,17 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
         XDG_CACHE_HOME=str(tmp_path / 'no-cache'),
     )
     offline.pop('NOMMER_MMCV_WHEELS', None)
-    proc = subprocess.run(
-        [
-            py,
-            str(ROOT / 'tools/install_deps.py'),
-            '--wheelhouse',
-            str(house),
-            '--offline',
-        ],
-        capture_output=True,
-        text=True,
-        env=offline,
-    )
+
+    def install_offline():
+        return subprocess.run(
+            [py, str(ROOT / 'tools/install_deps.py'), '--wheelhouse', str(house)]
+            + ['--offline'],
+            capture_output=True,
+            text=True,
+            env=offline,
+        )
+
+    proc = install_offline()
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert 'stack: 0.10.7 2.1.0 3.3.0 1.2.2 1.2.0' in out
@@ -359,34 +358,40 @@ def test_offline_install_from_a_wheelhouse_into_a_fresh_venv(tmp_path):
     # a wheelhouse for another torch is refused before anything installs
     manifest['torch'] = '2.11.0'
     (house / 'wheelhouse.json').write_text(json.dumps(manifest))
-    proc = subprocess.run(
-        [
-            py,
-            str(ROOT / 'tools/install_deps.py'),
-            '--wheelhouse',
-            str(house),
-            '--offline',
-        ],
-        capture_output=True,
-        text=True,
-        env=offline,
-    )
+    proc = install_offline()
     assert proc.returncode != 0
     assert 'was made for torch 2.11.0' in proc.stderr
     assert '--for-torch' in proc.stderr
     # and so is one whose manifest was cut short, with the file named
     text = json.dumps(manifest)
     (house / 'wheelhouse.json').write_text(text[: len(text) // 2])
-    proc = subprocess.run(
-        [py, str(ROOT / 'tools/install_deps.py'), '--wheelhouse', str(house)]
-        + ['--offline'],
-        capture_output=True,
-        text=True,
-        env=offline,
-    )
+    proc = install_offline()
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert 'wheelhouse.json is not readable JSON' in proc.stderr
     assert 'Traceback' not in proc.stderr
+    # a making stopped as it begins (its old wheels gone) takes the old
+    # manifest with it: the folder is refused as unmade, not as a bad copy
+    (house / 'wheelhouse.json').write_text(json.dumps(manifest))
+    stale = house / 'stale-0.0-py3-none-any.whl'
+    stale.write_bytes(b'')
+    remake = subprocess.Popen(
+        [sys.executable, str(ROOT / 'tools/install_deps.py'), '--wheelhouse']
+        + [str(house)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while stale.exists() and remake.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(remake.pid, 9)
+    remake.wait()
+    assert not stale.exists()
+    assert not (house / 'wheelhouse.json').exists()
+    proc = install_offline()
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'no wheelhouse.json there; make the folder' in proc.stderr
     shutil.rmtree(venv)
 
 

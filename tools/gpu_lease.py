@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         default=420,
         help='budget for this call: no part starts or runs past it (default 420)',
     )
-    names = [p.name for p in lease_parts(STATE, sys.executable)]
+    parts = lease_parts(STATE, sys.executable)
+    names = [p.name for p in parts]
     parser.add_argument(
         '--parts',
         nargs='+',
@@ -317,7 +318,6 @@ def main(argv: list[str] | None = None) -> int:
             f'--seconds {args.seconds:g}: at least {MIN_START + RESERVE} '
             'are needed to run any part'
         )
-    parts = lease_parts(STATE, sys.executable)
     if args.dry_run:
         for part in to_run(parts, {}, args.parts):
             env = [f'{k}={shlex.quote(v)}' for k, v in (part.env or {}).items()]

@@ -82,7 +82,7 @@ def run(cmd: list[str], log: Path) -> None:
 
 
 def classification(args, out: Path) -> None:
-    from nommer_mm.testing import make_imagenet_layout
+    from demo_data import make_imagenet_layout
 
     data = out / 'textures'
     if not (data / 'val').is_dir():
@@ -184,8 +184,8 @@ def classification(args, out: Path) -> None:
 def dense(task: str, args, out: Path) -> None:
     """Detection (Cascade Mask R-CNN) or segmentation (UperNet) with
     NomMer-T on generated shapes: train, evaluate, draw predictions."""
-    from nommer_mm.testing import make_ade_layout, make_coco_layout
-    from nommer_mm.testing.configs import small_det_config, small_seg_config
+    from demo_data import make_ade_layout, make_coco_layout
+    from demo_configs import small_det_config, small_seg_config
 
     work = out / task
     work.mkdir(parents=True, exist_ok=True)

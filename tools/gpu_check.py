@@ -534,12 +534,12 @@ def check_dist(
     """``work`` is a temporary folder; a failed run's output is kept in
     ``logs`` (the --out folder) and named in the report. Each train or test
     run is stopped after ``timeout`` seconds and then fails."""
-    from nommer_mm.testing import (
+    from demo_data import (
         make_ade_layout,
         make_coco_layout,
         make_imagenet_layout,
     )
-    from nommer_mm.testing.configs import small_det_config, small_seg_config
+    from demo_configs import small_det_config, small_seg_config
 
     iters = 4
     runs = [

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cls_helpers import ROOT, check_curves, failure_report, run_tool, write_config
-from nommer_mm.testing import make_imagenet_layout
+from demo_data import make_imagenet_layout
 
 
 @pytest.fixture(scope='module')

@@ -15,8 +15,8 @@ from cls_helpers import (
     failure_report,
     run_tool,
 )
-from nommer_mm.testing.configs import small_det_config, small_seg_config
-from nommer_mm.testing import make_ade_layout, make_coco_layout
+from demo_configs import small_det_config, small_seg_config
+from demo_data import make_ade_layout, make_coco_layout
 
 
 @pytest.fixture(scope='module')

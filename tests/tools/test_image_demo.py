@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cls_helpers import CASCADE_T, DEMO, ROOT, UPERNET_T
-from nommer_mm.testing.configs import small_det_config, small_seg_config
+from demo_configs import small_det_config, small_seg_config
 
 PHOTO = matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
 CLASSES = ['stripes', 'dots', 'checks', 'noise']

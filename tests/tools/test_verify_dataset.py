@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 from cls_helpers import CASCADE_T, ROOT, write_config
-from nommer_mm.testing import make_coco_layout, make_imagenet_layout
-from nommer_mm.testing.configs import small_det_config
+from demo_data import make_coco_layout, make_imagenet_layout
+from demo_configs import small_det_config
 
 TOOL = ROOT / 'tools/misc/verify_dataset.py'
 

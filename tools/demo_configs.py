@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mmengine.config import Config
 
-from .shapes import SHAPES
+from demo_data import SHAPES
 
 
 def _iter_schedule(cfg: Config, iters: int, lr: float | None) -> None:

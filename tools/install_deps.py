@@ -52,7 +52,7 @@ from installer import cuda, mmcv, pins, wheelhouse
 
 def parse_args() -> argparse.Namespace:
     """The command line, checked; ``wheel_dirs`` adds NOMMER_MMCV_WHEELS's
-    folders to those of --wheels."""
+    folders to those of --wheels. (Long but flat: one call per option.)"""
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -128,6 +128,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    """Run the step the command line asks for: by default the whole stack."""
     args = parse_args()
     cuda.PYPI_CUDA = args.pypi_cuda
     if args.mmcv_into:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The command users run; --wheelhouse runs it again in the target's Python.
@@ -21,15 +22,18 @@ CACHE_ROOT = (
 
 
 def log(msg: str) -> None:
+    """One line of the installer's log, on stdout."""
     print(f'[install_deps] {msg}', flush=True)
 
 
 def run(cmd: list, env: dict | None = None, cwd: str | None = None) -> None:
+    """Log ``cmd`` and run it; CalledProcessError when it fails."""
     log('$ ' + ' '.join(str(c) for c in cmd))
     subprocess.check_call([str(c) for c in cmd], env=env, cwd=cwd)
 
 
 def pip(*args: str, env: dict | None = None) -> None:
+    """This interpreter's ``pip`` with ``args``."""
     run([sys.executable, '-m', 'pip', '--disable-pip-version-check', *args], env=env)
 
 
@@ -48,10 +52,12 @@ def probe(code: str, python: str | None = None) -> tuple[bool, str]:
 
 
 def canonical(name: str) -> str:
+    """A distribution name normalized as pip compares them."""
     return re.sub(r'[-_.]+', '-', name).lower()
 
 
 def sha256(path: Path) -> str:
+    """The hex SHA-256 digest of the file at ``path``."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
@@ -59,7 +65,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def packaging(module: str):
+def packaging(module: str) -> ModuleType:
     """``packaging.<module>``, or pip's vendored copy in a bare interpreter."""
     try:
         return importlib.import_module(f'packaging.{module}')

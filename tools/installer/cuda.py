@@ -108,6 +108,7 @@ PYPI_CUDA = False
 
 
 def nvcc_version(nvcc: Path) -> str | None:
+    """The CUDA release ``nvcc --version`` reports, None if it does not run."""
     try:
         out = subprocess.run(
             [str(nvcc), '--version'], capture_output=True, text=True
@@ -164,10 +165,9 @@ def link_children(src: Path, dst: Path) -> None:
             link.symlink_to(entry)
 
 
-def cuda_home_from_pypi(cuda: str, site_packages: str) -> Path:
-    """Assemble a CUDA_HOME of symlinks from NVIDIA's PyPI packages (in the
-    cache) and the CUDA runtime that torch's wheels installed."""
-    root = common.CACHE_ROOT / 'cuda' / cuda
+def toolchain_packages(cuda: str, root: Path) -> list[Path]:
+    """NVIDIA's PyPI toolchain packages at CUDA version ``cuda``, each in a
+    folder of its own under ``root``; returns their ``nvidia/cuXY`` folders."""
     major = cuda.split('.')[0]
     pkgs = []
     for name in CUDA_TOOL_PACKAGES:
@@ -178,6 +178,15 @@ def cuda_home_from_pypi(cuda: str, site_packages: str) -> Path:
         pkgs.append(root / 'pkgs' / CUOBJDUMP_PACKAGE / 'nvidia' / f'cu{major}')
     except subprocess.CalledProcessError:
         log(f'{CUOBJDUMP_PACKAGE} did not install; the kernel listing will be skipped')
+    return pkgs
+
+
+def cuda_home_from_pypi(cuda: str, site_packages: str) -> Path:
+    """Assemble a CUDA_HOME of symlinks from NVIDIA's PyPI packages (in the
+    cache) and the CUDA runtime that torch's wheels installed."""
+    root = common.CACHE_ROOT / 'cuda' / cuda
+    major = cuda.split('.')[0]
+    pkgs = toolchain_packages(cuda, root)
     torch_cuda = Path(site_packages) / 'nvidia' / f'cu{major}'
     if not (torch_cuda / 'include' / 'cuda_runtime.h').exists():
         sys.exit(

@@ -6,15 +6,13 @@ Importing the package registers ``type='NomMer'``, ``'GCViT'``,
 from the mmpretrain, mmdet and mmseg scopes) and the hooks
 ``RNGStateHook`` and ``SafeCheckpointHook``. It changes nothing in how
 torch loads files: see :mod:`nommer_mm.checkpoint_safety`.
-
-``nommer_mm.fast_paths(False)`` (or ``NOMMER_FAST=0``) turns off every
-execution trick: see :mod:`nommer_mm.models.fast`.
 """
 
+from .stack import STACK as STACK  # first: stops on a mix of two stacks
 from .checkpoint_safety import load_checkpoint_file
 from .engine import RNGStateHook, SafeCheckpointHook
+from .datasets import CheckedLoadImageFromFile  # noqa: F401  (registers it)
 from .models import CoTNet, GCViT, NomMer, Visformer
-from .models.fast import fast_paths
 from .version import __version__
 
 __all__ = [
@@ -24,7 +22,6 @@ __all__ = [
     'Visformer',
     'RNGStateHook',
     'SafeCheckpointHook',
-    'fast_paths',
     'load_checkpoint_file',
     '__version__',
 ]

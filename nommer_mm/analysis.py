@@ -17,8 +17,6 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from .models.fast import fast_paths
-
 
 def _shape(value) -> list[int]:
     return list(value.type().sizes())
@@ -49,8 +47,7 @@ def count_flops(
 
     Returns the total, or with ``by_module`` the per-module counter.
     Like fvcore, elementwise ops (add, mul, softmax, GELU ...) are not
-    counted. The model runs its plain path (fast paths off), so what is
-    counted is the model's computation, once, whatever runs by default.
+    counted.
     """
     from mmengine.analysis import FlopAnalyzer
 
@@ -63,7 +60,7 @@ def count_flops(
         analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
-        with torch.no_grad(), fast_paths(False):
+        with torch.no_grad():
             result = analyzer.by_module() if by_module else analyzer.total()
     finally:
         model.train(was_training)
@@ -126,8 +123,7 @@ def count_flops_module_hooks(model: nn.Module, inputs: torch.Tensor | Sequence) 
     forward hooks on conv / linear / norm / activation / pooling modules
     (multiply-adds, plus bias adds and norm affine terms). Anything done by
     functional calls is invisible to it: attention matrix products, the
-    DCT, functional activations and pooling. The model runs its plain path
-    (fast paths off), where every layer is a module call."""
+    DCT, functional activations and pooling."""
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
     total = [0]
@@ -148,7 +144,7 @@ def count_flops_module_hooks(model: nn.Module, inputs: torch.Tensor | Sequence) 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), fast_paths(False):
+        with torch.no_grad():
             model(*inputs)
     finally:
         for h in handles:
@@ -198,8 +194,6 @@ def nomination_margins(backbone: nn.Module) -> Iterator[dict]:
 
     def record(name: str):
         def hook(nominator: nn.Module, args: tuple) -> None:
-            # before the forward: the fast eval path writes its selection
-            # into a candidate's buffer
             logits = nominator_logits(
                 sum(args[0]), nominator.fc.weight, nominator.fc.bias
             )

@@ -34,7 +34,6 @@ from mmengine.registry import MODELS
 
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
-from .. import fast
 from ..layers.mlp import Mlp
 from ..layers.shapes import needs_padding
 from .common import (
@@ -58,32 +57,20 @@ from .common import (
 
 
 class _PreNormBlock(nn.Module):
-    """x = x + DropPath(token_mixer(LN(x))); x = x + DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block around a token mixer (``token_mixer``)."""
 
     token_mixer: nn.Module
 
-    def __init__(
-        self, embed_dims: int, mlp_hidden: int, drop_path: float, with_cp: bool
-    ) -> None:
+    def __init__(self, embed_dims: int, mlp_hidden: int, drop_path: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dims)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, mlp_hidden)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.with_cp = with_cp
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _residual(x, self.drop_path(self.token_mixer(self.norm1(x))))
-        return _residual(x, self.drop_path(self.mlp(self.norm2(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return maybe_checkpoint(self._forward, x, enabled=self.with_cp)
-
-
-def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """``x + branch`` (fast path: :func:`.fast.residual`)."""
-    out = fast.residual(x, branch)
-    return out if out is not None else x + branch
+        x = x + self.drop_path(self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class SNomMerBlock(_PreNormBlock):
@@ -99,7 +86,6 @@ class SNomMerBlock(_PreNormBlock):
         num_heads: int,
         mlp_hidden: int,
         drop_path: float = 0.0,
-        with_cp: bool = False,
         window_size: int = 7,
         dct_block: int = 8,
         reduction: int = 4,
@@ -108,7 +94,7 @@ class SNomMerBlock(_PreNormBlock):
         fusion: str = 'nominator',
         norm_cfg: dict = dict(type='BN'),
     ) -> None:
-        super().__init__(embed_dims, mlp_hidden, drop_path, with_cp)
+        super().__init__(embed_dims, mlp_hidden, drop_path)
         self.mixer = NomMerMixer(
             embed_dims,
             num_heads,
@@ -133,14 +119,9 @@ class GNomMerBlock(_PreNormBlock):
     """
 
     def __init__(
-        self,
-        embed_dims: int,
-        num_heads: int,
-        mlp_hidden: int,
-        drop_path: float = 0.0,
-        with_cp: bool = False,
+        self, embed_dims: int, num_heads: int, mlp_hidden: int, drop_path: float = 0.0
     ) -> None:
-        super().__init__(embed_dims, mlp_hidden, drop_path, with_cp)
+        super().__init__(embed_dims, mlp_hidden, drop_path)
         self.attn = MultiheadSelfAttention(embed_dims, num_heads)
 
     @property
@@ -176,20 +157,23 @@ class TokenMerge(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x.permute(0, 3, 1, 2))
         # ceil_mode keeps the last row/column of odd maps (no-op when even).
-        pooled = fast.max_pool_2x2(x)
-        x = pooled if pooled is not None else F.max_pool2d(x, 2, ceil_mode=True)
+        x = F.max_pool2d(x, 2, ceil_mode=True)
         return self.norm(x.permute(0, 2, 3, 1))
 
 
 class NomMerStage(nn.Module):
-    """A run of blocks of one kind (keys ``stages.i.blocks.j``)."""
+    """A run of blocks of one kind (keys ``stages.i.blocks.j``); with
+    ``with_cp`` each block is recomputed in backward instead of stored."""
 
-    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], with_cp: bool = False) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
+        self.with_cp = with_cp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
+        for block in self.blocks:
+            x = maybe_checkpoint(block, x, enabled=self.with_cp)
+        return x
 
 
 @MODELS.register_module()
@@ -298,61 +282,34 @@ class NomMer(StagedBackbone):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(init_cfg=pretrained_init_cfg('NomMer', pretrained, init_cfg))
-        self.arch_settings = self.parse_arch(arch)
-        check_arch_values(
-            'NomMer',
-            self.arch_settings,
-            ints=('embed_dims',),
-            int_lists=('depths', 'num_heads', 'bottleneck_ratios'),
+        checked = self._check_args(
+            arch,
+            in_channels,
+            img_size,
+            window_size,
+            dct_blocks,
+            drop_path_rate,
+            frozen_stages,
+            out_type,
+            norm_cfg,
         )
-        check_common('NomMer', in_channels, drop_path_rate, frozen_stages)
-        check_int('NomMer', 'window_size', window_size, 1)
+        self.arch_settings, dct_blocks, img_size = checked
+        C, depths, heads, ratios = (self.arch_settings[k] for k in self.ARCH_KEYS)
         # One S-NomMer stage per bottleneck ratio (the paper: two), the rest
         # G-NomMer; the position embedding enters the first G stage.
-        self.num_local_stages = len(self.arch_settings['bottleneck_ratios'])
-        if not isinstance(dct_blocks, (list, tuple)) or len(dct_blocks) != (
-            self.num_local_stages
-        ):
-            raise ValueError(
-                f'NomMer: dct_blocks={dct_blocks!r}; expected one DCT block '
-                f'size per S-NomMer stage, {self.num_local_stages} as arch '
-                f'bottleneck_ratios={self.arch_settings["bottleneck_ratios"]} '
-                'says'
-            )
-        dct_blocks = check_ints(
-            'NomMer', 'dct_blocks', dct_blocks, self.num_local_stages, 1
-        )
-        img_size = check_size('NomMer', 'img_size', img_size)
-        pos_stride = 4 * 2**self.num_local_stages
-        if min(img_size) < pos_stride:
-            raise ValueError(
-                f'NomMer: img_size={img_size}; the position '
-                f'embedding is laid out at stride {pos_stride}, so each '
-                f'side must be >= {pos_stride}'
-            )
-        check_norm_cfg('NomMer', norm_cfg)
-        C = self.arch_settings['embed_dims']
-        depths = self.arch_settings['depths']
-        heads = self.arch_settings['num_heads']
-        ratios = self.arch_settings['bottleneck_ratios']
+        self.num_local_stages = len(ratios)
         self.embed_dims = C
         self.dims = [C, 2 * C, 4 * C, 8 * C]
-
-        if out_type not in self.OUT_TYPES:
-            raise ValueError(
-                f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}'
-            )
         self.out_indices = parse_out_indices(out_indices, 4)
         self.out_type = out_type
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        pos_stride = 4 * 2**self.num_local_stages
         self.pos_grid = (img_size[0] // pos_stride, img_size[1] // pos_stride)
 
         self.stem = ConvStem(in_channels, C, norm_cfg)
-
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        starts = [sum(depths[:i]) for i in range(4)]
-        stages = []
+        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
+        self.stages = nn.ModuleList()
         for i in range(4):
             if i < self.num_local_stages:
                 make_block = functools.partial(
@@ -369,21 +326,11 @@ class NomMer(StagedBackbone):
                 make_block = GNomMerBlock
             # The MLP is 2x wide, 1x in the last stage (the reference's).
             hidden = self.dims[i] if i == 3 else 2 * self.dims[i]
-            stages.append(
-                NomMerStage(
-                    [
-                        make_block(
-                            self.dims[i],
-                            heads[i],
-                            hidden,
-                            drop_path=dpr[starts[i] + j],
-                            with_cp=with_cp,
-                        )
-                        for j in range(depths[i])
-                    ]
-                )
-            )
-        self.stages = nn.ModuleList(stages)
+            blocks = [
+                make_block(self.dims[i], heads[i], hidden, drop_path=next(drop_paths))
+                for _ in range(depths[i])
+            ]
+            self.stages.append(NomMerStage(blocks, with_cp))
         self.merges = nn.ModuleList(
             TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3)
         )
@@ -421,6 +368,53 @@ class NomMer(StagedBackbone):
                 'that the last stage is a G-NomMer stage'
             )
         return settings
+
+    @classmethod
+    def _check_args(
+        cls,
+        arch: str | dict,
+        in_channels: int,
+        img_size: int | Sequence[int],
+        window_size: int,
+        dct_blocks: Sequence[int],
+        drop_path_rate: float,
+        frozen_stages: int,
+        out_type: str,
+        norm_cfg: dict,
+    ) -> tuple[dict, tuple, tuple]:
+        """Every argument checked at construction, each error naming the
+        argument, its value and what is accepted. Returns the arch settings,
+        ``dct_blocks`` and ``img_size`` as tuples."""
+        settings = cls.parse_arch(arch)
+        check_arch_values(
+            'NomMer',
+            settings,
+            ints=('embed_dims',),
+            int_lists=('depths', 'num_heads', 'bottleneck_ratios'),
+        )
+        check_common('NomMer', in_channels, drop_path_rate, frozen_stages)
+        check_int('NomMer', 'window_size', window_size, 1)
+        num_local = len(settings['bottleneck_ratios'])
+        if not isinstance(dct_blocks, (list, tuple)) or len(dct_blocks) != num_local:
+            raise ValueError(
+                f'NomMer: dct_blocks={dct_blocks!r}; expected one DCT block '
+                f'size per S-NomMer stage, {num_local} as arch '
+                f'bottleneck_ratios={settings["bottleneck_ratios"]} says'
+            )
+        dct_blocks = check_ints('NomMer', 'dct_blocks', dct_blocks, num_local, 1)
+        img_size = check_size('NomMer', 'img_size', img_size)
+        pos_stride = 4 * 2**num_local
+        if min(img_size) < pos_stride:
+            raise ValueError(
+                f'NomMer: img_size={img_size}; the position embedding is laid '
+                f'out at stride {pos_stride}, so each side must be >= {pos_stride}'
+            )
+        check_norm_cfg('NomMer', norm_cfg)
+        if out_type not in cls.OUT_TYPES:
+            raise ValueError(
+                f'NomMer: out_type={out_type!r}; expected one of {cls.OUT_TYPES}'
+            )
+        return settings, dct_blocks, img_size
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:

@@ -19,7 +19,6 @@ from .context import (
 )
 from .cot import CoTLayer, SEConv, local_aggregation
 from .dct import BlockDCT, dct_basis, dct_kronecker_basis
-from ..fast import Linear, linear, use_onednn_linear
 from .mlp import Mlp
 
 __all__ = [
@@ -47,7 +46,4 @@ __all__ = [
     'SEConv',
     'local_aggregation',
     'Mlp',
-    'Linear',
-    'linear',
-    'use_onednn_linear',
 ]

@@ -1,10 +1,9 @@
 """Attention layers shared by the plugin's backbones.
 
-Both layers run through ``F.scaled_dot_product_attention`` so that the fused
-kernels (flash / memory-efficient on GPU, the fused CPU kernel) are used; the
-relative position bias of window attention enters as an additive mask.
-Global attention over long sequences on CPU without autograd (dense inputs)
-uses :func:`.onednn.attention` instead, which is faster there.
+Every attention runs through ``F.scaled_dot_product_attention``, so each
+device picks its fused kernel (flash / memory-efficient on GPU, the fused CPU
+kernel); the relative position bias of window attention and the padding of
+partial windows enter as one additive mask.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 
-from .. import fast
-from ..fast import Linear, onednn
 from .shapes import ceil_div, needs_padding
 
 
@@ -39,15 +36,13 @@ class MultiheadSelfAttention(nn.Module):
                 f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}'
             )
         self.num_heads = num_heads
-        self.qkv = Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
-        self.proj = Linear(embed_dims, embed_dims)
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
-        if onednn.attention_applies(q, k, v):  # long sequences on CPU
-            return self.proj(onednn.attention(q, k, v).view(B, N, C))
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -121,8 +116,10 @@ class WindowMSA(nn.Module):
             relative_position_index(window_size),
             persistent=False,
         )
-        self.qkv = Linear(embed_dims, embed_dims * self.num_projections, bias=qkv_bias)
-        self.proj = Linear(embed_dims, embed_dims)
+        self.qkv = nn.Linear(
+            embed_dims, embed_dims * self.num_projections, bias=qkv_bias
+        )
+        self.proj = nn.Linear(embed_dims, embed_dims)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
         self._register_load_state_dict_pre_hook(self._resize_bias_table_hook)
 
@@ -161,10 +158,6 @@ class WindowMSA(nn.Module):
     def forward(
         self, x: torch.Tensor, query: torch.Tensor | None = None
     ) -> torch.Tensor:
-        out = fast.window_attention_in_strips(self._forward, x, self.window_size, query)
-        return out if out is not None else self._forward(x, query)
-
-    def _forward(self, x: torch.Tensor, query: torch.Tensor | None) -> torch.Tensor:
         B, H, W, C = x.shape
         w = self.window_size
         pad_h, pad_w = (-H) % w, (-W) % w
@@ -176,18 +169,10 @@ class WindowMSA(nn.Module):
         windows = window_partition(x, w)  # (B*nW, w*w, C)
         n = windows.shape[1]
         q, k, v = self._project(windows, query, B)  # each (B*nW, h, n, d)
-        bias = self.relative_position_bias().to(q.dtype).unsqueeze(0)
-        if padded:
-            out = fast.attention_with_border_masks(
-                q, k, v, bias, B, lambda: self._border_windows(H, W, q)
-            )
-            if out is None:  # every window, its padded keys masked out
-                mask = self._padding_mask(H, W, q)
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=bias + mask.repeat(B, 1, 1, 1)
-                )
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        mask = self.relative_position_bias().to(q.dtype).unsqueeze(0)
+        if padded:  # padded keys masked out, per window of each image
+            mask = mask + self._padding_mask(H, W, q).repeat(B, 1, 1, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = self.proj(out.transpose(1, 2).reshape(-1, n, C))
         out = window_reverse(out, w, Hp, Wp)
         if padded:
@@ -222,21 +207,6 @@ class WindowMSA(nn.Module):
         real = window_partition(real, w)[..., 0]  # (nW, w*w)
         mask = torch.zeros(real.shape, dtype=ref.dtype, device=ref.device)
         return mask.masked_fill(~real, float('-inf'))[:, None, None, :]
-
-    def _border_windows(self, H: int, W: int, ref: torch.Tensor) -> tuple:
-        """Windows of one image that hold padding, as (nb,) indices in
-        :func:`window_partition` order, and their (nb, 1, 1, w*w) rows of
-        :meth:`_padding_mask`."""
-        w = self.window_size
-        rows, cols = ceil_div(H, w), ceil_div(W, w)
-        grid = torch.arange(rows * cols, device=ref.device).view(rows, cols)
-        border = []
-        if H % w:
-            border.append(grid[-1])
-        if W % w:
-            border.append(grid[: rows - 1 if H % w else rows, -1])
-        border = torch.cat(border)
-        return border, self._padding_mask(H, W, ref)[border]
 
 
 class GlobalQueryWindowMSA(WindowMSA):

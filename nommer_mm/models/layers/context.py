@@ -18,7 +18,6 @@ from mmcv.cnn import build_norm_layer
 from .attention import MultiheadSelfAttention, WindowMSA
 from .dct import BlockDCT
 from .shapes import needs_padding
-from .. import fast
 
 
 class ConvContext(nn.Module):
@@ -151,11 +150,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
 def select_nominated(feats: list, index: torch.Tensor) -> torch.Tensor:
     """``feats[index]`` per position: (B, H, W, C) candidates, (B, H, W)
     index. Equal to the one-hot weighted sum, without a (B, H, W, P, C) stack
-    or products. (Fast path without autograd: written into a buffer the
-    candidates no longer need.)"""
-    out = fast.select_into(feats, index)
-    if out is not None:
-        return out
+    or products."""
     index = index.unsqueeze(-1)
     selected = feats[-1]
     for i in range(len(feats) - 2, -1, -1):
@@ -175,8 +170,7 @@ def nominator_logits(
 
 
 def _sum(feats: list) -> torch.Tensor:
-    summed = fast.sum_candidates(feats)
-    return summed if summed is not None else functools.reduce(operator.add, feats)
+    return functools.reduce(operator.add, feats)
 
 
 class ContextNominator(nn.Module):
@@ -201,32 +195,18 @@ class ContextNominator(nn.Module):
         self.nomination: torch.Tensor | None = None
 
     def forward(self, feats: list) -> torch.Tensor:
-        if len(feats) != self.fc.out_features:
-            raise ValueError(
-                f'expected {self.fc.out_features} candidates, got {len(feats)}'
-            )
+        logits = nominator_logits(_sum(feats), self.fc.weight, self.fc.bias)
         if self.training:
-            fused = fast.nominate_and_combine(
-                feats,
-                self.fc.weight,
-                self.fc.bias,
-                self.tau,
-                nominator_logits,
-                gumbel_softmax,
-            )
-            if fused is not None:
-                out, index = fused
-            else:
-                # hard Gumbel-softmax with straight-through gradients: the
-                # forward takes the one-hot sample, the backward the soft one's
-                logits = nominator_logits(_sum(feats), self.fc.weight, self.fc.bias)
-                soft = gumbel_softmax(logits, self.tau)
-                index = soft.argmax(-1)
-                hard = F.one_hot(index, len(feats)).to(soft.dtype)
-                weights = hard - soft.detach() + soft
-                out = _sum([weights[..., p, None] * f for p, f in enumerate(feats)])
+            # hard Gumbel-softmax, straight through: the forward takes the
+            # one-hot sample, the backward the soft sample's gradient
+            soft = gumbel_softmax(logits, self.tau)
+            index = soft.argmax(-1)
+            hard = F.one_hot(index, len(feats)).to(soft.dtype)
+            # in the candidates' dtype: fp32 logits do not promote the output
+            dtype = functools.reduce(torch.promote_types, [f.dtype for f in feats])
+            weights = (hard - soft.detach() + soft).to(dtype)
+            out = _sum([weights[..., p, None] * f for p, f in enumerate(feats)])
         else:
-            logits = nominator_logits(_sum(feats), self.fc.weight, self.fc.bias)
             index = logits.argmax(-1)
             out = select_nominated(feats, index)
         self.nomination = index.detach()

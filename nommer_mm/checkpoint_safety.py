@@ -23,6 +23,11 @@ reconstructor builds object arrays from raw bytes.
 * :func:`mmengine_loads_through_plugin` routes mmengine's local-file
   loader (resume, ``load_from``, ``init_cfg=Pretrained``, testing) through
   :func:`load_checkpoint_file` while our tools run a runner.
+* Before any unpickling, :func:`check_checkpoint_file` looks at the file
+  itself: a missing path, an empty file, a file cut short (with the size a
+  complete one would have) or one that is no PyTorch checkpoint at all is
+  a :class:`CheckpointFileError` whose message is one line naming the
+  file. It reads headers and pickle opcodes only and builds nothing.
 
 Nothing here is registered with torch at import.
 """
@@ -31,11 +36,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import os.path as osp
 import pickle
+import pickletools
 import re
+import struct
+import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -144,6 +153,292 @@ def _stand_ins() -> list[tuple[Callable, str]]:
             (_scalar, f'{prefix}.scalar'),
         ]
     return found
+
+
+# ------------------------------------------------------ is it a checkpoint
+class CheckpointFileError(ValueError):
+    """A weights file that cannot be read as a checkpoint: empty, cut
+    short, not a PyTorch checkpoint, or damaged inside. The message is one
+    line naming the file and what is wrong with it."""
+
+
+class MissingCheckpointError(CheckpointFileError, FileNotFoundError):
+    """A checkpoint path that names no file."""
+
+
+_ZIP_LOCAL = b'PK\x03\x04'
+_ZIP_END = b'PK\x05\x06'
+_ZIP64_LOCATOR = b'PK\x06\x07'
+# torch.save's zip layout: each record's data starts on a 64-byte boundary
+# (padding in the local header's extra field, which is at least its 4-byte
+# header), is followed by a 16-byte data descriptor, and the small records
+# below surround the tensor data.
+_ALIGNMENT = 64
+_DESCRIPTOR = 16
+_ZIP_HEADER, _ZIP_CENTRAL, _ZIP_EOCD = 30, 46, 22
+_ZIP64_END = 56 + 20  # the zip64 end record and its locator, always written
+_HEAD_RECORDS = (('.format_version', 1), ('.storage_alignment', 2), ('byteorder', 6))
+_TAIL_RECORDS = (('version', 2), ('.data/serialization_id', 40))
+# The first pickle of a legacy (non-zip) torch.save file is this number.
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, 'little')
+_REDOWNLOAD = 'an interrupted download or save; fetch or write it again'
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> str:
+    """What kind of checkpoint ``path`` is, ``'zip'`` (torch's default) or
+    ``'legacy'`` (``_use_new_zipfile_serialization=False``), judged from its
+    headers alone. Raises :class:`MissingCheckpointError` or
+    :class:`CheckpointFileError` (one line: the file and what is wrong)
+    when it is missing, empty, cut short or no PyTorch checkpoint."""
+    name = os.fspath(path)
+    if not osp.exists(name):
+        where = '' if osp.isabs(name) else f' (relative to {os.getcwd()})'
+        raise MissingCheckpointError(f'{name} does not exist{where}')
+    if osp.isdir(name):
+        raise CheckpointFileError(f'{name} is a directory, not a checkpoint file')
+    size = osp.getsize(name)
+    if size == 0:
+        raise CheckpointFileError(f'{name} is empty (0 bytes): {_REDOWNLOAD}')
+    with open(name, 'rb') as f:
+        head = f.read(64)
+        if head.startswith(_ZIP_LOCAL):
+            if not _zip_end_fits(f, size):
+                raise CheckpointFileError(
+                    _cut_short(name, size, _zip_full_size(f, size))
+                )
+            return 'zip'
+        if head.startswith(b'\x80') and _LEGACY_MAGIC in head[:32]:
+            full = _legacy_full_size(f)
+            if full is None or full[0] > size:
+                raise CheckpointFileError(_cut_short(name, size, full))
+            return 'legacy'
+        if size < 16 and (_ZIP_LOCAL.startswith(head) or head.startswith(b'\x80')):
+            raise CheckpointFileError(_cut_short(name, size, None))
+    raise CheckpointFileError(
+        f'{name} is not a PyTorch checkpoint: {_looks_like(head, size)}'
+    )
+
+
+def _cut_short(name: str, size: int, full: tuple[int, bool] | None) -> str:
+    if full is None:
+        return (
+            f'{name} is cut short: {size} bytes, ending inside its list of '
+            f'tensors ({_REDOWNLOAD})'
+        )
+    expected, exact = full
+    if expected <= size:  # the layout is not torch's: say what is certain
+        return f'{name} is cut short: its end records are missing ({_REDOWNLOAD})'
+    of = f'{expected}' if exact else f'at least {expected}'
+    return f'{name} is cut short: {size} of {of} bytes ({_REDOWNLOAD})'
+
+
+def _looks_like(head: bytes, size: int) -> str:
+    """What a file that is no checkpoint seems to be, from its first bytes."""
+    text = head.lstrip().lower()
+    if text.startswith((b'<!doctype', b'<html', b'<?xml', b'<')):
+        return 'it is an HTML/XML page (a download that got an error page?)'
+    if (
+        len(head) >= 9
+        and head[8:9] == b'{'
+        and int.from_bytes(head[:8], 'little') < size
+    ):
+        return 'it is a safetensors file (torch.load does not read those)'
+    if head.startswith(b'\x1f\x8b'):
+        return 'it is gzip-compressed (decompress it first)'
+    if head.startswith(b'{'):
+        return 'it is JSON text'
+    return (
+        f'it starts with {head[:16]!r}, which is neither a torch zip '
+        'nor a legacy torch file'
+    )
+
+
+def _zip_end_fits(f: IO[bytes], size: int) -> bool:
+    """A complete zip ends with its end-of-central-directory record, and the
+    central directory that record points to lies within the file."""
+    tail_len = min(size, _ZIP_EOCD + 0xFFFF)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(_ZIP_END)
+    if at < 0 or len(tail) - at < _ZIP_EOCD:
+        return False
+    cd_size, cd_offset, comment = struct.unpack('<IIH', tail[at + 12 : at + 22])
+    if at + _ZIP_EOCD + comment != len(tail):
+        return False
+    end_at = size - tail_len + at
+    if 0xFFFFFFFF in (cd_size, cd_offset):  # zip64: its locator precedes
+        return tail[max(at - 20, 0) : at].startswith(_ZIP64_LOCATOR)
+    return cd_offset + cd_size <= end_at
+
+
+def _padded_header(cursor: int, name_len: int) -> int:
+    """Bytes from a record's local header to its data, as torch pads it."""
+    start = cursor + _ZIP_HEADER + name_len + 4
+    return _ZIP_HEADER + name_len + 4 + (-start) % _ALIGNMENT
+
+
+def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
+    """(size, exact) of the complete torch zip this file begins, laid out as
+    torch writes it from the records data.pkl lists; None when the file
+    ends inside data.pkl. Not exact when the records present in the file
+    sit elsewhere than that layout says (another writer) or the archive
+    would need zip64 fields."""
+    f.seek(0)
+    header = f.read(_ZIP_HEADER)
+    if len(header) < _ZIP_HEADER:
+        return None
+    name_len, extra_len = struct.unpack('<HH', header[26:30])
+    first = f.read(name_len).decode('utf-8', 'replace')
+    if not first.endswith('data.pkl'):
+        return None
+    prefix = first[: -len('data.pkl')]
+    f.seek(_ZIP_HEADER + name_len + extra_len)
+    parsed = _pickle_storages(f)
+    if parsed is None:
+        return None
+    pickle_len, storages = parsed
+    records = [
+        ('data.pkl', pickle_len),
+        *_HEAD_RECORDS,
+        *((f'data/{key}', nbytes) for key, (nbytes, _) in storages.items()),
+        *_TAIL_RECORDS,
+    ]
+    exact = all(known for _, known in storages.values())
+    cursor = central = 0
+    for name, nbytes in records:
+        full_name = (prefix + name).encode()
+        if cursor + _ZIP_HEADER + len(full_name) <= size:
+            f.seek(cursor)
+            local = f.read(_ZIP_HEADER + len(full_name))
+            exact &= local.startswith(_ZIP_LOCAL) and local[_ZIP_HEADER:] == full_name
+        cursor += _padded_header(cursor, len(full_name)) + nbytes + _DESCRIPTOR
+        central += _ZIP_CENTRAL + len(full_name)
+    total = cursor + central + _ZIP64_END + _ZIP_EOCD
+    return total, exact and total < 0xFFFFFFFF
+
+
+def _legacy_full_size(f: IO[bytes]) -> tuple[int, bool] | None:
+    """(size, exact) of the complete legacy torch file this one begins:
+    five pickles (magic number, protocol, system info, the object, the
+    storage keys), then per storage its element count (8 bytes) and data.
+    None when the file ends inside the pickles."""
+    f.seek(0)
+    try:
+        for _ in range(3):
+            for _ in pickletools.genops(f):
+                pass
+        parsed = _pickle_storages(f, legacy=True)
+        if parsed is None:
+            return None
+        keys = [arg for op, arg, _ in pickletools.genops(f) if isinstance(arg, str)]
+    except ValueError:  # ends inside a pickle
+        return None
+    _, storages = parsed
+    end = f.tell()
+    known = all(k in storages and storages[k][1] for k in keys)
+    return end + sum(8 + storages.get(k, (0, False))[0] for k in keys), known
+
+
+class _Unknown:
+    """A stack value the storage scan does not follow."""
+
+
+_UNKNOWN = _Unknown()
+_PUSHES_ARG = frozenset(
+    'UNICODE BINUNICODE SHORT_BINUNICODE BINUNICODE8 STRING BINSTRING '
+    'SHORT_BINSTRING INT BININT BININT1 BININT2 LONG LONG1 LONG4'.split()
+)
+
+
+def _pickle_storages(
+    f: IO[bytes], legacy: bool = False
+) -> tuple[int, dict[str, tuple[int, bool]]] | None:
+    """Scan the pickle at ``f``'s position without unpickling it: its length
+    and, in order of appearance, ``{storage key: (bytes, size known)}`` from
+    torch's persistent ids ``('storage', <torch.XStorage>, key, location,
+    numel, ...)``. Only strings, numbers, globals' names and tuples are
+    followed on a model of the stack; nothing is built or called. None
+    when the pickle ends before its STOP."""
+    start = f.tell()
+    stack: list[list] = [[]]
+    memo: dict = {}
+    storages: dict[str, tuple[int, bool]] = {}
+    try:
+        for opcode, arg, _ in pickletools.genops(f):
+            _step(opcode, arg, stack, memo, storages)
+    except ValueError:
+        return None
+    return f.tell() - start, storages
+
+
+def _step(opcode, arg, stack: list[list], memo: dict, storages: dict) -> None:
+    """One opcode of :func:`_pickle_storages` on the model stack."""
+    name, top = opcode.name, stack[-1]
+    if name == 'MARK':
+        stack.append([])
+    elif name in _PUSHES_ARG:
+        top.append(arg)
+    elif name == 'GLOBAL':
+        top.append(('global', *str(arg).split(' ', 1)))
+    elif name == 'STACK_GLOBAL':
+        module, attr = (top.pop(), top.pop())[::-1] if len(top) > 1 else ('', '')
+        top.append(('global', module, attr))
+    elif name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+        memo[arg] = top[-1] if top else _UNKNOWN
+    elif name == 'MEMOIZE':
+        memo[len(memo)] = top[-1] if top else _UNKNOWN
+    elif name in ('GET', 'BINGET', 'LONG_BINGET'):
+        top.append(memo.get(arg, _UNKNOWN))
+    elif name == 'TUPLE' and len(stack) > 1:
+        stack.pop()
+        stack[-1].append(tuple(top))
+    elif name in ('TUPLE1', 'TUPLE2', 'TUPLE3'):
+        n = int(name[-1])
+        items = tuple(top[-n:]) if len(top) >= n else ()
+        del top[-n:]
+        top.append(items)
+    elif name == 'BINPERSID':
+        _note_storage(top.pop() if top else _UNKNOWN, storages)
+        top.append(_UNKNOWN)
+    else:  # any other opcode: its stack effect, values unknown
+        before = opcode.stack_before
+        if pickletools.markobject in before and len(stack) > 1:
+            stack.pop()
+            before = before[: before.index(pickletools.markobject)]
+        top = stack[-1]
+        del top[len(top) - min(len(before), len(top)) :]
+        top.extend(_UNKNOWN for _ in opcode.stack_after)
+
+
+def _note_storage(pid, storages: dict) -> None:
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == 'storage'):
+        return
+    storage_type, key, numel = pid[1], pid[2], pid[4]
+    if not isinstance(key, str) or key in storages:
+        return
+    itemsize = _storage_itemsize(storage_type)
+    if type(numel) is int and itemsize:
+        storages[key] = (numel * itemsize, True)
+    else:
+        storages[key] = (0, False)
+
+
+def _storage_itemsize(storage_type) -> int | None:
+    """Bytes per element of a pickled ``torch.<X>Storage`` name; looked up
+    on torch by name only (``torch.<X>Storage.dtype``)."""
+    if not (
+        isinstance(storage_type, tuple)
+        and storage_type[:2] == ('global', 'torch')
+        and len(storage_type) == 3
+        and str(storage_type[2]).endswith('Storage')
+    ):
+        return None
+    if storage_type[2] == 'UntypedStorage':
+        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # TypedStorage's deprecation notice
+        dtype = getattr(getattr(torch, storage_type[2], None), 'dtype', None)
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else None
 
 
 # ---------------------------------------------------------------- reading
@@ -259,10 +554,17 @@ def _map_items(obj: Any, fn: Callable) -> Any:
 
 def load_checkpoint_file(filename, map_location=None, **kwargs) -> Any:
     """``torch.load(filename, weights_only=True)`` that also reads mmengine
-    checkpoints (see the module docstring). Raises
-    :class:`UnsafeCheckpointError` (an ``UnpicklingError``) naming the file
-    when it holds anything else. ``kwargs`` go to ``torch.load`` (e.g.
-    ``mmap=True``)."""
+    checkpoints (see the module docstring).
+
+    A path is first checked by :func:`check_checkpoint_file` (missing,
+    empty, cut short, not a checkpoint: :class:`CheckpointFileError`, one
+    line naming the file). Raises :class:`UnsafeCheckpointError` (an
+    ``UnpicklingError``) naming the file when it holds anything but
+    weights and training state. ``kwargs`` go to ``torch.load``; ``mmap``
+    is dropped for legacy (non-zip) files, which torch cannot map."""
+    if isinstance(filename, (str, os.PathLike)):
+        if check_checkpoint_file(filename) == 'legacy':
+            kwargs.pop('mmap', None)
     try:
         with torch.serialization.safe_globals(_stand_ins()):
             obj = torch.load(
@@ -271,15 +573,35 @@ def load_checkpoint_file(filename, map_location=None, **kwargs) -> Any:
         return to_runtime_checkpoint(obj)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(f'{filename}: refused to load: {err}') from None
+    except (RuntimeError, EOFError) as err:
+        if isinstance(err, EOFError) or _is_read_failure(err):
+            raise CheckpointFileError(
+                f'{filename} is damaged: a record inside it does not read '
+                f'back ({_REDOWNLOAD})'
+            ) from None
+        raise
+
+
+def _is_read_failure(err: RuntimeError) -> bool:
+    """torch's zip reader failing on the bytes (not, e.g., a device error)."""
+    text = str(err)
+    return any(
+        s in text
+        for s in ('PytorchStreamReader', 'zip archive', 'invalid header', 'CRC')
+    )
 
 
 def _load_from_local(filename, map_location):
     """mmengine's local-file loader, reading through
     :func:`load_checkpoint_file`."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return load_checkpoint_file(filename, map_location=map_location)
+    return load_checkpoint_file(osp.expanduser(filename), map_location=map_location)
+
+
+def _load_without_retry(file, map_location=None, weights_only=None):
+    """OneDL mmengine's ``_safe_torch_load`` (a path or a buffer), always
+    through :func:`load_checkpoint_file`: no retry with
+    ``weights_only=False``."""
+    return load_checkpoint_file(file, map_location=map_location)
 
 
 @contextlib.contextmanager
@@ -287,14 +609,22 @@ def mmengine_loads_through_plugin() -> Iterator[None]:
     """While inside, mmengine's loads of local checkpoint files (resume,
     ``load_from``, ``init_cfg=Pretrained``) go through
     :func:`load_checkpoint_file`; torch itself is left as it is."""
+    import mmengine.runner.checkpoint as mmengine_checkpoint
     from mmengine.runner.checkpoint import CheckpointLoader
 
     schemes = CheckpointLoader._schemes
     previous = schemes.get('')
     schemes[''] = _load_from_local
+    # OneDL's mmengine loads the other schemes (open-mmlab://, s3://, ...)
+    # through _safe_torch_load, which retries with weights_only=False
+    retrying = getattr(mmengine_checkpoint, '_safe_torch_load', None)
+    if retrying is not None:
+        mmengine_checkpoint._safe_torch_load = _load_without_retry
     try:
         yield
     finally:
+        if retrying is not None:
+            mmengine_checkpoint._safe_torch_load = retrying
         if previous is None:
             schemes.pop('', None)
         else:
@@ -330,6 +660,12 @@ def _plain_array(array: np.ndarray):
 
 
 # ------------------------------------------------------- does it fit
+class WeightsDoNotFitError(ValueError):
+    """A checkpoint that would leave parts of the model at their initial
+    weights; the message lists them and says the likely fix and the
+    opt-out for a deliberate partial load."""
+
+
 def weight_mismatches(model, checkpoint) -> dict[str, list[str]]:
     """Keys of ``model`` a checkpoint leaves unfilled (``missing``), fills
     with another shape (``size mismatch``) or has in excess

@@ -18,6 +18,9 @@ import torch
 from mmengine.config import Config
 
 from .checkpoint_safety import (
+    CheckpointFileError,
+    UnsafeCheckpointError,
+    WeightsDoNotFitError,
     describe_mismatches,
     load_checkpoint_file,
     weight_mismatches,
@@ -62,7 +65,10 @@ def prepare(args) -> Config:
 
 
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
-    cfg = Config.fromfile(path)
+    from .config_scope import config_bases_resolve
+
+    with config_bases_resolve():  # mmseg:: bases on the OneDL stack too
+        cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
@@ -251,10 +257,17 @@ def _say(msg: str) -> None:
 
 def _resume_problem(path: str) -> str | None:
     """Why ``path`` cannot resume a run, or None. Reads the file memory-
-    mapped, so tensors are not copied."""
+    mapped (zip checkpoints), so tensors are not copied."""
     try:
         ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
-    except Exception as err:  # torn, truncated, not a checkpoint, refused
+    except (CheckpointFileError, UnsafeCheckpointError) as err:
+        text = str(err)
+        for lead in (f'{path}: ', f'{path} '):  # the path is said already
+            if text.startswith(lead):
+                text = text[len(lead) :]
+                break
+        return text if text.startswith('refused') else f'it {text}'
+    except Exception as err:  # anything else torch could not read
         return f'it does not load ({type(err).__name__}: {err})'
     meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
     if not (
@@ -302,18 +315,21 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
         return
     marker = osp.join(cfg.work_dir, 'last_checkpoint')
     candidates = _checkpoints_newest_first(cfg.work_dir)
+    named = None
     if osp.exists(marker):
         with open(marker) as f:
             named = f.read().strip()
         if not named:
             _say(
-                f'{marker} is empty (a run killed while writing it?); '
-                'looking for the newest checkpoint in the work dir'
+                f'{marker} is empty (a run killed while writing it?), so it '
+                'names no checkpoint; falling back to the newest checkpoint '
+                f'in {cfg.work_dir} that loads'
             )
         elif not osp.isfile(named):
             _say(
-                f'{marker} names {named}, which does not exist; looking '
-                'for the newest checkpoint in the work dir'
+                f'{marker} names {named}, which does not exist (moved or '
+                'deleted?); falling back to the newest checkpoint in '
+                f'{cfg.work_dir} that loads'
             )
         else:
             candidates = [named] + [
@@ -325,7 +341,14 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
     for path in candidates:
         problem = _resume_problem(path)
         if problem is None:
-            _say(f'resuming from {path}')
+            if named and osp.abspath(path) == osp.abspath(named):
+                _say(f'resuming from {path} (named by {marker})')
+            else:
+                _say(
+                    f'resuming from {path}: the newest checkpoint in '
+                    f'{cfg.work_dir} that loads, in place of '
+                    + (f'{named}, which {marker} names' if named else marker)
+                )
             cfg.load_from = path
             return
         _say(f'skipped {path}: {problem}')
@@ -350,6 +373,35 @@ def check_weights_fit(model, path: str) -> None:
             + '\nIs it the checkpoint of this config? (A backbone-only '
             'checkpoint belongs in model.backbone.init_cfg, not here.)'
         )
+
+
+def input_error_message(err: BaseException) -> str:
+    """The one-line (or listing) message of a broken or mismatched input,
+    without the "Caught ... in DataLoader worker" traceback that a
+    DataLoader worker's re-raise puts in front of it."""
+    text = str(err)
+    lead = f'{type(err).__name__}: '
+    if text.startswith('Caught ') and lead in text:
+        text = text[text.rindex(lead) + len(lead) :].strip()
+    return text
+
+
+@contextlib.contextmanager
+def stop_on_bad_input() -> Iterator[None]:
+    """Within: a checkpoint or image that is missing, empty, cut short, not
+    what it should be, refused as unsafe or not fitting the model ends the
+    program with its message (exit status 1), not a traceback."""
+    from .datasets import BrokenImageError
+
+    try:
+        yield
+    except (
+        CheckpointFileError,
+        UnsafeCheckpointError,
+        WeightsDoNotFitError,
+        BrokenImageError,
+    ) as err:
+        raise SystemExit(f'error: {input_error_message(err)}') from None
 
 
 def add_finite_loss_check(cfg: Config) -> None:

@@ -18,7 +18,7 @@ import os.path as osp
 import sys
 
 from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
-from nommer_mm.launch import load_config, setup_codebase
+from nommer_mm.launch import load_config, setup_codebase, stop_on_bad_input
 
 
 def parse_args(argv=None):
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
             'no --weights: the model has its initial (random) weights', file=sys.stderr
         )
     run = dict(mmpretrain=classify, mmdet=detect, mmseg=segment)[scope]
-    with mmengine_loads_through_plugin():
+    with stop_on_bad_input(), mmengine_loads_through_plugin():
         picture = run(cfg, args)
     if picture:
         print(f'wrote {picture}')

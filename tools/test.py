@@ -16,6 +16,7 @@ from nommer_mm.launch import (
     dist_timeout,
     prepare,
     shutdown_distributed,
+    stop_on_bad_input,
     watch_peers,
 )
 
@@ -71,7 +72,7 @@ def main():
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     if args.dump:
         add_dump(cfg, args.dump)
-    with mmengine_loads_through_plugin():
+    with stop_on_bad_input(), mmengine_loads_through_plugin():
         runner = build_runner(cfg)
         check_weights_fit(runner.model, args.checkpoint)
         with watch_peers(dist_timeout(cfg)):

@@ -17,6 +17,7 @@ from nommer_mm.launch import (
     prepare,
     resolve_resume,
     shutdown_distributed,
+    stop_on_bad_input,
     watch_peers,
 )
 
@@ -55,7 +56,7 @@ def main():
         cfg.setdefault('auto_scale_lr', {})['enable'] = True
     resolve_resume(cfg, args.resume)
     add_finite_loss_check(cfg)
-    with mmengine_loads_through_plugin():
+    with stop_on_bad_input(), mmengine_loads_through_plugin():
         runner = build_runner(cfg)
         with watch_peers(dist_timeout(cfg)):
             runner.train()

@@ -4,15 +4,20 @@ checkpoint, and writes checkpoints any ``torch.load`` can read safely."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import os.path as osp
+import re
 from typing import Iterator
+
+import torch
 
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
 from ..checkpoint_safety import (
+    WeightsDoNotFitError,
     describe_mismatches,
     to_plain_checkpoint,
     to_runtime_checkpoint,
@@ -41,6 +46,16 @@ class SafeCheckpointHook(CheckpointHook):
 
     _saving_depth = 0
 
+    def __init__(self, *args, allow_partial_load_from: bool = False, **kwargs):
+        """``allow_partial_load_from=True``: a ``load_from`` checkpoint that
+        leaves backbone weights out or holds them in another shape loads
+        what fits and warns, for deliberate partial loads (e.g.
+        ``--cfg-options default_hooks.checkpoint.allow_partial_load_from=True``).
+        By default such a checkpoint stops the run before its first
+        iteration, listing the weights and the likely fix."""
+        super().__init__(*args, **kwargs)
+        self.allow_partial_load_from = allow_partial_load_from
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in list(checkpoint):
             checkpoint[key] = to_plain_checkpoint(checkpoint[key])
@@ -48,16 +63,13 @@ class SafeCheckpointHook(CheckpointHook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if 'message_hub' in checkpoint:
             checkpoint['message_hub'] = to_runtime_checkpoint(checkpoint['message_hub'])
-        if not runner._resume:  # load_from: say loudly what it leaves out
-            found = weight_mismatches(runner.model, checkpoint)
-            if found['missing'] or found['size mismatch']:
-                runner.logger.warning(
-                    '!' * 72 + f'\nload_from={runner._load_from} leaves '
-                    'parts of the model at their initial weights:\n'
-                    + describe_mismatches(found)
-                    + '\n'
-                    + '!' * 72
-                )
+        if not runner._resume:  # load_from: the weights must fit
+            check_load_from_fits(
+                runner.model,
+                checkpoint,
+                runner._load_from,
+                self.allow_partial_load_from,
+            )
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         with self._complete_before_removal(runner):
@@ -86,6 +98,60 @@ class SafeCheckpointHook(CheckpointHook):
             self.file_backend = backend
         for remove, path in removals:  # only reached when all was written
             remove(path)
+
+
+def check_load_from_fits(
+    model, checkpoint: dict, path: str, allow_partial: bool = False
+) -> None:
+    """Raise :class:`WeightsDoNotFitError` when ``checkpoint`` (given as
+    ``load_from``) leaves backbone weights of ``model`` unfilled or holds
+    them in another shape, beyond the dense output norms a classification
+    checkpoint cannot have; the rest of the model (necks, heads, e.g. a
+    head for another number of classes) and ``allow_partial`` only warn."""
+    from mmengine.logging import print_log
+
+    model = getattr(model, 'module', model)  # DDP or TTA wrapper
+    found = weight_mismatches(model, checkpoint)
+    if not (found['missing'] or found['size mismatch']):
+        return
+    backbone = getattr(model, 'backbone', None)
+    blocking, hints = {}, []
+    if isinstance(backbone, torch.nn.Module) and not allow_partial:
+        from ..models.backbones.common import (
+            unfilled_backbone_weights,
+            unfit_weights_hints,
+        )
+
+        state = checkpoint.get('state_dict', checkpoint)
+        state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+        inner = {k[9:]: v for k, v in state.items() if k.startswith('backbone.')}
+        blocking = unfilled_backbone_weights(backbone, inner)
+        if blocking['missing'] or blocking['size mismatch']:
+            prefix_hint = None
+            if not inner and state:
+                prefix_hint = (
+                    "its keys carry no 'backbone.' prefix (a backbone-only "
+                    'checkpoint): load it with model.backbone.init_cfg='
+                    "dict(type='Pretrained', checkpoint=...) instead of load_from"
+                )
+                inner = state
+            hints = unfit_weights_hints(backbone, inner, prefix_hint)
+    if blocking.get('missing') or blocking.get('size mismatch'):
+        raise WeightsDoNotFitError(
+            f'load_from={path} does not fit the backbone of this model; '
+            'training would start from random weights for (under backbone.):\n'
+            + describe_mismatches(blocking)
+            + ''.join(f'\nLikely fix: {h}.' for h in hints)
+            + '\nTo load only what fits on purpose, set '
+            'default_hooks.checkpoint.allow_partial_load_from=True '
+            '(SafeCheckpointHook).'
+        )
+    print_log(
+        '!' * 72 + f'\nload_from={path} leaves parts of the model at their '
+        'initial weights:\n' + describe_mismatches(found) + '\n' + '!' * 72,
+        logger='current',
+        level=logging.WARNING,
+    )
 
 
 class _DeferredRemovals:

@@ -18,8 +18,8 @@ import argparse
 import json
 import sys
 
-
 from nommer_mm.checkpoint_safety import (
+    CheckpointFileError,
     UnsafeCheckpointError,
     load_checkpoint_file,
 )
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     # plain data only (weights_only), nothing registered outside this load.
     try:
         checkpoint = load_checkpoint_file(args.src, map_location='cpu')
-    except UnsafeCheckpointError as err:
+    except (CheckpointFileError, UnsafeCheckpointError) as err:
         sys.exit(f'error: {err}')
     try:
         state_dict, info = convert_reference(

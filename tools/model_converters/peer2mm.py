@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from nommer_mm.checkpoint_safety import (
+    CheckpointFileError,
     UnsafeCheckpointError,
     load_checkpoint_file,
 )
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     # plain data only (weights_only), nothing registered outside this load.
     try:
         checkpoint = load_checkpoint_file(args.src, map_location='cpu')
-    except UnsafeCheckpointError as err:
+    except (CheckpointFileError, UnsafeCheckpointError) as err:
         sys.exit(f'error: {err}')
     kwargs = dict(
         layout=args.layout, backbone_only=args.backbone_only, use_ema=args.ema

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
-from nommer_mm.launch import load_config, setup_codebase
+from nommer_mm.launch import load_config, setup_codebase, stop_on_bad_input
 
 COLOURS = {'conv': (220, 40, 40), 'window': (40, 180, 40), 'global': (40, 90, 230)}
 
@@ -110,7 +110,7 @@ def main():
 
     cfg.model.get('backbone', {}).pop('init_cfg', None)
     model = MODELS.build(cfg.model)
-    with mmengine_loads_through_plugin():
+    with stop_on_bad_input(), mmengine_loads_through_plugin():
         load_checkpoint(model, args.checkpoint, map_location='cpu')
     model.eval()
     if type(model.backbone).__name__ != 'NomMer':

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
-from nommer_mm.launch import load_config, setup_codebase
+from nommer_mm.launch import load_config, setup_codebase, stop_on_bad_input
 
 
 def main():
@@ -35,7 +35,7 @@ def main():
         from mmdet.apis import inference_detector, init_detector
         from mmdet.visualization import DetLocalVisualizer
 
-        with mmengine_loads_through_plugin():
+        with stop_on_bad_input(), mmengine_loads_through_plugin():
             model = init_detector(cfg, args.checkpoint, device='cpu')
         result = inference_detector(model, args.image)
         vis = DetLocalVisualizer()
@@ -54,7 +54,7 @@ def main():
     elif scope == 'mmseg':
         from mmseg.apis import inference_model, init_model, show_result_pyplot
 
-        with mmengine_loads_through_plugin():
+        with stop_on_bad_input(), mmengine_loads_through_plugin():
             model = init_model(cfg, args.checkpoint, device='cpu')
         result = inference_model(model, args.image)
         show_result_pyplot(

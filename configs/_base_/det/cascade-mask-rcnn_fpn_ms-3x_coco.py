@@ -66,7 +66,7 @@ _scales = [
     (800, 1333),
 ]
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='CheckedLoadImageFromFile', backend_args={{_base_.backend_args}}),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomFlip', prob=0.5),
     dict(
@@ -91,7 +91,20 @@ train_pipeline = [
     ),
     dict(type='PackDetInputs'),
 ]
+# The base's test pipeline, loading with CheckedLoadImageFromFile (a broken
+# image stops the run naming its path and dataset index).
+test_pipeline = [
+    dict(type='CheckedLoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
+    ),
+]
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
 
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)

@@ -20,9 +20,58 @@ def _export(*args, cwd):
         capture_output=True,
         text=True,
         cwd=cwd,
+        timeout=600,
     )
 
 
+@pytest.mark.slow
+def test_onnxruntime_gives_pytorch_logits_at_another_size(tmp_path):
+    """The exported NomMer-T classifier (dynamic shape, traced at 224) run by
+    onnxruntime here, against the PyTorch model whose checkpoint was
+    exported, at another batch and size (its windows and DCT blocks padded,
+    where 224 fills them). An input is used only where no nomination is a
+    near tie (another kernel order may break those either way)."""
+    import onnxruntime as ort
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    import nommer_mm  # noqa: F401
+    from nommer_mm.analysis import nomination_margins
+
+    config = ROOT / 'configs/cls/nommer-tiny_8xb128_in1k.py'
+    init_default_scope('mmpretrain')
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.pop('init_cfg', None)
+    torch.manual_seed(1)
+    model = MODELS.build(cfg.model).eval()
+    ckpt, out = tmp_path / 'model.pth', tmp_path / 'nommer.onnx'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    proc = _export(config, ckpt, '--out', out, '--dynamic-shape', cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    assert [i.name for i in session.get_inputs()] == ['input']
+    assert [o.name for o in session.get_outputs()] == ['logits']
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = torch.randn(2, 3, 160, 288, generator=generator)
+        with torch.no_grad(), nomination_margins(model.backbone) as margins:
+            expected = model(x, mode='tensor')
+        if min(float(m.min()) for m in margins.values()) > 1e-4:
+            break
+    else:
+        pytest.fail('near ties in every input drawn')
+    (got,) = session.run(None, {'input': x.numpy()})
+    got = torch.from_numpy(got)
+    assert got.shape == expected.shape == (2, 1000)
+    scale = float(expected.abs().max())
+    assert scale > 0.1  # not a vanishing output
+    assert (got - expected).abs().max() <= 1e-4 * max(1.0, scale)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.slow
 def test_nommer_classifier_with_nominations(tmp_path):
     # (at 224: with random weights at 64x64 one position of two blocks is
     # a near tie, margin ~1e-5, which float rounding may flip)
@@ -44,6 +93,7 @@ def test_nommer_classifier_with_nominations(tmp_path):
     assert [o.name for o in graph.output] == ['logits']  # deploy file: pure
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'config',
     [
@@ -59,6 +109,7 @@ def test_peer_classifiers(config, tmp_path):
     assert 'verify: OK' in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'config,shape',
     [
@@ -97,6 +148,7 @@ def test_dynamic_shape(config, shape, tmp_path):
     assert 'verify: OK' in proc.stdout
 
 
+@pytest.mark.slow
 def test_nominations_at_a_padded_size(tmp_path):
     """96x128 pads stage 0's windows (24x32 tokens, windows of 7). A trace
     once recorded the window count ceil(24/7) as ONNX's truncating division
@@ -195,6 +247,7 @@ def test_fp32_rounding_measures_fp32_against_fp64():
     assert tool.fp32_rounding(_Cancels(), x, ['logits', 'nomination:toy']) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'backbone,shape', [('nommer-t', ('224',)), ('cotnet-50', ('96', '128'))]
 )
@@ -220,6 +273,7 @@ def test_backbone_of_a_detector(backbone, shape, tmp_path):
     assert 'verify: OK' in proc.stdout
 
 
+@pytest.mark.slow
 def test_no_whole_detector(tmp_path):
     config = ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
     proc = _export(config, '--out', tmp_path / 'det.onnx', cwd=tmp_path)

@@ -9,7 +9,7 @@ CoTNet), or the backbone of any config, to ONNX; check it with onnxruntime.
 Outputs: ``logits`` (classifier) or ``feat0``, ``feat1``, ... (the
 backbone's feature maps). ``--dynamic-shape`` makes batch, height and width
 dynamic (the layers trace their padding path, right at every size). The
-graph is the plain model (fast paths off). ``--verify`` runs onnxruntime and
+graph is the model as PyTorch runs it. ``--verify`` runs onnxruntime and
 PyTorch on random input and prints the largest difference (with batch 2 and
 at a second input size too when the shape is dynamic); for NomMer it also
 exports the nomination maps alongside, to a temporary file, and checks that
@@ -44,7 +44,6 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from nommer_mm import fast_paths
 from nommer_mm.analysis import nomination_margins
 from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
 from nommer_mm.launch import load_config, setup_codebase
@@ -140,19 +139,16 @@ def export(
     if dynamic:
         axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
         axes.update({n: {0: 'batch'} for n in names})
-    # The plain model goes into the graph: the fast paths are PyTorch CPU
-    # execution tricks (in-place writes, oneDNN calls), not the model.
-    with fast_paths(False):
-        torch.onnx.export(
-            module,
-            (x,),
-            path,
-            input_names=['input'],
-            output_names=names,
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-        )
+    torch.onnx.export(
+        module,
+        (x,),
+        path,
+        input_names=['input'],
+        output_names=names,
+        dynamic_axes=axes,
+        opset_version=opset,
+        dynamo=False,
+    )
 
 
 def output_names(module: nn.Module, x: torch.Tensor, prefix: list) -> list:
@@ -210,7 +206,7 @@ ROUNDING = 10
 
 def fp32_rounding(module: nn.Module, x: torch.Tensor, names: list) -> dict | None:
     """Per float output, how far PyTorch fp32 lands from the same weights in
-    fp64 (plain path) at ``x``: the largest distance over three fp32 runs,
+    fp64 at ``x``: the largest distance over three fp32 runs,
     at ``x`` and at ``x`` moved by one fp32 rounding (relative 2**-24 noise)
     twice. One run's rounding may happen to fall small where the output is
     steepest; the moved inputs sample how far that steepness carries an
@@ -222,8 +218,7 @@ def fp32_rounding(module: nn.Module, x: torch.Tensor, names: list) -> dict | Non
         x * (1 + 2.0**-24 * torch.randn(x.shape, generator=noise)) for _ in range(2)
     ]
     with torch.no_grad():
-        with fast_paths(False):
-            ref = exact(x.double())
+        ref = exact(x.double())
         found = dict.fromkeys(
             (n for n in names if not n.startswith('nomination:')), 0.0
         )

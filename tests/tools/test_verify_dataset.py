@@ -6,9 +6,14 @@ import json
 import subprocess
 import sys
 
-from cls_helpers import CASCADE_T, ROOT, write_config
-from demo_data import make_coco_layout, make_imagenet_layout
-from demo_configs import small_det_config
+import cv2
+import pytest
+
+from cls_helpers import CASCADE_T, ROOT, UPERNET_T, write_config
+from demo_configs import small_det_config, small_seg_config
+from demo_data import make_ade_layout, make_coco_layout, make_imagenet_layout
+
+pytestmark = pytest.mark.slow  # runs the tool in a process of its own
 
 TOOL = ROOT / 'tools/misc/verify_dataset.py'
 
@@ -19,6 +24,7 @@ def _run(cfg, cwd):
         capture_output=True,
         text=True,
         cwd=cwd,
+        timeout=300,
     )
 
 
@@ -60,3 +66,33 @@ def coco_val_name(root):
     return json.loads((root / 'annotations/instances_val.json').read_text())['images'][
         0
     ]['file_name']
+
+
+def test_segmentation_layout(tmp_path):
+    """ADE20K layout: a label map of the wrong size, a zero-byte one, a
+    truncated one and a missing one are each named; their images are fine."""
+    root = make_ade_layout(tmp_path / 'ade', {'training': 4, 'validation': 2})
+    cfg = small_seg_config(root, tmp_path / 'seg.py', UPERNET_T)
+    ok = _run(cfg, tmp_path)
+    assert ok.returncode == 0 and 'dataset OK' in ok.stdout, ok.stdout[-2000:]
+    labels = sorted((root / 'annotations' / 'training').glob('*.png'))
+    small = cv2.imread(str(labels[0]), cv2.IMREAD_UNCHANGED)[:-8]
+    cv2.imwrite(str(labels[0]), small)  # 8 rows short of its image
+    labels[1].write_bytes(b'')
+    data = labels[2].read_bytes()
+    labels[2].write_bytes(data[: len(data) // 2])
+    missing = root / 'annotations' / 'validation' / '00001.png'
+    missing.unlink()
+    proc = _run(cfg, tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 1, (out + proc.stderr)[-3000:]
+    height, width = small.shape
+    assert f'{labels[0]}: label map {width}x{height}, image {width}x{height + 8}' in out
+    assert f'{labels[1]}: label map zero bytes' in out
+    assert (
+        f'{labels[2]}: label map truncated' in out
+        or f'{labels[2]}: label map unreadable' in out
+    ), out
+    assert f'{missing}: label map missing' in out
+    assert '4 problems found' in out
+    assert '.jpg:' not in out  # no image is blamed

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from mmengine.config import Config
 
+from nommer_mm.launch import load_config
+
 from demo_data import SHAPES
 
 
@@ -77,7 +79,7 @@ def small_det_config(
     lr: float | None = None,
     batch: int = 2,
 ) -> Path:
-    cfg = Config.fromfile(str(base))
+    cfg = load_config(str(base))  # mmseg:: bases on either stack
     cfg.model.backbone.init_cfg = None
     _set_num_classes(cfg.model, len(SHAPES))
     # fewer RoIs keep the CPU run short; the heads are unchanged
@@ -147,7 +149,7 @@ def small_seg_config(
     lr: float | None = None,
     batch: int = 2,
 ) -> Path:
-    cfg = Config.fromfile(str(base))
+    cfg = load_config(str(base))  # mmseg:: bases on either stack
     cfg.model.backbone.init_cfg = None
     _set_num_classes(cfg.model, len(SHAPES))
     cfg.model.data_preprocessor.size = crop

@@ -72,7 +72,7 @@ def test_missing_pretrained_file_gives_the_converter_command(cls, command):
 
 def _config_checkpoints() -> dict:
     """checkpoint / load_from paths of every non-ablation config."""
-    from mmengine.config import Config
+    from nommer_mm.launch import load_config
 
     found = {}
 
@@ -93,7 +93,7 @@ def _config_checkpoints() -> dict:
     for path in sorted((ROOT / 'configs').rglob('*.py')):
         if 'ablation' in path.parts or '_base_' in path.parts:
             continue
-        walk(Config.fromfile(str(path)).to_dict(), path.name)
+        walk(load_config(str(path)).to_dict(), path.name)
     return found
 
 

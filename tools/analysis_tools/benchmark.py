@@ -174,16 +174,17 @@ def config_path(spec: str) -> str:
 def build(spec: str, backbone_only: bool) -> tuple[nn.Module, str]:
     """The module to time and its name in the report."""
     import nommer_mm  # noqa: F401  (registers the backbones)
-    from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS, init_default_scope
+
+    from nommer_mm.launch import load_config
 
     if spec.startswith('dict('):
         init_default_scope('mmpretrain')
         # a dict(...) expression of literals, evaluated with nothing else
         cfg = eval(spec, {'__builtins__': {}, 'dict': dict})
         return Forward(MODELS.build(cfg), False), spec
-    cfg = Config.fromfile(config_path(spec))
+    cfg = load_config(config_path(spec))  # mmseg:: bases on either stack
     scope = cfg.get('default_scope', 'mmpretrain')
     if scope in ('mmdet', 'mmseg'):
         from nommer_mm.launch import setup_codebase

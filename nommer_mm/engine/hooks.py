@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -19,6 +20,18 @@ class RNGStateHook(Hook):
     noise of the nominator, drop-path masks and random augmentations in the
     main process would differ from an uninterrupted run. With this hook a
     run killed and resumed (``--resume``) follows the same random stream.
+
+    The data loader's workers draw their seeds from the main process's
+    stream when its iterator is made, and their augmentations advance with
+    every sample they load. An iteration-based loop resumed by replaying
+    the iterations already trained (upstream mmengine) makes its iterator
+    when the loop is built, before the restore, as the uninterrupted run
+    did; restoring at load time is exact there. OneDL's mmengine makes the
+    iterator lazily and skips the sampler ahead without loading data, so
+    the workers would be seeded from the restored state and start their
+    augmentations afresh. There the restore waits: the loop's skip makes
+    the iterator at the point the uninterrupted run did, loads the skipped
+    batches (as upstream does), then restores the states.
     """
 
     priority = 'VERY_LOW'
@@ -35,14 +48,50 @@ class RNGStateHook(Hook):
         state = checkpoint.get('rng_state')
         if not state or not runner._resume:
             return  # a weight-only load (load_from) starts fresh streams
-        random.setstate(_as_python_state(state['python']))
-        name, keys, pos, has_gauss, gauss = state['numpy']
-        np.random.set_state(
-            (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
-        )
-        torch.set_rng_state(state['torch'])
-        if 'cuda' in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state['cuda'])
+        iterator = _lazy_train_iterator(runner, checkpoint)
+        if iterator is None:
+            _restore(state)
+            return
+        # an instance attribute: this iterator's next skip only
+        iterator.skip_iter = functools.partial(_replay_then_restore, iterator, state)
+
+
+def _restore(state: dict) -> None:
+    random.setstate(_as_python_state(state['python']))
+    name, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state(
+        (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+    )
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _lazy_train_iterator(runner, checkpoint: dict):
+    """The train loop's data iterator when it is made lazily and the loop
+    will skip it ahead on this resume (OneDL's mmengine), else None."""
+    loop = getattr(runner, '_train_loop', None)
+    iterator = getattr(loop, 'dataloader_iterator', None)
+    resumed_iter = (checkpoint.get('meta') or {}).get('iter', 0)
+    if (
+        iterator is None
+        or not callable(getattr(iterator, 'skip_iter', None))
+        or getattr(iterator, '_iterator', None) is not None
+        or getattr(loop, 'fast_forward_on_resume', False)
+        or not resumed_iter
+    ):
+        return None
+    return iterator
+
+
+def _replay_then_restore(iterator, state: dict, num_iters: int) -> None:
+    """Load and drop the ``num_iters`` batches already trained, as the
+    uninterrupted run's iterator (made here, at the same point of the
+    stream) produced them, then restore the RNG states."""
+    del iterator.skip_iter  # the class's own again
+    for _ in range(num_iters):
+        next(iterator)
+    _restore(state)
 
 
 def _numpy_state() -> tuple:

@@ -249,6 +249,22 @@ def _loaders(tmp_path):
 
         return load
 
+    def model_zoo(path):
+        # open-mmlab://NAME reads the file open_mmlab.json in MMENGINE_HOME
+        # names (OneDL's mmengine through a loader that retries unsafely)
+        home = tmp_path / 'mmengine_home'
+        home.mkdir(exist_ok=True)
+        (home / 'open_mmlab.json').write_text(f'{{"nommer_evil": "{path}"}}')
+        before = os.environ.get('MMENGINE_HOME')
+        os.environ['MMENGINE_HOME'] = str(home)
+        try:
+            return _load_checkpoint('open-mmlab://nommer_evil')
+        finally:
+            if before is None:
+                del os.environ['MMENGINE_HOME']
+            else:
+                os.environ['MMENGINE_HOME'] = before
+
     def resume_probe(path):
         from mmengine.config import Config
 
@@ -261,20 +277,27 @@ def _loaders(tmp_path):
 
         check_weights_fit(nn.Linear(1, 1), str(path))
 
+    ours = 'refused to load'  # load_checkpoint_file's refusal, path first
     return {
-        'bare torch.load': lambda p: torch.load(p),
-        'torch.load weights_only=True': lambda p: torch.load(p, weights_only=True),
-        'load_checkpoint_file': load_checkpoint_file,
-        'mmengine _load_checkpoint (resume, load_from)': scoped(
-            lambda p: _load_checkpoint(str(p))
+        'bare torch.load': (lambda p: torch.load(p), 'Weights only load failed'),
+        'torch.load weights_only=True': (
+            lambda p: torch.load(p, weights_only=True),
+            'Weights only load failed',
         ),
-        'init_cfg=Pretrained': scoped(
-            lambda p: load_checkpoint(nn.Linear(1, 1), str(p))
+        'load_checkpoint_file': (load_checkpoint_file, ours),
+        'mmengine _load_checkpoint (resume, load_from)': (
+            scoped(lambda p: _load_checkpoint(str(p))),
+            ours,
         ),
-        'nommer2mm': converter('nommer2mm'),
-        'peer2mm': converter('peer2mm', 'gcvit'),
-        'train.py --resume': resume_probe,
-        'test.py weight check': test_tool,
+        'mmengine open-mmlab:// (model zoo file)': (scoped(model_zoo), ours),
+        'init_cfg=Pretrained': (
+            scoped(lambda p: load_checkpoint(nn.Linear(1, 1), str(p))),
+            ours,
+        ),
+        'nommer2mm': (converter('nommer2mm'), ours),
+        'peer2mm': (converter('peer2mm', 'gcvit'), ours),
+        'train.py --resume': (resume_probe, ours),
+        'test.py weight check': (test_tool, ours),
     }
 
 
@@ -283,12 +306,14 @@ def _loaders(tmp_path):
     ['setstate-widening', 'object-array', 'reduce-os-system', 'getattr-escape'],
 )
 def test_payloads_are_refused_by_every_loader(payload, tmp_path):
+    """Each loader refuses the file itself (its refusal message, naming the
+    file), not merely exits for another reason after reading it."""
     from mmengine.logging import HistoryBuffer
 
     sentinel = tmp_path / 'ran'
     path = _write(_payloads(str(sentinel))[payload], tmp_path / 'evil.pth')
     statistics = dict(HistoryBuffer._statistics_methods)
-    for name, load in _loaders(tmp_path).items():
+    for name, (load, refusal_words) in _loaders(tmp_path).items():
         try:
             load(path)
         except (pickle.UnpicklingError, SystemExit) as refusal:
@@ -297,8 +322,12 @@ def test_payloads_are_refused_by_every_loader(payload, tmp_path):
             raise AssertionError(f'{name} loaded the {payload} payload')
         assert not sentinel.exists(), name
         assert HistoryBuffer._statistics_methods == statistics, name
-        if isinstance(err, SystemExit):  # the CLIs say why
-            assert 'evil.pth' in str(err) or 'load' in str(err), name
+        said = str(err)
+        assert refusal_words in said, (name, said)
+        if refusal_words == 'refused to load':
+            assert f'{path}: refused to load' in said or (
+                str(path) in said and ': refused to load: ' in said
+            ), (name, said)
     assert not (tmp_path / 'out.pth').exists()
 
 
@@ -427,6 +456,12 @@ def test_resume_with_empty_or_dangling_marker(ours, tmp_path, capfd, marker):
     assert ('is empty' in said) if not marker else ('does not exist' in said)
     (tmp_path / 'epoch_1.pth').write_bytes(ours.read_bytes())
     assert _resume(tmp_path).load_from == str(tmp_path / 'epoch_1.pth')
+    said = capfd.readouterr().err
+    marker_path = tmp_path / 'last_checkpoint'
+    what = 'is empty' if not marker else f'names {text}, which does not exist'
+    assert f'{marker_path} {what}' in said  # what is wrong with the pointer
+    assert 'falling back to the newest checkpoint' in said
+    assert f'resuming from {tmp_path / "epoch_1.pth"}: the newest' in said
 
 
 def test_resume_from_a_weights_only_checkpoint_points_to_load_from(tmp_path):
@@ -455,15 +490,17 @@ def test_test_tool_refuses_weights_that_do_not_fit(tmp_path):
     check_weights_fit(model, str(path))  # fits: no error
 
 
-def test_pretrained_that_leaves_weights_out_warns_loudly(tmp_path):
-    """init_cfg=Pretrained: a framed warning lists missing and mis-shaped
-    backbone weights; a complete classification checkpoint (whose only gaps
-    are the dense output norms) gives none."""
+def test_pretrained_that_leaves_weights_out_stops(tmp_path):
+    """init_cfg=Pretrained: missing and mis-shaped backbone weights stop
+    the build with the list; ``allow_partial=True`` loads what fits and
+    gives the framed warning instead; a complete classification checkpoint
+    (whose only gaps are the dense output norms) passes silently."""
     import logging
 
     from mmengine.logging import MMLogger
 
     from nommer_mm import NomMer
+    from nommer_mm.checkpoint_safety import WeightsDoNotFitError
 
     records = []
     handler = logging.Handler()
@@ -482,23 +519,31 @@ def test_pretrained_that_leaves_weights_out_warns_loudly(tmp_path):
     del state['backbone.stages.2.blocks.0.mlp.fc1.weight']
     state['backbone.stem.conv.weight'] = torch.zeros(1)
     torch.save({'state_dict': state}, tmp_path / 'part.pth')
-    for name in ('full', 'part'):
-        NomMer(
+
+    def build(name, **extra):
+        return NomMer(
             arch=arch,
             init_cfg=dict(
                 type='Pretrained',
                 checkpoint=str(tmp_path / f'{name}.pth'),
                 prefix='backbone.',
+                **extra,
             ),
-        ).init_weights()
-        said = '\n'.join(records)
-        records.clear()
-        if name == 'full':
-            assert 'random initialisation' not in said
-        else:
-            assert (
-                'leaves these weights at their random initialisation' in said
-                and '!' * 72 in said
-            )
-            assert '1 missing:\n  stages.2.blocks.0.mlp.fc1.weight' in said
-            assert 'stem.conv.weight: checkpoint (1,), model (16, 3, 4, 4)' in said
+        )
+
+    build('full').init_weights()
+    assert 'random initialisation' not in '\n'.join(records)
+    with pytest.raises(WeightsDoNotFitError) as err:
+        build('part').init_weights()
+    said = str(err.value)
+    assert '1 missing:\n  stages.2.blocks.0.mlp.fc1.weight' in said
+    assert 'stem.conv.weight: checkpoint (1,), model (16, 3, 4, 4)' in said
+    assert 'allow_partial=True' in said
+    records.clear()
+    build('part', allow_partial=True).init_weights()
+    said = '\n'.join(records)
+    assert (
+        'leaves these weights at their random initialisation' in said
+        and '!' * 72 in said
+    )
+    assert '1 missing:\n  stages.2.blocks.0.mlp.fc1.weight' in said

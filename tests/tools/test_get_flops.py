@@ -54,6 +54,7 @@ PINNED = {
 }
 
 
+@pytest.mark.slow  # full-size detectors and segmentors
 @pytest.mark.parametrize('config', sorted(PINNED))
 def test_dense_counts_are_pinned(config):
     with warnings.catch_warnings():

@@ -40,9 +40,11 @@ def _demo(*args, cwd):
         capture_output=True,
         text=True,
         cwd=cwd,
+        timeout=300,
     )
 
 
+@pytest.mark.slow
 def test_classification_prints_the_top_classes(tmp_path):
     ckpt = _checkpoint(
         DEMO, 'mmpretrain', tmp_path / 'cls.pth', {'dataset_meta': {'classes': CLASSES}}
@@ -61,6 +63,7 @@ def test_classification_prints_the_top_classes(tmp_path):
     assert sum(scores) == pytest.approx(1.0, abs=1e-3)  # softmax over 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task', ['det', 'seg'])
 def test_dense_tasks_draw_a_png(task, tmp_path):
     make = small_det_config if task == 'det' else small_seg_config
@@ -85,6 +88,7 @@ def test_dense_tasks_draw_a_png(task, tmp_path):
         assert 'classes present:' in proc.stdout
 
 
+@pytest.mark.slow
 def test_without_weights_it_says_so(tmp_path):
     proc = _demo(DEMO, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -248,17 +248,6 @@ def test_converters_name_what_does_not_fit():
         convert_gcvit(state, layout='nvlabs')
 
 
-def test_cotnet_reference_layout_converts_to_every_zoo_arch():
-    for arch in ('cotnet50', 'cotnext50', 'se-cotnetd50'):
-        ref = CoTNet(arch, out_indices=(3,)).state_dict()
-        ref = dict(
-            ref, **{'fc.weight': torch.zeros(1000, 2048), 'fc.bias': torch.zeros(1000)}
-        )
-        state, info = convert_cotnet(ref)
-        assert info == {'arch': arch}
-        assert state['head.fc.weight'].shape == (1000, 2048)
-
-
 def _aggregate_by_loops(x, w, k):
     """The reference CUDA kernel's arithmetic, one output at a time."""
     N, C, H, W = x.shape
@@ -299,6 +288,94 @@ def test_cot_layer_shapes_and_gradients(groups):
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+COTNET_REFERENCES = {  # recorded layout -> the reference model's settings
+    'JDAI-CV/CoTNet:models/cotnet.py/cotnet50': dict(cardinality=1, base_width=64),
+    'JDAI-CV/CoTNet:models/cotnet.py/cotnext50_2x48d': dict(
+        cardinality=2, base_width=48
+    ),
+}
+
+
+@pytest.mark.parametrize('source', sorted(COTNET_REFERENCES))
+def test_cotnet_reference_model_has_the_recorded_layout(source):
+    """The test's independent CoTNet (tests/cotnet_reference.py) has the
+    reference model's state dict: every key, shape and dtype, in order."""
+    from cotnet_reference import ReferenceCoTNet
+
+    ref = ReferenceCoTNet(**COTNET_REFERENCES[source])
+    layout = [
+        [k, list(v.shape), str(v.dtype).replace('torch.', '')]
+        for k, v in ref.state_dict().items()
+    ]
+    assert layout == REFERENCE_LAYOUTS[source]
+
+
+def _cotnet_logits_against_reference(depths, settings, size):
+    """Our CoTNet classifier on the converted weights of a randomised
+    reference model: (ours, reference) logits, float64, eval mode."""
+    from cotnet_reference import ReferenceCoTNet, randomize_
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    import nommer_mm  # noqa: F401
+
+    init_default_scope('mmpretrain')  # other tests leave mmdet/mmseg set
+    ref = randomize_(ReferenceCoTNet(depths, **settings), seed=0).double().eval()
+    state, info = convert_cotnet(ref.state_dict())
+    model = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(type='CoTNet', out_indices=(3,), **info),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=1000, in_channels=2048),
+        )
+    )
+    model.load_state_dict(state, strict=True)
+    model.double().eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model(x.double(), mode='tensor'), ref(x.double())
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+def test_cot_layer_equals_the_reference_layer(groups):
+    """One CoT layer (CoTNet) and CoXt layer (CoTNeXt) against the test's
+    reference, weights copied by name, in eval and in train mode."""
+    from cotnet_reference import ReferenceCoT, randomize_
+
+    ref = randomize_(ReferenceCoT(64, groups=groups)).double()
+    ours = CoTLayer(64, groups=groups).double()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 64, 9, 7, dtype=torch.float64)
+    for training in (False, True):
+        ref.train(training)
+        ours.train(training)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    'settings',
+    [dict(cardinality=1, base_width=64), dict(cardinality=2, base_width=48)],
+    ids=['cotnet', 'cotnext'],
+)
+def test_cotnet_logits_equal_the_reference_reduced_depth(settings):
+    """One block per layer (strided CoT blocks, projections and every
+    layer kind present); the full depth is in the slow tier."""
+    got, expect = _cotnet_logits_against_reference((1, 1, 1, 1), settings, (64, 48))
+    off = ((got - expect).abs().max() / expect.abs().max()).item()
+    assert off <= 1e-9, f'logits {off:.3g} (relative) off the reference'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('source', sorted(COTNET_REFERENCES))
+def test_cotnet50_logits_equal_the_reference(source):
+    """CoTNet-50 and CoTNeXt-50 at full depth: the reference model with
+    random weights converted to ours, equal logits in float64."""
+    settings = COTNET_REFERENCES[source]
+    got, expect = _cotnet_logits_against_reference((3, 4, 6, 3), settings, (64, 64))
+    off = ((got - expect).abs().max() / expect.abs().max()).item()
+    assert off <= 1e-9, f'logits {off:.3g} (relative) off the reference'
 
 
 PUBLISHED = [  # (class, arch, params M, FLOPs G) as published
@@ -367,8 +444,21 @@ def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
     assert ckpt['meta']['backbone']['type'] == 'Visformer'
 
 
+# The modules directly inside each block: what with_cp recomputes.
+BLOCK_CHILDREN = {
+    'gcvit': r'levels\.\d\.blocks\.\d+\.[^.]+',
+    'visformer': r'stage\d\.\d+\.[^.]+',
+    'cotnet': r'layer\d\.\d+\.[^.]+',
+}
+
+
 @pytest.mark.parametrize('name', ['gcvit', 'visformer', 'cotnet'])
 def test_with_cp_gives_the_same_gradients(name):
+    import re
+    from collections import Counter
+
+    from torch.utils.checkpoint import set_checkpoint_early_stop
+
     torch.manual_seed(0)
     plain = small(name).train()
     cp_model = small(name, with_cp=True).train()
@@ -381,6 +471,31 @@ def test_with_cp_gives_the_same_gradients(name):
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, atol=1e-6, rtol=1e-5)
+    # Equal gradients also hold when with_cp is ignored: prove that every
+    # block ran again in backward (each module inside it is called twice).
+    inside = {
+        n: m
+        for n, m in cp_model.named_modules()
+        if re.fullmatch(BLOCK_CHILDREN[name], n)
+    }
+    calls = Counter()
+    hooks = [
+        m.register_forward_hook(lambda *a, n=n: calls.update([n]))
+        for n, m in inside.items()
+    ]
+    try:
+        # recompute whole blocks: by default the recomputation may stop once
+        # the tensors backward needs are back, before a block's last module
+        with set_checkpoint_early_stop(False):
+            out = cp_model(x)
+        forward = Counter(calls)
+        sum(o.mean() for o in out).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    blocks = {n.rsplit('.', 1)[0] for n in inside}
+    assert {n.rsplit('.', 1)[0] for n in forward} == blocks, 'a block never ran'
+    assert calls == forward + forward, calls - forward
 
 
 def test_gcvit_nvlabs_layout_round_trip():
@@ -487,12 +602,29 @@ def test_reference_layouts_were_recorded_for_every_zoo_arch():
     assert set(REFERENCE_LAYOUTS) == set(REFERENCE_MODELS)
 
 
+def _our_key(family: str, key: str) -> str | None:
+    """Where a reference checkpoint key lands in our classifier, written
+    out per source (None: dropped). GC ViT (NVlabs) keeps its names but
+    the final norm, ``norm3`` here, and drops its fixed index tables;
+    Visformer (danczs) wraps every BatchNorm as ``.bn``; CoTNet (JDAI-CV)
+    module names are ours. Classifiers: ``head`` / ``fc`` -> ``head.fc``."""
+    if key.startswith(('head.', 'fc.')):
+        return 'head.fc.' + key.split('.', 1)[1]
+    if family == 'gcvit' and key.endswith('.relative_position_index'):
+        return None
+    if family == 'visformer':
+        key = key.replace('.bn.', '.')
+    if family in ('gcvit', 'visformer') and key.startswith('norm.'):
+        key = 'norm3.' + key[len('norm.') :]
+    return 'backbone.' + key
+
+
 @pytest.mark.parametrize('source', sorted(REFERENCE_MODELS))
 def test_converters_take_the_reference_layouts(source):
     """A checkpoint with exactly the reference model's keys, shapes and
-    dtypes (random values) converts to the right arch, fills every tensor of
-    our model, and every converted tensor is a reference tensor unchanged
-    (or, for fixed index tables, dropped)."""
+    dtypes (random values) converts to the right arch, every converted
+    tensor is the reference tensor of its key, unchanged, and the result
+    fills every tensor of our model."""
     family, arch = REFERENCE_MODELS[source]
     convert = dict(gcvit=convert_gcvit, visformer=convert_visformer)
     convert['cotnet'] = convert_cotnet
@@ -504,24 +636,17 @@ def test_converters_take_the_reference_layouts(source):
         ref[key] = (
             torch.randn(shape, dtype=dtype)
             if dtype.is_floating_point
-            else torch.zeros(shape, dtype=dtype)
+            else torch.randint(0, 1000, shape, dtype=dtype)
         )
-    state, info = convert[family]({'state_dict': ref}, backbone_only=True)
+    state, info = convert[family]({'state_dict': ref})
     assert info['arch'] == arch
+    expected = {_our_key(family, k): k for k in ref if _our_key(family, k)}
+    assert set(state) == set(expected)
+    for dst, src in expected.items():
+        assert torch.equal(state[dst], ref[src]), f'{dst} is not {src}'
     model = cls(**info, out_indices=(3,))
-    model.load_state_dict(state, strict=True)
-    own = model.state_dict()
-    assert set(state) == set(own)
-    by_bytes = {
-        (tuple(v.shape), v.float().sum().item(), v.float().abs().max().item())
-        for v in ref.values()
-        if v.is_floating_point()
+    backbone = {
+        k[len('backbone.') :]: v for k, v in state.items() if k.startswith('backbone.')
     }
-    for key, value in state.items():
-        if value.is_floating_point():
-            probe = (
-                tuple(value.shape),
-                value.float().sum().item(),
-                value.float().abs().max().item(),
-            )
-            assert probe in by_bytes, f'{key} is no reference tensor'
+    model.load_state_dict(backbone, strict=True)
+    assert set(backbone) == set(model.state_dict())

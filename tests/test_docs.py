@@ -383,3 +383,16 @@ def test_tool_docstrings_speak_to_users():
         doc = ast.get_docstring(ast.parse(path.read_text())) or ''
         hits += [f'{rel(path)}: {m.group(0)!r}' for m in words.finditer(doc)]
     assert not hits, hits
+
+
+def test_changelog_has_a_dated_section_for_the_current_version():
+    """Dated release sections of one-line entries, the newest first and
+    equal to nommer_mm/version.py."""
+    text = (ROOT / 'CHANGELOG.md').read_text()
+    version = re.search(
+        r"__version__ = '([^']+)'", (ROOT / 'nommer_mm' / 'version.py').read_text()
+    ).group(1)
+    releases = re.findall(r'^## (\S+) \((\d{4}-\d{2}-\d{2})\)$', text, re.M)
+    assert releases and releases[0][0] == version, (releases, version)
+    body = [line for line in text.splitlines()[1:] if line and not line.startswith('#')]
+    assert all(line.startswith('- ') for line in body), body

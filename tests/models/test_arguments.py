@@ -111,12 +111,26 @@ def test_visformer_patch_embedding_runs_fp32_under_cpu_bf16_autocast():
         with torch.autocast('cpu', dtype=torch.bfloat16):
             got = model.patch_embed1(stem)
     assert got.dtype == torch.float32 and torch.equal(got, ref)
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(x)
+    # The whole model: bf16 rounding only. BatchNorm statistics are first
+    # estimated on a few batches, as a trained model's are: with the
+    # initial ones (mean 0, var 1) nothing is normalised, attention logits
+    # grow large and bf16 rounding alone moves the last stage by ~10%.
+    # Calibrated, every stage stays within ~1.5% of fp32.
     with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average
+        model.train()
+        for _ in range(3):
+            model(torch.randn(4, 3, 224, 224))
+        model.eval()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(x)
         fp32 = model(x)
-    for o, r in zip(out, fp32):  # bf16 rounding only, nowhere near 120%
-        assert ((o.float() - r).norm() / r.norm()) < 0.25
+    errors = [((o.float() - r).norm() / r.norm()).item() for o, r in zip(out, fp32)]
+    assert max(errors) > 1e-4, 'autocast left the model in fp32'
+    assert max(errors) < 0.03, f'bf16 outputs off fp32 by {errors} (relative)'
 
 
 def test_training_stops_at_the_first_non_finite_loss(tmp_path):

@@ -115,4 +115,9 @@ def describe(found: list[Found] | None = None) -> str:
     )
 
 
-STACK = check_stack()
+def __getattr__(name: str) -> str | None:
+    # ``STACK`` is looked up, not computed on loading this file: the
+    # installer reads this file before the packages it would check exist.
+    if name == 'STACK':
+        return check_stack()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

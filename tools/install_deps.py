@@ -1,16 +1,28 @@
 #!/usr/bin/env python3
 """Bring this Python environment to a working NomMer + OpenMMLab 2.x stack.
 
+Two stacks are supported, with the same import names (mmcv, mmengine,
+mmdet, mmseg, mmpretrain): ``--stack upstream``, the original OpenMMLab
+releases (pins in requirements.txt: mmcv 2.1.0, mmengine 0.10.7, mmdet
+3.3.0, mmsegmentation 1.2.2, mmpretrain 1.2.0), and ``--stack onedl``, their
+maintained fork OneDL (requirements-onedl.txt: onedl-mmcv 2.3.6,
+onedl-mmengine 0.10.12, onedl-mmdetection 3.5.1, onedl-mmsegmentation
+1.4.2, onedl-mmpretrain 1.3.6). Without ``--stack``: the stack installed
+here, upstream on an environment with neither. Choosing one removes the
+other's packages first (they would overwrite each other's files).
+
 Steps, each skipped when already satisfied (a second run installs nothing):
 
 1. torch + torchvision: an importable pair is kept; otherwise the pinned
    PyPI pair is installed (mmpretrain needs torchvision, and PyPI has no
    CPU-only torchvision, so this is the CUDA build; it runs on CPU too).
-2. mmcv 2.1.0 *with compiled ops* (mmdet needs RoIAlign, NMS ...), from the
-   first source that yields a working build:
+2. The stack's mmcv (mmcv 2.1.0 or onedl-mmcv 2.3.6) *with compiled ops*
+   (mmdet needs RoIAlign, NMS ...), from the first source that yields a
+   working build:
    a. a wheel folder named by ``--wheels`` / ``NOMMER_MMCV_WHEELS``,
-   b. the local build cache (``$XDG_CACHE_HOME/nommer_mm/mmcv/<key>``, the
-      key naming Python, torch, CUDA and the kernel architectures),
+   b. the local build cache (``$XDG_CACHE_HOME/nommer_mm/<mmcv or
+      onedl-mmcv>/<key>``, the key naming Python, torch, CUDA and the
+      kernel architectures),
    c. the PyPI source, built with C++20 flags, no build isolation,
       ``setuptools<81`` and ``MMCV_WITH_OPS=1``, then stored in the cache.
       CUDA kernels are built for ``--cuda-archs`` (default: the GPU's own
@@ -21,7 +33,7 @@ Steps, each skipped when already satisfied (a second run installs nothing):
       environment.
    A wheel counts as matching only if it installs for this Python and its
    ops import and run against the installed torch.
-3. The frozen OpenMMLab packages and the undeclared dependencies of mmseg,
+3. The stack's OpenMMLab packages and the undeclared dependencies of mmseg,
    installed under a constraints file that pins torch, torchvision and mmcv
    to what is installed, so no resolver can swap them.
 4. This repository itself, editable (``pip install -e .``).
@@ -35,8 +47,8 @@ Offline machines (a cluster's compute nodes, a GPU box without network):
 * ``--wheelhouse DIR --offline`` installs from DIR alone (no index), keeps
   the machine's torch, torchvision and numpy, and ends with the same checks.
 
-Usage: ``python tools/install_deps.py [--wheels DIR] [--cuda-archs 8.0,9.0]
-[--no-self]``.
+Usage: ``python tools/install_deps.py [--stack upstream|onedl] [--wheels DIR]
+[--cuda-archs 8.0,9.0] [--no-self]``.
 """
 
 from __future__ import annotations
@@ -59,10 +71,16 @@ def parse_args() -> argparse.Namespace:
         epilog=__doc__.split('\n', 2)[2],
     )
     parser.add_argument(
+        '--stack',
+        choices=sorted(pins.STACKS),
+        help='the OpenMMLab stack: upstream (the original releases) or onedl '
+        '(the maintained fork); default: the one installed, else upstream',
+    )
+    parser.add_argument(
         '--wheels',
         action='append',
         default=[],
-        help='folder with prebuilt mmcv wheels (repeatable); '
+        help='folder with prebuilt mmcv / onedl-mmcv wheels (repeatable); '
         'NOMMER_MMCV_WHEELS (os.pathsep-separated) adds more',
     )
     parser.add_argument(
@@ -131,11 +149,13 @@ def main() -> None:
     """Run the step the command line asks for: by default the whole stack."""
     args = parse_args()
     cuda.PYPI_CUDA = args.pypi_cuda
+    if not (args.wheelhouse and args.offline):  # there: the wheelhouse's stack
+        pins.use_stack(pins.choose_stack(args.stack))
     if args.mmcv_into:
         mmcv.mmcv_into(args.mmcv_into, args.wheel_dirs, args.cuda_archs)
     elif args.wheelhouse and args.offline:
         wheelhouse.install_offline(
-            args.wheelhouse, not args.no_self, args.break_system_packages
+            args.wheelhouse, not args.no_self, args.break_system_packages, args.stack
         )
     elif args.wheelhouse:
         wheelhouse.make_wheelhouse(
@@ -147,6 +167,9 @@ def main() -> None:
             args.wheel_dirs,
         )
     else:
+        pins_file = pins.STACKS[pins.STACK]['requirements']
+        pins.log(f'stack: {pins.STACK} (pins in {pins_file})')
+        pins.remove_other_stack()
         pins.ensure_torch()
         mmcv.ensure_mmcv(args.wheel_dirs, args.cuda_archs)
         pins.ensure_rest(with_self=not args.no_self)

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from . import common, cuda, pins
-from .common import log, packaging, pip, probe, run, sha256
+from .common import canonical, log, packaging, pip, probe, run, sha256
 
 MMCV_CHECK = """
 import torch, mmcv
@@ -119,23 +119,28 @@ def check_kernels(whl: Path, cuda_home: Path, archs: list[str]) -> None:
 
 # ------------------------------------------------- wheel folders, cache
 def cache_dir(situation: dict) -> Path:
-    """The build cache's folder for this Python, torch, CUDA and archs."""
-    return common.CACHE_ROOT / 'mmcv' / situation['key']
+    """The build cache's folder for this stack's mmcv (``mmcv`` or
+    ``onedl-mmcv``), Python, torch, CUDA and archs."""
+    return common.CACHE_ROOT / pins.MMCV_DIST / situation['key']
 
 
 def candidate_wheels(folder: Path, situation: dict) -> list[Path]:
-    """Wheels of the pinned mmcv in ``folder`` whose tags fit this
+    """Wheels of the stack's pinned mmcv in ``folder`` whose tags fit this
     interpreter."""
     sys_tags = packaging('tags').sys_tags
     parse_wheel_filename = packaging('utils').parse_wheel_filename
     supported = set(sys_tags())
     found = []
-    for whl in sorted(folder.glob('mmcv-*.whl')):
+    for whl in sorted(folder.glob('*.whl')):
         try:
             name, ver, _, tags = parse_wheel_filename(whl.name)
         except Exception:  # not a well-formed wheel name: not ours to judge
             continue
-        if str(ver) == pins.MMCV_VERSION and tags & supported:
+        if (
+            canonical(name) == pins.MMCV_DIST
+            and str(ver) == pins.MMCV_VERSION
+            and tags & supported
+        ):
             found.append(whl)
     return found
 
@@ -152,7 +157,7 @@ def try_wheel(whl: Path, situation: dict) -> bool:
     ok, out = mmcv_ok(situation)
     log(f'  {"works" if ok else "does not work here"}: {out.splitlines()[-1:]}')
     if not ok:
-        pip('uninstall', '-y', 'mmcv')
+        pip('uninstall', '-y', pins.MMCV_DIST)
     return ok
 
 
@@ -179,7 +184,8 @@ def patch_sources(src: Path, torch_version: str) -> None:
 
 
 def fetch_source(work: Path) -> Path:
-    """The pinned mmcv's source distribution, unpacked under ``work``."""
+    """The stack's pinned mmcv source distribution, unpacked under
+    ``work``."""
     # pkg_resources is gone from setuptools >= 81; mmcv's setup.py needs it.
     pip('install', 'setuptools<81', 'wheel', 'ninja', 'packaging')
     # No build isolation here either: an isolated setup.py run would get
@@ -190,11 +196,11 @@ def fetch_source(work: Path) -> Path:
         '--no-build-isolation',
         '--no-binary',
         ':all:',
-        f'mmcv=={pins.MMCV_VERSION}',
+        f'{pins.MMCV_DIST}=={pins.MMCV_VERSION}',
         '-d',
         str(work),
     )
-    sdist = next(work.glob('mmcv-*.tar.gz'))
+    sdist = next(work.glob('*.tar.gz'))
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter='data')
     return next(p for p in work.iterdir() if p.is_dir())
@@ -234,7 +240,7 @@ def build_mmcv(situation: dict) -> Path:
     # so before the source is fetched.
     cuda_home = cuda.cuda_home_for(situation) if situation['archs'] else None
     log(
-        f'building mmcv {pins.MMCV_VERSION} from source with {kernels} on '
+        f'building {pins.MMCV_DIST} {pins.MMCV_VERSION} from source with {kernels} on '
         f'{os.cpu_count()} cores (a long compile: tens of minutes on a few '
         'cores, more for each CUDA architecture)'
     )
@@ -248,7 +254,7 @@ def build_mmcv(situation: dict) -> Path:
         + ['-w', str(out_dir), str(src)],
         env=build_env(situation, cuda_home),
     )
-    whl = next(out_dir.glob('mmcv-*.whl'))
+    whl = next(out_dir.glob('*.whl'))
     log(
         f'built {whl.name} in {(time.time() - start) / 60:.1f} min on '
         f'{os.cpu_count()} cores ({kernels}), '
@@ -292,7 +298,7 @@ def ensure_mmcv(wheel_dirs: list[Path], cuda_archs: list[str] | None) -> None:
     ):
         log(f'mmcv present: {out.splitlines()[-1]}')
         return
-    log(f'mmcv {pins.MMCV_VERSION} with ops for {situation["key"]} wanted')
+    log(f'{pins.MMCV_DIST} {pins.MMCV_VERSION} with ops for {situation["key"]} wanted')
     pip('install', '-c', str(pins.hold_constraints()), *pins.MMCV_RUNTIME_REQUIREMENTS)
     working_wheel(wheel_dirs, situation)
 

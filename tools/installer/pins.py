@@ -2,8 +2,12 @@
 OpenMMLab packages with their undeclared dependencies, this repository, and
 the check that the whole stack imports.
 
-The stack's package names and versions are defined in the first section of
-this file, from requirements.txt; every other module reads them from here.
+Two stacks share the import names mmcv, mmengine, mmdet, mmseg and
+mmpretrain: the original OpenMMLab releases (``upstream``, pins in
+requirements.txt) and their maintained fork OneDL (``onedl``, pins in
+requirements-onedl.txt). :func:`use_stack` sets the package names and
+versions of the first section of this file for one of them; every other
+module reads them from here.
 """
 
 from __future__ import annotations
@@ -16,10 +20,30 @@ from pathlib import Path
 
 from .common import REPO_ROOT, log, packaging, pip, probe
 
+# Each stack: its pins' file, and its distributions of mmcv, mmengine and
+# the task packages (mmengine first).
+STACKS = {
+    'upstream': dict(
+        requirements='requirements.txt',
+        mmcv='mmcv',
+        openmmlab=('mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain'),
+    ),
+    'onedl': dict(
+        requirements='requirements-onedl.txt',
+        mmcv='onedl-mmcv',
+        openmmlab=(
+            'onedl-mmengine',
+            'onedl-mmdetection',
+            'onedl-mmsegmentation',
+            'onedl-mmpretrain',
+        ),
+    ),
+}
+
 
 # ------------------------------------------------------------- the stack
 def read_pins(path: Path = REPO_ROOT / 'requirements.txt') -> dict[str, str]:
-    """``name==version`` lines of requirements.txt (the pins' one home)."""
+    """``name==version`` lines of a requirements file (the pins' one home)."""
     pins = {}
     for line in path.read_text().splitlines():
         line = line.split('#', 1)[0].strip()
@@ -31,26 +55,39 @@ def read_pins(path: Path = REPO_ROOT / 'requirements.txt') -> dict[str, str]:
     return pins
 
 
-PINS = read_pins()
-TORCH_PIN = ('torch', PINS['torch'])
-TORCHVISION_PIN = ('torchvision', PINS['torchvision'])
-MMCV_VERSION = PINS['mmcv']
-# Frozen by the users' stack: mmdet 3.3 / mmseg 1.2.2 refuse mmcv >= 2.2.
-OPENMMLAB_PINS = {
-    name: PINS[name] for name in ('mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain')
-}
-# mmcv's own runtime requirements: its wheels are installed with --no-deps
-# (so pip cannot pull another mmcv or torch), hence these come first.
-MMCV_RUNTIME_REQUIREMENTS = [
-    'addict',
-    'numpy',
-    'packaging',
-    'Pillow',
-    'pyyaml',
-    'yapf',
-    'opencv-python',
-    f'mmengine=={OPENMMLAB_PINS["mmengine"]}',
-]
+def use_stack(name: str) -> None:
+    """Set this module's pins (``STACK``, ``PINS``, ``TORCH_PIN``,
+    ``TORCHVISION_PIN``, ``MMCV_DIST``, ``MMCV_VERSION``, ``OPENMMLAB_PINS``,
+    ``MMCV_RUNTIME_REQUIREMENTS``) to those of stack ``name``."""
+    global STACK, PINS, TORCH_PIN, TORCHVISION_PIN, MMCV_DIST, MMCV_VERSION
+    global OPENMMLAB_PINS, MMCV_RUNTIME_REQUIREMENTS
+    if name not in STACKS:
+        sys.exit(f'--stack {name!r}: expected one of {", ".join(STACKS)}')
+    spec = STACKS[name]
+    STACK = name
+    PINS = read_pins(REPO_ROOT / spec['requirements'])
+    TORCH_PIN = ('torch', PINS['torch'])
+    TORCHVISION_PIN = ('torchvision', PINS['torchvision'])
+    MMCV_DIST = spec['mmcv']
+    MMCV_VERSION = PINS[MMCV_DIST]
+    # Frozen by the upstream stack: mmdet 3.3 / mmseg 1.2.2 refuse mmcv >= 2.2.
+    OPENMMLAB_PINS = {dist: PINS[dist] for dist in spec['openmmlab']}
+    # mmcv's own runtime requirements: its wheels are installed with
+    # --no-deps (so pip cannot pull another mmcv or torch), hence these first.
+    mmengine = spec['openmmlab'][0]
+    MMCV_RUNTIME_REQUIREMENTS = [
+        'addict',
+        'numpy',
+        'packaging',
+        'Pillow',
+        'pyyaml',
+        'yapf',
+        'opencv-python',
+        f'{mmengine}=={OPENMMLAB_PINS[mmengine]}',
+    ]
+
+
+use_stack('upstream')  # until the command line names one
 # Needed at import or run time but not declared (mmseg: ftfy, regex;
 # mmengine resolves `mmdet::` config bases through pkg_resources, which
 # setuptools >= 81 no longer ships; mmdet's COCO metric: pycocotools).
@@ -88,6 +125,57 @@ def requirement_met(requirement: str) -> bool:
     return installed is not None and req.specifier.contains(installed, prereleases=True)
 
 
+def stack_module():
+    """nommer_mm/stack.py (which names the distributions of each stack and
+    tells a mix), read from its file: nommer_mm itself may not import yet."""
+    import importlib.util
+
+    name = '_nommer_mm_stack'
+    if name not in sys.modules:
+        path = REPO_ROOT / 'nommer_mm' / 'stack.py'
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def installed_stack() -> str | None:
+    """The stack whose distributions are installed here, None on a bare
+    environment; a mix of both is reported and left to :func:`choose_stack`."""
+    found = stack_module().installed()
+    stacks = {f.stack for f in found}
+    return stacks.pop() if len(stacks) == 1 else None
+
+
+def choose_stack(asked: str | None) -> str:
+    """``--stack``, else the installed stack, else upstream; stops on a mix
+    of both stacks when ``--stack`` does not say which one to keep."""
+    module = stack_module()
+    found = module.installed()
+    if asked is None and len({f.stack for f in found}) > 1:
+        sys.exit(module.mismatch_message(found))
+    return asked or installed_stack() or 'upstream'
+
+
+def other_stack_installed() -> list[str]:
+    """Distributions of the stack not chosen (``name==version``)."""
+    return [
+        f'{f.distribution}=={f.version}'
+        for f in stack_module().installed()
+        if f.stack != STACK
+    ]
+
+
+def remove_other_stack(*pip_options: str) -> None:
+    """Uninstall the other stack's packages: they share import names with
+    this one's, so the two cannot be installed side by side."""
+    other = other_stack_installed()
+    if other:
+        log(f"--stack {STACK}: removing the other stack's {', '.join(other)}")
+        pip('uninstall', '-y', *pip_options, *(d.split('==')[0] for d in other))
+
+
 def missing_requirements() -> list[str]:
     """The OpenMMLab pins and extras not satisfied here, as requirements."""
     missing = [f'{d}=={v}' for d, v in OPENMMLAB_PINS.items() if version_of(d) != v]
@@ -99,7 +187,10 @@ def hold_constraints() -> Path:
     """A pip constraints file pinning torch, torchvision and mmcv to what is
     installed (and mmcv to its pin when absent), so no resolver swaps them."""
     lines = [f'{d}=={version_of(d)}' for d in ('torch', 'torchvision')]
-    lines.append(f'mmcv=={version_of("mmcv") or MMCV_VERSION}')
+    lines.append(f'{MMCV_DIST}=={version_of(MMCV_DIST) or MMCV_VERSION}')
+    # the other stack's mmcv is never the answer to "mmcv"
+    other = [s['mmcv'] for n, s in STACKS.items() if n != STACK]
+    lines += [f'{dist}<0' for dist in other]
     path = Path(tempfile.mkdtemp(prefix='nommer-deps-')) / 'constraints.txt'
     path.write_text('\n'.join(lines) + '\n')
     return path
@@ -187,4 +278,12 @@ def final_check() -> None:
     )
     if not ok:
         sys.exit(f'the stack does not import:\n{out}')
-    log(next(ln for ln in out.splitlines() if ln.startswith('stack:')))
+    module = stack_module()
+    found = module.installed()
+    if {f.stack for f in found} != {STACK}:
+        sys.exit(
+            f'--stack {STACK}: ' + module.mismatch_message(found)
+            if len({f.stack for f in found}) > 1
+            else f'--stack {STACK} wanted, but installed: ' + ', '.join(map(str, found))
+        )
+    log(f'{STACK} ' + next(ln for ln in out.splitlines() if ln.startswith('stack:')))

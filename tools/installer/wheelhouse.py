@@ -160,7 +160,7 @@ def mmcv_wheel_into(
     """A working mmcv wheel for interpreter ``python`` into ``dest`` (found
     or built by the installer run in that interpreter); returns its build's
     facts (CUDA version, architectures, cache key)."""
-    cmd = [python, common.SCRIPT, '--mmcv-into', dest]
+    cmd = [python, common.SCRIPT, '--stack', pins.STACK, '--mmcv-into', dest]
     cmd += ['--pypi-cuda'] if cuda.PYPI_CUDA else []
     cmd += [a for d in wheel_dirs for a in ('--wheels', d)]
     if cuda_archs:
@@ -185,11 +185,10 @@ def wheels_to_fetch(
     what those need, mmcv left out."""
     work = Path(tempfile.mkdtemp(prefix='wheelhouse-'))
     constraints = work / 'constraints.txt'
-    constraints.write_text(
-        f'torch=={torch_version}\nnumpy>=2\nmmcv=={pins.MMCV_VERSION}\n'
-    )
+    mmcv_pin = f'{pins.MMCV_DIST}=={pins.MMCV_VERSION}'
+    constraints.write_text(f'torch=={torch_version}\nnumpy>=2\n{mmcv_pin}\n')
     wanted = [
-        f'mmcv=={pins.MMCV_VERSION}',
+        mmcv_pin,
         *(f'{n}=={v}' for n, v in pins.OPENMMLAB_PINS.items()),
         *pins.RUNTIME_EXTRAS,
         *image_has,
@@ -215,7 +214,8 @@ def wheels_to_fetch(
         canonical(i['metadata']['name']): i['metadata']['version']
         for i in report['install']
     }
-    return sorted(f'{n}=={versions[n]}' for n in needed if n != 'mmcv')
+    mmcv = canonical(pins.MMCV_DIST)
+    return sorted(f'{n}=={versions[n]}' for n in needed if n != mmcv)
 
 
 def make_wheelhouse(
@@ -257,6 +257,7 @@ def make_wheelhouse(
     wheels = sorted(dest.glob('*.whl'))
     total = sum(w.stat().st_size for w in wheels) / 2**20
     manifest = dict(
+        stack=pins.STACK,
         python=python_version,
         torch=torch_version,
         cuda=facts['cuda'],
@@ -322,11 +323,25 @@ def read_manifest(dest: Path) -> tuple[dict, str]:
     return manifest, this_torch
 
 
-def install_offline(dest: Path, with_self: bool, break_system_packages: bool) -> None:
+def install_offline(
+    dest: Path,
+    with_self: bool,
+    break_system_packages: bool,
+    stack: str | None = None,
+) -> None:
     """Install the stack from a wheelhouse alone, keeping this machine's
-    torch, torchvision and numpy."""
+    torch, torchvision and numpy. ``stack``, when given, must be the
+    wheelhouse's."""
     os.environ['PIP_NO_INDEX'] = '1'
     manifest, this_torch = read_manifest(dest)
+    # a wheelhouse without a stack was made for the upstream one
+    made_for = manifest.get('stack', 'upstream')
+    if stack and stack != made_for:
+        sys.exit(
+            f'--stack {stack}: the wheelhouse {dest} holds the {made_for} '
+            f'stack; make one with --wheelhouse DIR --stack {stack}'
+        )
+    pins.use_stack(made_for)
     wheels = []
     for name, digest in sorted(manifest['wheels'].items()):
         path = dest / name
@@ -351,6 +366,7 @@ def install_offline(dest: Path, with_self: bool, break_system_packages: bool) ->
         f'installing {len(wheels)} wheels from {dest} (no index; torch '
         f"{this_torch} and the image's packages kept)"
     )
+    pins.remove_other_stack(*options[1:])  # not --no-index: pip uninstall
     pip('install', *options, '--no-deps', *wheels)
     proc = subprocess.run(
         [sys.executable, '-m', 'pip', 'check'], capture_output=True, text=True

@@ -228,6 +228,14 @@ def _write(obj, path):
     return path
 
 
+def _onedl_loader() -> bool:
+    """Whether mmengine has OneDL's ``_safe_torch_load`` (which retries
+    with ``weights_only=False``)."""
+    import mmengine.runner.checkpoint as mmengine_checkpoint
+
+    return hasattr(mmengine_checkpoint, '_safe_torch_load')
+
+
 def _loaders(tmp_path):
     from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
 
@@ -289,7 +297,12 @@ def _loaders(tmp_path):
             scoped(lambda p: _load_checkpoint(str(p))),
             ours,
         ),
-        'mmengine open-mmlab:// (model zoo file)': (scoped(model_zoo), ours),
+        # upstream mmengine reads it with torch.load (weights_only=True);
+        # OneDL's through a loader that our scope replaces
+        'mmengine open-mmlab:// (model zoo file)': (
+            scoped(model_zoo),
+            ours if _onedl_loader() else 'Weights only load failed',
+        ),
         'init_cfg=Pretrained': (
             scoped(lambda p: load_checkpoint(nn.Linear(1, 1), str(p))),
             ours,

@@ -215,23 +215,7 @@ class CoTNet(StagedBackbone):
         self.dims = [256 * 2**i for i in range(4)]
 
         stem_out = 64
-        if s['stem'] == 'resnet':
-            self.conv1 = nn.Conv2d(in_channels, stem_out, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-        else:
-            w = s['stem_width']
-            self.conv1 = nn.Sequential(
-                nn.Conv2d(in_channels, w, 3, 2, 1, bias=False),
-                build_norm_layer(norm_cfg, w)[1],
-                nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, 1, 1, bias=False),
-                build_norm_layer(norm_cfg, w)[1],
-                nn.ReLU(inplace=True),
-                nn.Conv2d(w, stem_out, 3, 1, 1, bias=False),
-            )
-            self.maxpool = None
-        self.bn1 = build_norm_layer(norm_cfg, stem_out)[1]
-
+        self._build_stem(in_channels, stem_out, norm_cfg)
         dpr = torch.linspace(0, drop_path_rate, sum(s['depths'])).tolist()
         in_ch, n = stem_out, 0
         for i, depth in enumerate(s['depths']):
@@ -257,6 +241,27 @@ class CoTNet(StagedBackbone):
 
         self._init_default_weights(zero_init_residual)
         self._freeze_stages()
+
+    def _build_stem(self, in_channels: int, stem_out: int, norm_cfg: dict) -> None:
+        """``conv1`` (7x7 ResNet stem with ``maxpool``, or the deep stem of
+        three 3x3 convs) and ``bn1``, to ``stem_out`` channels at stride 2."""
+        s = self.arch_settings
+        if s['stem'] == 'resnet':
+            self.conv1 = nn.Conv2d(in_channels, stem_out, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            w = s['stem_width']
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(in_channels, w, 3, 2, 1, bias=False),
+                build_norm_layer(norm_cfg, w)[1],
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False),
+                build_norm_layer(norm_cfg, w)[1],
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, stem_out, 3, 1, 1, bias=False),
+            )
+            self.maxpool = None
+        self.bn1 = build_norm_layer(norm_cfg, stem_out)[1]
 
     def _init_default_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():

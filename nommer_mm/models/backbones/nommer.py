@@ -294,10 +294,10 @@ class NomMer(StagedBackbone):
             norm_cfg,
         )
         self.arch_settings, dct_blocks, img_size = checked
-        C, depths, heads, ratios = (self.arch_settings[k] for k in self.ARCH_KEYS)
+        C = self.arch_settings['embed_dims']
         # One S-NomMer stage per bottleneck ratio (the paper: two), the rest
         # G-NomMer; the position embedding enters the first G stage.
-        self.num_local_stages = len(ratios)
+        self.num_local_stages = len(self.arch_settings['bottleneck_ratios'])
         self.embed_dims = C
         self.dims = [C, 2 * C, 4 * C, 8 * C]
         self.out_indices = parse_out_indices(out_indices, 4)
@@ -308,29 +308,16 @@ class NomMer(StagedBackbone):
         self.pos_grid = (img_size[0] // pos_stride, img_size[1] // pos_stride)
 
         self.stem = ConvStem(in_channels, C, norm_cfg)
-        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
-        self.stages = nn.ModuleList()
-        for i in range(4):
-            if i < self.num_local_stages:
-                make_block = functools.partial(
-                    SNomMerBlock,
-                    window_size=window_size,
-                    dct_block=dct_blocks[i],
-                    reduction=ratios[i],
-                    contexts=tuple(contexts),
-                    global_type=global_type,
-                    fusion=fusion,
-                    norm_cfg=norm_cfg,
-                )
-            else:
-                make_block = GNomMerBlock
-            # The MLP is 2x wide, 1x in the last stage (the reference's).
-            hidden = self.dims[i] if i == 3 else 2 * self.dims[i]
-            blocks = [
-                make_block(self.dims[i], heads[i], hidden, drop_path=next(drop_paths))
-                for _ in range(depths[i])
-            ]
-            self.stages.append(NomMerStage(blocks, with_cp))
+        self.stages = self._build_stages(
+            with_cp,
+            drop_path_rate,
+            window_size=window_size,
+            dct_blocks=dct_blocks,
+            contexts=tuple(contexts),
+            global_type=global_type,
+            fusion=fusion,
+            norm_cfg=norm_cfg,
+        )
         self.merges = nn.ModuleList(
             TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3)
         )
@@ -415,6 +402,39 @@ class NomMer(StagedBackbone):
                 f'NomMer: out_type={out_type!r}; expected one of {cls.OUT_TYPES}'
             )
         return settings, dct_blocks, img_size
+
+    def _build_stages(
+        self,
+        with_cp: bool,
+        drop_path_rate: float,
+        dct_blocks: tuple,
+        **s_block_args,
+    ) -> nn.ModuleList:
+        """S-NomMer stages, then G-NomMer stages, drop path rising linearly
+        over all blocks from 0."""
+        depths = self.arch_settings['depths']
+        heads = self.arch_settings['num_heads']
+        ratios = self.arch_settings['bottleneck_ratios']
+        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
+        stages = nn.ModuleList()
+        for i in range(4):
+            if i < self.num_local_stages:
+                make_block = functools.partial(
+                    SNomMerBlock,
+                    dct_block=dct_blocks[i],
+                    reduction=ratios[i],
+                    **s_block_args,
+                )
+            else:
+                make_block = GNomMerBlock
+            # The MLP is 2x wide, 1x in the last stage (the reference's).
+            hidden = self.dims[i] if i == 3 else 2 * self.dims[i]
+            blocks = [
+                make_block(self.dims[i], heads[i], hidden, drop_path=next(drop_paths))
+                for _ in range(depths[i])
+            ]
+            stages.append(NomMerStage(blocks, with_cp))
+        return stages
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:

@@ -232,35 +232,18 @@ class Visformer(StagedBackbone):
         super().__init__(
             init_cfg=pretrained_init_cfg('Visformer', pretrained, init_cfg)
         )
-        self.arch_settings = parse_arch(
-            'Visformer', self.arch_zoo, self.ARCH_KEYS, arch, lengths=dict(depths=3)
+        s = self.arch_settings = self._check_args(
+            arch,
+            in_channels,
+            img_size,
+            mlp_ratio,
+            spatial_groups,
+            drop_path_rate,
+            frozen_stages,
+            norm_cfg,
         )
-        s = self.arch_settings
-        check_arch_values(
-            'Visformer',
-            s,
-            ints=('stem_channels', 'embed_dims', 'num_heads'),
-            int_lists=('depths',),
-        )
-        check_common('Visformer', in_channels, drop_path_rate, frozen_stages)
         img_size = check_size('Visformer', 'img_size', img_size)
-        if min(img_size) < 32:
-            raise ValueError(
-                f'Visformer: img_size={img_size}; the position '
-                'embeddings go down to stride 32, so each side '
-                'must be >= 32'
-            )
-        check_int('Visformer', 'spatial_groups', spatial_groups, 1)
-        if (
-            isinstance(mlp_ratio, bool)
-            or not isinstance(mlp_ratio, (int, float))
-            or mlp_ratio <= 0
-        ):
-            raise ValueError(
-                f'Visformer: mlp_ratio={mlp_ratio!r}; expected a positive number'
-            )
-        check_norm_cfg('Visformer', norm_cfg)
-        C, depths, heads = s['embed_dims'], s['depths'], s['num_heads']
+        C = s['embed_dims']
         stage_dims = [C // 2, C, 2 * C]
         self.dims = [C // 2] + stage_dims
         self.out_indices = parse_out_indices(out_indices, 4)
@@ -272,6 +255,37 @@ class Visformer(StagedBackbone):
             build_norm_layer(norm_cfg, s['stem_channels'])[1],
             nn.ReLU(inplace=True),
         )
+        self._build_stages(
+            img_size, mlp_ratio, spatial_groups, drop_path_rate, norm_cfg, with_cp
+        )
+        for i in self.out_indices:
+            if i == 0:
+                self.upsample0 = nn.Sequential(
+                    nn.ConvTranspose2d(C // 2, C // 2, 2, stride=2),
+                    build_norm_layer(norm_cfg, C // 2)[1],
+                    nn.GELU(),
+                )
+            else:
+                self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.dims[i])[1])
+
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
+        self._init_default_weights()
+        self._freeze_stages()
+
+    def _build_stages(
+        self,
+        img_size: tuple,
+        mlp_ratio: float,
+        spatial_groups: int,
+        drop_path_rate: float,
+        norm_cfg: dict,
+        with_cp: bool,
+    ) -> None:
+        """``patch_embed{i}``, ``pos_embed{i}`` and ``stage{i}`` for i = 1..3;
+        stage 1 is convolutional, stages 2-3 attend."""
+        s = self.arch_settings
+        depths, heads = s['depths'], s['num_heads']
+        stage_dims = self.dims[1:]
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         in_dims = [s['stem_channels']] + stage_dims[:2]
         for i in range(3):
@@ -309,19 +323,49 @@ class Visformer(StagedBackbone):
                     ]
                 ),
             )
-        for i in self.out_indices:
-            if i == 0:
-                self.upsample0 = nn.Sequential(
-                    nn.ConvTranspose2d(C // 2, C // 2, 2, stride=2),
-                    build_norm_layer(norm_cfg, C // 2)[1],
-                    nn.GELU(),
-                )
-            else:
-                self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.dims[i])[1])
 
-        self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
-        self._init_default_weights()
-        self._freeze_stages()
+    @classmethod
+    def _check_args(
+        cls,
+        arch: str | dict,
+        in_channels: int,
+        img_size: int | Sequence[int],
+        mlp_ratio: float,
+        spatial_groups: int,
+        drop_path_rate: float,
+        frozen_stages: int,
+        norm_cfg: dict,
+    ) -> dict:
+        """Every argument checked at construction, each error naming the
+        argument, its value and what is accepted. Returns the arch settings."""
+        s = parse_arch(
+            'Visformer', cls.arch_zoo, cls.ARCH_KEYS, arch, lengths=dict(depths=3)
+        )
+        check_arch_values(
+            'Visformer',
+            s,
+            ints=('stem_channels', 'embed_dims', 'num_heads'),
+            int_lists=('depths',),
+        )
+        check_common('Visformer', in_channels, drop_path_rate, frozen_stages)
+        img_size = check_size('Visformer', 'img_size', img_size)
+        if min(img_size) < 32:
+            raise ValueError(
+                f'Visformer: img_size={img_size}; the position '
+                'embeddings go down to stride 32, so each side '
+                'must be >= 32'
+            )
+        check_int('Visformer', 'spatial_groups', spatial_groups, 1)
+        if (
+            isinstance(mlp_ratio, bool)
+            or not isinstance(mlp_ratio, (int, float))
+            or mlp_ratio <= 0
+        ):
+            raise ValueError(
+                f'Visformer: mlp_ratio={mlp_ratio!r}; expected a positive number'
+            )
+        check_norm_cfg('Visformer', norm_cfg)
+        return s
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:

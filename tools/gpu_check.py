@@ -5,27 +5,24 @@
 
 ops: mmcv's nms, batched_nms and RoIAlign (forward, backward) equal the CPU's.
 backbones: NomMer-T/S/B, GC ViT-T, Visformer-S and CoTNet-50 classifiers,
-  forward and backward in fp32 (TF32 off), bf16 and fp16 autocast, against
-  the CPU in fp32 on the same weights and input (BatchNorm statistics from
-  that input). Where NomMer's nominations flip at near-ties, the agreement
-  is reported and the CPU's nominations are replayed. Tolerances (largest
-  logit error over the largest |logit|; relative L2 error of the gradients):
-  fp32 1e-4 / 1e-3, fp16 2e-2 / 5e-2, bf16 6e-2 / 1.5e-1; an fp32 figure
-  beyond passes within 10x the CPU fp32's own distance from fp64 (reported).
+  forward and backward in fp32 (TF32 off), bf16 and fp16 autocast against the
+  CPU in fp32, same weights and input. The share of NomMer's nominations equal
+  to the CPU's is reported; logits and gradients are compared with the CPU's
+  replayed. Tolerances (logits: largest error over largest |logit|; gradients:
+  relative L2): fp32 1e-4 / 1e-3 (or 10x the CPU fp32's own distance from
+  fp64, reported), fp16 2e-2 / 5e-2, bf16 6e-2 / 1.5e-1.
 attention: the SDPA backend each attention layer of NomMer-T, GC ViT-T and
   Visformer-S gets under bf16 autocast; on CUDA the MATH backend fails.
-dist: one-process NCCL training and test of small classification, Cascade
-  Mask R-CNN and UperNet configs (SyncBN, generated data) through
-  tools/dist_train.sh --amp and tools/dist_test.sh, with the test's metrics.
-  A run past --dist-timeout is stopped with all its processes and fails;
-  a failed run's output is kept in DIR/dist-<config>-failure.log.
+dist: one-process NCCL training (--amp) and test of small classification,
+  Cascade Mask R-CNN and UperNet configs (SyncBN, generated data) through
+  tools/dist_train.sh and dist_test.sh; a run past --dist-timeout is stopped
+  with all its processes and fails, its output kept in DIR/dist-*-failure.log.
 compile: torch.compile(fullgraph=True) of NomMer-T, bf16 logits vs eager.
 
-DIR/gpu_check.json (environment, every row) is rewritten after each row,
-"complete": false until the end; SIGTERM also ends a running dist run. A
-section or model that raises gets a failed row and the check goes on. Exit
-status 1 if a check fails. Without a GPU it exits 0; --allow-cpu runs it on
-the CPU (its own test; dist runs without AMP, which needs a GPU).
+DIR/gpu_check.json is rewritten after each row ("complete": false until the
+end). A section or model that raises gets a failed row; the check goes on.
+Exit status 1 if a check fails. Without a GPU it exits 0; --allow-cpu runs
+it on the CPU (its own test; dist without AMP, which needs a GPU).
 """
 
 from __future__ import annotations
@@ -42,7 +39,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -73,29 +69,26 @@ class Report:
     def __init__(self, path: Path, environment: dict) -> None:
         self.path, self.environment = path, environment
         self.rows: list[dict] = []
-        self.section_seconds: dict[str, float] = {}
         self.start = time.time()
 
     def add(self, section: str, name: str, ok: bool, **figures) -> None:
         self.rows.append(dict(section=section, name=name, ok=bool(ok), **figures))
-        shown = ', '.join(f'{k}={_fmt(v)}' for k, v in figures.items())
+        shown = ', '.join(
+            f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
+            for k, v in figures.items()
+        )
         print(f'[{"ok" if ok else "FAIL"}] {section}: {name}  {shown}', flush=True)
         self.write(complete=False)
 
     def write(self, complete: bool) -> dict:
         result = dict(environment=self.environment, complete=complete, rows=self.rows)
-        result.update(seconds=round(time.time() - self.start, 1))
-        result.update(section_seconds=self.section_seconds)
-        result.update(failed=sum(not r['ok'] for r in self.rows))
+        failed = sum(not r['ok'] for r in self.rows)
+        result.update(seconds=round(time.time() - self.start, 1), failed=failed)
         # written beside, then renamed: never a half-written file
         partial = self.path.with_name(self.path.name + '.partial')
         partial.write_text(json.dumps(result, indent=1))
         partial.replace(self.path)
         return result
-
-
-def _fmt(value) -> str:
-    return f'{value:.3g}' if isinstance(value, float) else str(value)
 
 
 def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -123,7 +116,6 @@ def guarded(report: Report, section: str, name: str, device: str):
             torch.cuda.empty_cache()
 
 
-# ------------------------------------------------------------------- ops
 def check_ops(device: str, report: Report) -> None:
     from mmcv.ops import RoIAlign, batched_nms, nms
 
@@ -133,15 +125,13 @@ def check_ops(device: str, report: Report) -> None:
     scores = torch.randperm(300, generator=g).float() / 300  # no ties
     idxs = torch.randint(0, 5, (300,), generator=g)
     cfg = dict(type='nms', iou_threshold=0.6)
-    for name, keep in [
-        ('nms', lambda d: nms(boxes.to(d), scores.to(d), 0.5)[1]),
-        (
-            'batched_nms',
-            lambda d: batched_nms(boxes.to(d), scores.to(d), idxs.to(d), cfg)[1],
-        ),  # noqa: E501
+    for name, op in [
+        ('nms', lambda b, s, i: nms(b, s, 0.5)),
+        ('batched_nms', lambda b, s, i: batched_nms(b, s, i, cfg)),
     ]:
-        same = keep('cpu').tolist() == keep(device).cpu().tolist()
-        report.add('ops', name, same, kept=len(keep('cpu')))
+        inputs = [[t.to(d) for t in (boxes, scores, idxs)] for d in ('cpu', device)]
+        cpu, dev = (op(*on)[1].tolist() for on in inputs)
+        report.add('ops', name, cpu == dev, kept=len(cpu))
 
     feat = torch.randn(2, 16, 64, 64, generator=g)
     rois = torch.cat([torch.randint(0, 2, (64, 1), generator=g).float(), boxes[:64]], 1)
@@ -158,7 +148,6 @@ def check_ops(device: str, report: Report) -> None:
     report.add('ops', 'RoIAlign', ok, forward_rel=fwd, backward_rel=bwd)
 
 
-# ------------------------------------------------------------- backbones
 def build_classifier(config: str) -> torch.nn.Module:
     import nommer_mm  # noqa: F401  (registers the backbones)
     from mmengine.config import Config
@@ -269,39 +258,36 @@ def check_backbones(
             x = torch.randn(batch, 3, size, size, generator=g)
             calibrate_batchnorm(model, x)
             weight = torch.randn(batch, model.head.num_classes, generator=g)
-            ref_logits, ref_grads, ref_maps = run_once(model, x, 'fp32', weight)
-            dev_model, dev_x = device_copy(model, device), x.to(device)
+            ref = run_once(model, x, 'fp32', weight)
+            dev_model = device_copy(model, device)
             for dtype in ('fp32', 'bf16', 'fp16'):
-                start, figures = time.time(), {}
-                if ref_maps:  # the device's own choices, then the CPU's replayed
-                    maps = run_once(dev_model, dev_x, dtype, None)[2]
-                    figures['nominations_agree'] = agreement(maps, ref_maps)
-                with replayed(dev_model, ref_maps):
-                    logits, grads, _ = run_once(dev_model, dev_x, dtype, weight)
-                logits_rel = figures['logits_rel'] = rel_max(logits, ref_logits)
-                grads_rel = figures['grads_rel'] = rel_l2(grads, ref_grads)
-                tol_logits, tol_grads = TOLERANCES[dtype]
-                ok = logits_rel <= tol_logits and grads_rel <= tol_grads
-                if not ok and dtype == 'fp32':
-                    own = cpu_fp32_rounding(
-                        model, x, weight, ref_logits, ref_grads, ref_maps
-                    )
-                    (
-                        figures['cpu_fp32_vs_fp64_logits'],
-                        figures['cpu_fp32_vs_fp64_grads'],
-                    ) = own
-                    ok = within_fp32_rounding(logits_rel, grads_rel, own)
-                figures['s'] = round(time.time() - start, 2)
+                figures = compare(dev_model, x.to(device), dtype, weight, ref)
+                rels = figures['logits_rel'], figures['grads_rel']
+                ok = all(r <= t for r, t in zip(rels, TOLERANCES[dtype]))
+                if not ok and dtype == 'fp32':  # the CPU fp32's own rounding
+                    exact = copy.deepcopy(model).double()
+                    own = compare(exact, x.double(), 'fp32', weight.double(), ref)
+                    own = own['logits_rel'], own['grads_rel']
+                    figures['cpu_fp32_vs_fp64_logits'] = own[0]
+                    figures['cpu_fp32_vs_fp64_grads'] = own[1]
+                    ok = within_fp32_rounding(*rels, own)
                 report.add('backbones', f'{name} {dtype}', ok, **figures)
 
 
-def cpu_fp32_rounding(model, x, weight, ref_logits, ref_grads, ref_maps) -> tuple:
-    """How far the CPU's fp32 logits and gradients are from the same model
-    in fp64 (the CPU's nominations replayed), in the check's measures."""
-    exact = copy.deepcopy(model).double()
-    with replayed(exact, ref_maps):
-        logits, grads, _ = run_once(exact, x.double(), 'fp32', weight.double())
-    return rel_max(ref_logits, logits), rel_l2(ref_grads, grads)
+def compare(model, x, dtype: str, weight: torch.Tensor, ref: tuple) -> dict:
+    """Figures of ``model`` on ``x`` under ``dtype`` against ``ref``, the CPU
+    fp32's (logits, gradients, nominations): the share of its own
+    nominations equal to the CPU's, then with the CPU's replayed the
+    relative errors of its logits and gradients."""
+    start, figures = time.time(), {}
+    if ref[2] and x.dtype != torch.float64:
+        maps = run_once(model, x, dtype, None)[2]
+        figures['nominations_agree'] = agreement(maps, ref[2])
+    with replayed(model, ref[2]):
+        logits, grads, _ = run_once(model, x, dtype, weight)
+    figures.update(logits_rel=rel_max(logits, ref[0]), grads_rel=rel_l2(grads, ref[1]))
+    figures['s'] = round(time.time() - start, 2)
+    return figures
 
 
 def within_fp32_rounding(
@@ -309,28 +295,27 @@ def within_fp32_rounding(
 ) -> bool:
     """Each figure within its fp32 tolerance or within ROUNDING times the
     CPU fp32's own distance from fp64 (``own``): two devices each round
-    their own way, and long reductions amplify it."""
+    their own way, and long reductions (a stem convolution's weight
+    gradient sums over every pixel) amplify it."""
     bounds = [max(t, ROUNDING * o) for t, o in zip(TOLERANCES['fp32'], own)]
     return logits_rel <= bounds[0] and grads_rel <= bounds[1]
 
 
-# ------------------------------------------------------------- attention
 @contextlib.contextmanager
 def sdpa_backends(record: list):
-    """Record every ``F.scaled_dot_product_attention`` call in the block as
+    """Record each ``F.scaled_dot_product_attention`` call in the block as
     (the calling module's class, the backend torch's dispatcher picks for
-    those inputs as autocast casts them, the last-dim strides of its tensor
-    arguments, which the fused GPU kernels need to be 1)."""
+    its inputs, the last-dim strides of its tensors: fused kernels need 1)."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend
 
     original = F.scaled_dot_product_attention
 
-    def cast(t):
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            if torch.is_autocast_enabled(t.device.type):
-                return t.to(torch.get_autocast_dtype(t.device.type))
-        return t
+    def cast(t):  # as autocast casts the inputs
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+            return t
+        on = torch.is_autocast_enabled(t.device.type)
+        return t.to(torch.get_autocast_dtype(t.device.type)) if on else t
 
     def recording(*args, **kwargs):
         frame = sys._getframe(1)
@@ -367,16 +352,15 @@ def check_attention(device: str, report: Report, size: int, batch: int) -> None:
                     model.train(training)(x, mode='tensor')
                 backends: dict = {}
                 for caller, backend, _ in record:
-                    backends.setdefault(caller, Counter())[backend] += 1
-                math = sum(c['MATH'] for c in backends.values())
+                    counts = backends.setdefault(caller, {})
+                    counts[backend] = counts.get(backend, 0) + 1
+                math = sum(c.get('MATH', 0) for c in backends.values())
                 mode = 'training' if training else 'inference'
-                figures = dict(calls=len(record), math_calls=math)
-                figures['backends'] = {k: dict(v) for k, v in backends.items()}
+                figures = dict(calls=len(record), math_calls=math, backends=backends)
                 ok = device != 'cuda' or math == 0
                 report.add('attention', f'{name} bf16 {mode}', ok, **figures)
 
 
-# ------------------------------------------------------------------ dist
 def dist_configs(work: Path) -> list[tuple[str, Path, str]]:
     """(name, config, main metric) of the three small runs, their data
     generated under ``work``."""
@@ -387,13 +371,10 @@ def dist_configs(work: Path) -> list[tuple[str, Path, str]]:
     cls = work / 'cls.py'
     cls.write_text(f"""
 _base_ = {str(ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py')!r}
-data_root = {str(textures)!r}
 sync_bn = 'torch'
-train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
-val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
+_loader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+               dataset=dict(data_root={str(textures)!r}))
+train_dataloader = val_dataloader = test_dataloader = _loader
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
 train_cfg = dict(max_iters={DIST_ITERS}, val_interval={DIST_ITERS})
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval={DIST_ITERS}))
@@ -487,27 +468,18 @@ def run_bounded(
 
 
 def _family(pid: int) -> set[int]:
-    """``pid``, its descendants and its session's processes, from /proc:
-    its group misses what ``timeout`` moves into a group of its own and
-    torchrun's workers, each in a session of its own (found as descendants
-    while torchrun lives; the caller keeps the set)."""
-    children: dict[int, list[int]] = {}
-    family = {pid}
+    """``pid``, its descendants and its session's processes, from /proc (its
+    group misses torchrun's workers: each has a session of its own)."""
+    parents, family = {}, {pid}
     for stat in Path('/proc').glob('[0-9]*/stat'):
-        try:  # after the name in parentheses: state, ppid, pgrp, session
+        with contextlib.suppress(OSError):  # gone meanwhile
+            # after the name in parentheses: state, ppid, pgrp, session
             fields = stat.read_text().rsplit(')', 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        child = int(stat.parent.name)
-        children.setdefault(int(fields[1]), []).append(child)
-        if int(fields[3]) == pid:
-            family.add(child)
-    todo = list(family)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in family:
-                family.add(child)
-                todo.append(child)
+            parents[int(stat.parent.name)] = int(fields[1])
+            if int(fields[3]) == pid:
+                family.add(int(stat.parent.name))
+    while found := {c for c, p in parents.items() if p in family} - family:
+        family |= found
     return family
 
 
@@ -517,7 +489,6 @@ def _signal_all(pids: set[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-# --------------------------------------------------------------- compile
 def check_compile(device: str, report: Report, batch: int, size: int) -> None:
     """NomMer-T compiled as one graph (a graph break raises): its bf16
     logits against eager's."""
@@ -546,7 +517,6 @@ def check_compile(device: str, report: Report, batch: int, size: int) -> None:
     report.add('compile', f'NomMer-T bf16 batch {batch}', ok, **figures)
 
 
-# ------------------------------------------------------------------ main
 def environment(device: str) -> dict:
     import mmcv
     from mmcv.ops import get_compiling_cuda_version
@@ -554,8 +524,7 @@ def environment(device: str) -> dict:
     facts = dict(device=device, torch=torch.__version__, cuda=torch.version.cuda)
     facts.update(mmcv=mmcv.__version__, mmcv_cuda=get_compiling_cuda_version())
     if device == 'cuda':
-        p = torch.cuda.get_device_properties(0)
-        facts.update(name=p.name, capability=f'{p.major}.{p.minor}')
+        facts.update(name=torch.cuda.get_device_name())
     return facts
 
 
@@ -600,7 +569,6 @@ def main() -> int:
     report = Report(args.out / 'gpu_check.json', facts)
     report.write(complete=False)
     for section in args.only:
-        start = time.time()
         with guarded(report, section, 'section', device):
             if section == 'ops':
                 check_ops(device, report)
@@ -614,14 +582,10 @@ def main() -> int:
             elif section == 'compile':
                 batch = 64 if device == 'cuda' else args.batch
                 check_compile(device, report, batch, args.size)
-        report.section_seconds[section] = round(time.time() - start, 1)
     result = report.write(complete=True)
-    failed = result['failed']
-    print(
-        f'gpu_check: {len(report.rows) - failed}/{len(report.rows)} checks passed '
-        f'in {result["seconds"]} s on {facts.get("name", device)}; {report.path}'
-    )
-    return 1 if failed else 0
+    passed = len(report.rows) - result['failed']
+    print(f'gpu_check: {passed}/{len(report.rows)} passed; {report.path}')
+    return 1 if result['failed'] else 0
 
 
 if __name__ == '__main__':

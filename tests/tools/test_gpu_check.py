@@ -127,9 +127,8 @@ def test_report_is_rewritten_after_every_row(gpu_check, tmp_path):
     assert read()['failed'] == 0 and read()['complete'] is False
     report.add('ops', 'RoIAlign', False, forward_rel=0.5)
     assert read()['failed'] == 1 and len(read()['rows']) == 2
-    report.section_seconds['ops'] = 1.5
     report.write(complete=True)
-    assert read()['complete'] is True and read()['section_seconds'] == {'ops': 1.5}
+    assert read()['complete'] is True and read()['failed'] == 1
     assert read()['environment'] == {'device': 'cpu'}
     assert [p.name for p in tmp_path.iterdir()] == ['gpu_check.json']
 
@@ -209,12 +208,8 @@ def test_harness_runs_on_the_cpu(gpu_check, tmp_path):
         '--models', 'NomMer-T', '--size', '64', '--batch', '2',
     )  # fmt: skip
     assert report['complete'] is True
-    assert list(report['section_seconds']) == [
-        'ops',
-        'backbones',
-        'attention',
-        'compile',
-    ]
+    sections = ['ops'] * 3 + ['backbones'] * 3 + ['attention'] * 6 + ['compile']
+    assert [r['section'] for r in report['rows']] == sections
     rows = _rows_of(report)
     assert {'nms', 'batched_nms', 'RoIAlign'} <= set(rows)
     fp32 = rows['NomMer-T fp32']

@@ -371,10 +371,13 @@ def dist_configs(work: Path) -> list[tuple[str, Path, str]]:
     cls = work / 'cls.py'
     cls.write_text(f"""
 _base_ = {str(ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py')!r}
+data_root = {str(textures)!r}
 sync_bn = 'torch'
-_loader = dict(batch_size=8, num_workers=0, persistent_workers=False,
-               dataset=dict(data_root={str(textures)!r}))
-train_dataloader = val_dataloader = test_dataloader = _loader
+train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root))
+val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
 train_cfg = dict(max_iters={DIST_ITERS}, val_interval={DIST_ITERS})
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval={DIST_ITERS}))

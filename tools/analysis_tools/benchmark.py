@@ -386,7 +386,9 @@ def make_parser() -> argparse.ArgumentParser:
         '--dtype', choices=list(DTYPES), default='fp32', help='autocast dtype'
     )
     parser.add_argument(
-        '--device', default='cuda' if torch.cuda.is_available() else 'cpu'
+        '--device',
+        default='cuda' if torch.cuda.is_available() else 'cpu',
+        help='cpu or cuda (default: cuda where there is one)',
     )
     parser.add_argument('--compile', action='store_true', help='torch.compile')
     parser.add_argument('--channels-last', action='store_true')

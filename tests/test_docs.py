@@ -287,8 +287,7 @@ def test_readme_commands_are_what_ci_runs():
     commands = readme_commands()
     assert commands == ['bash tools/run_demo.sh', 'bash tools/run_tests.sh']
     ci = (ROOT / '.ci' / 'run').read_text()
-    ci_calls = re.findall(r'^\s*(?:exec\s+)?(bash tools/\S+\.sh)', ci, re.M)
-    assert ci_calls == ['bash tools/run_tests.sh']
+    assert set(re.findall(r'\bbash (tools/\S+\.sh)', ci)) == {'tools/run_tests.sh'}
     demo = (ROOT / 'tools' / 'run_demo.sh').read_text()
     assert re.search(r'^exec "\$PYTHON" tools/demo\.py', demo, re.M)
     tests = (ROOT / 'tools' / 'run_tests.sh').read_text()

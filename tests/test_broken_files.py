@@ -713,3 +713,35 @@ def test_training_on_a_zero_byte_image_stops_naming_it(tmp_path):
     )
     _one_line_error(proc, f'image {broken} (index ')
     assert 'tools/misc/verify_dataset.py' in proc.stderr
+
+
+@pytest.mark.slow
+def test_picture_tools_exit_with_one_line(good, tmp_path):
+    """tools/image_demo.py and tools/visualization/visualize_nomination.py
+    with an empty / cut-short checkpoint."""
+    import cv2
+
+    image = tmp_path / 'x.png'
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    empty, empty_words = _broken('empty', good, tmp_path)
+    cut, cut_words = _broken('cut', good, tmp_path)
+    proc = _tool(
+        str(ROOT / 'tools/image_demo.py'),
+        str(image),
+        DEMO,
+        '--weights',
+        str(empty),
+        cwd=tmp_path,
+    )
+    _one_line_error(proc, empty_words)
+    proc = _tool(
+        str(ROOT / 'tools/visualization/visualize_nomination.py'),
+        DEMO,
+        str(cut),
+        str(image),
+        '--out',
+        str(tmp_path / 'n.png'),
+        cwd=tmp_path,
+    )
+    _one_line_error(proc, cut_words)
+    assert not (tmp_path / 'n.png').exists()

@@ -71,14 +71,16 @@ default_hooks = dict(logger=dict(interval=1),
 
 
 def readme_converter_outputs() -> set:
-    """The ``checkpoints/*.pth`` files README's converter commands write."""
+    """The ``checkpoints/*.pth`` files the documented converter commands
+    write (README.md and docs/checkpoints.md)."""
     import re
 
+    docs = ROOT / 'README.md', ROOT / 'docs' / 'checkpoints.md'
     return set(
         re.findall(
             r'python tools/model_converters/(?:nommer2mm|peer2mm)\.py .*? '
             r'(checkpoints/\S+\.pth)',
-            (ROOT / 'README.md').read_text(),
+            '\n'.join(p.read_text() for p in docs),
         )
     )
 
@@ -125,15 +127,32 @@ def failure_report(proc: subprocess.CompletedProcess) -> str:
     return '\n'.join(hits[:40]) + '\n----- tail -----\n' + log[-3000:]
 
 
+def free_port() -> int:
+    """A TCP port that is free now (the kernel picks it), so that two runs
+    of the suite on one machine do not meet on a fixed rendezvous port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
 def run_tool(
-    args, cwd: Path, port: int | None = None, timeout: int = 600
+    args,
+    cwd: Path,
+    port: int | None = None,
+    timeout: int = 600,
+    env: dict | None = None,
 ) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+    """Run a tool (``.py`` with this Python, else a bash script) with the
+    repository and tests/ importable; torchrun launchers get ``port`` as
+    PORT, a free one when not given. A run past ``timeout`` seconds raises
+    subprocess.TimeoutExpired, which fails the calling test alone."""
+    env = dict(os.environ, **(env or {}))
     env['PYTHONPATH'] = os.pathsep.join(
         [str(ROOT / 'tests'), str(ROOT), env.get('PYTHONPATH', '')]
     )
-    if port:
-        env['PORT'] = str(port)
+    env['PORT'] = str(port or free_port())
     if str(args[0]).endswith('.py'):
         args = [sys.executable] + list(args)
     else:

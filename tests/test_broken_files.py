@@ -586,6 +586,32 @@ def test_a_broken_image_stops_every_codebase_with_path_and_index(tmp_path):
         assert said.startswith(f'error: image {path} (index {index} of the dataset)')
         assert len(said.splitlines()) == 1, said
         _clean(said)
+    # a segmentation label map cut short: named beside its image
+    seg_map = ds.get_data_info(0)['seg_map_path']
+    data = Path(seg_map).read_bytes()
+    Path(seg_map).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BrokenImageError) as err:
+        ds[0]
+    said = str(err.value)
+    image = ds.get_data_info(0)['img_path']
+    assert f'image {image} (index 0 of the dataset) (its label map {seg_map})' in said
+    assert 'is cut short' in said
+    _clean(said)
+
+
+def test_a_damaged_checkpoint_is_named(good, tmp_path):
+    """Complete in size, a record header overwritten inside."""
+    import zipfile
+
+    data = bytearray(good.read_bytes())
+    last = zipfile.ZipFile(good).infolist()[-3]  # a tensor's record
+    data[last.header_offset : last.header_offset + 4] = b'XXXX'
+    path = tmp_path / 'damaged.pth'
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointFileError) as err:
+        load_checkpoint_file(path)
+    assert f'{path} is damaged: a record inside it does not read back' in str(err.value)
+    _clean(str(err.value))
 
 
 @pytest.mark.slow  # reading the configs imports all three codebases

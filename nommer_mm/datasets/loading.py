@@ -42,7 +42,9 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
     :class:`BrokenImageError` naming the image's path and dataset index,
     and pointing to ``tools/misc/verify_dataset.py``, when the file is
     missing, empty, cut short (a JPEG or PNG without its end marker) or
-    does not decode. With ``ignore_empty=True`` such an image is skipped as
+    does not decode, or when its segmentation label map
+    (``seg_map_path``, read later by ``LoadAnnotations``) is missing,
+    empty or cut short. With ``ignore_empty=True`` such an image is skipped as
     mmcv skips it (the dataset draws another)."""
 
     def transform(self, results: dict) -> dict | None:
@@ -62,6 +64,17 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
                 img = None
             if img is None:
                 problem = 'does not decode as an image'
+        if problem is None and results.get('seg_map_path'):
+            # the label map's decoder (LoadAnnotations) would fail naming no
+            # file too; empty and cut-short ones are seen from their bytes
+            filename = results['seg_map_path']
+            try:
+                problem = image_bytes_problem(self._read(filename))
+            except FileNotFoundError:
+                problem = 'does not exist'
+            if problem is not None:
+                problem = f'(its label map {filename}) {problem}'
+                filename = results['img_path']
         if problem is not None:
             if self.ignore_empty:
                 return None

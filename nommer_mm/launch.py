@@ -296,6 +296,28 @@ def _checkpoints_newest_first(work_dir: str) -> list[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def _read_marker(marker: str, work_dir: str) -> str | None:
+    """The path ``last_checkpoint`` names ('' when it is empty; None when
+    there is no such file); says what is wrong with an empty or dangling
+    one and the fallback taken."""
+    if not osp.exists(marker):
+        return None
+    with open(marker) as f:
+        named = f.read().strip()
+    fallback = f'falling back to the newest checkpoint in {work_dir} that loads'
+    if not named:
+        _say(
+            f'{marker} is empty (a run killed while writing it?), so it '
+            f'names no checkpoint; {fallback}'
+        )
+    elif not osp.isfile(named):
+        _say(
+            f'{marker} names {named}, which does not exist (moved or '
+            f'deleted?); {fallback}'
+        )
+    return named
+
+
 def resolve_resume(cfg: Config, resume: str | None) -> None:
     """Set ``cfg.resume`` / ``cfg.load_from`` for ``--resume [CKPT]``.
 
@@ -315,27 +337,12 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
         return
     marker = osp.join(cfg.work_dir, 'last_checkpoint')
     candidates = _checkpoints_newest_first(cfg.work_dir)
-    named = None
-    if osp.exists(marker):
-        with open(marker) as f:
-            named = f.read().strip()
-        if not named:
-            _say(
-                f'{marker} is empty (a run killed while writing it?), so it '
-                'names no checkpoint; falling back to the newest checkpoint '
-                f'in {cfg.work_dir} that loads'
-            )
-        elif not osp.isfile(named):
-            _say(
-                f'{marker} names {named}, which does not exist (moved or '
-                'deleted?); falling back to the newest checkpoint in '
-                f'{cfg.work_dir} that loads'
-            )
-        else:
-            candidates = [named] + [
-                c for c in candidates if osp.abspath(c) != osp.abspath(named)
-            ]
-    elif not candidates:
+    named = _read_marker(marker, cfg.work_dir)
+    if named and osp.isfile(named):
+        candidates = [named] + [
+            c for c in candidates if osp.abspath(c) != osp.abspath(named)
+        ]
+    elif named is None and not candidates:
         cfg.load_from = None  # nothing to resume: mmengine starts afresh
         return
     for path in candidates:
@@ -344,10 +351,16 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
             if named and osp.abspath(path) == osp.abspath(named):
                 _say(f'resuming from {path} (named by {marker})')
             else:
+                why = (
+                    f'in place of {named}, which {marker} names'
+                    if named
+                    else f'since {marker} names none'
+                    if named == ''
+                    else f'since there is no {marker}'
+                )
                 _say(
                     f'resuming from {path}: the newest checkpoint in '
-                    f'{cfg.work_dir} that loads, in place of '
-                    + (f'{named}, which {marker} names' if named else marker)
+                    f'{cfg.work_dir} that loads, {why}'
                 )
             cfg.load_from = path
             return

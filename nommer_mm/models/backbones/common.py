@@ -403,40 +403,13 @@ def check_pretrained_fits(backbone: nn.Module) -> None:
         return  # URLs: mmengine's loader reports them
     from mmengine.logging import print_log
 
-    from ...checkpoint_safety import (
-        MissingCheckpointError,
-        WeightsDoNotFitError,
-        describe_mismatches,
-        load_checkpoint_file,
-    )
+    from ...checkpoint_safety import WeightsDoNotFitError, describe_mismatches
 
-    try:
-        ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
-    except MissingCheckpointError as err:
-        if backbone.CONVERTER:
-            err.args = (
-                f'{err}; convert the reference ImageNet weights to it with: '
-                f'python tools/model_converters/{backbone.CONVERTER} '
-                f'<reference checkpoint> {path}',
-            )
-        raise
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
-    prefix_hint, arch_state = None, state
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        arch_state = state
-    elif any(k.startswith('backbone.') for k in state):
-        prefix_hint = (
-            "its keys start with 'backbone.' (a classifier checkpoint): add "
-            "prefix='backbone.' to the Pretrained init_cfg"
-        )
-        arch_state = {k[9:]: v for k, v in state.items() if k.startswith('backbone.')}
+    state, arch_state, prefix_hint = _pretrained_state(backbone, path, prefix)
     found = unfilled_backbone_weights(backbone, state)
     if not (found['missing'] or found['size mismatch']):
         return
-    name = type(backbone).__name__
-    what = f'{name}: init_cfg Pretrained {path}' + (
+    what = f'{type(backbone).__name__}: init_cfg Pretrained {path}' + (
         f' (prefix {prefix!r})' if prefix else ''
     )
     listing = describe_mismatches(found)
@@ -458,6 +431,41 @@ def check_pretrained_fits(backbone: nn.Module) -> None:
         'Pretrained init_cfg (with pretrained=, use model.backbone.init_cfg='
         f"dict(type='Pretrained', checkpoint=..., {ALLOW_PARTIAL}=True) instead)."
     )
+
+
+def _pretrained_state(
+    backbone: nn.Module, path: str, prefix: str | None
+) -> tuple[dict, dict, str | None]:
+    """The backbone weights of the Pretrained file ``path`` under
+    ``prefix``; the weights to tell the arch from (the ``backbone.`` ones
+    when no prefix was given); and the prefix hint, when the keys carry
+    ``backbone.`` and no prefix was given. A file that cannot be read
+    raises its one-line error (with the converter command when missing)."""
+    from ...checkpoint_safety import MissingCheckpointError, load_checkpoint_file
+
+    try:
+        ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
+    except MissingCheckpointError as err:
+        if backbone.CONVERTER:
+            err.args = (
+                f'{err}; convert the reference ImageNet weights to it with: '
+                f'python tools/model_converters/{backbone.CONVERTER} '
+                f'<reference checkpoint> {path}',
+            )
+        raise
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        return state, state, None
+    if any(k.startswith('backbone.') for k in state):
+        inner = {k[9:]: v for k, v in state.items() if k.startswith('backbone.')}
+        hint = (
+            "its keys start with 'backbone.' (a classifier checkpoint): add "
+            "prefix='backbone.' to the Pretrained init_cfg"
+        )
+        return state, inner, hint
+    return state, state, None
 
 
 def init_linear_and_norms(model: nn.Module) -> None:

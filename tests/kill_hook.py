@@ -1,9 +1,13 @@
-"""A hook that kills the training process abruptly (no cleanup) right after
-iteration ``at`` and its checkpoint: a stand-in for a crash or preemption."""
+"""Test doubles that configs load through ``custom_imports``: hooks that
+kill or stop a training process (stand-ins for a crash, a preemption or a
+hung peer), and detectors / segmentors whose predictions are known (the
+ground truth on some images), so that a metric's exact value is known."""
 
 import os
 import signal
+from pathlib import Path
 
+import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -38,3 +42,56 @@ class StopRankHook(Hook):
             with open(self.pid_file, 'w') as f:
                 f.write(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def answers(img_path: str) -> bool:
+    """Whether an oracle model answers the ground truth on this image
+    (file stems of even number) or a fixed wrong answer (odd)."""
+    return int(Path(img_path).stem) % 2 == 0
+
+
+def _register_oracles() -> None:
+    """OracleCascadeRCNN (mmdet) and OracleEncoderDecoder (mmseg): the real
+    model runs, then its predictions are replaced: on the images that
+    ``answers``, the ground truth of the test pipeline (score 1); on the
+    others, no detections, or every pixel class 0."""
+    from mmdet.models import CascadeRCNN
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmengine.structures import InstanceData, PixelData
+    from mmseg.models import EncoderDecoder
+    from mmseg.registry import MODELS as SEG_MODELS
+
+    @DET_MODELS.register_module()
+    class OracleCascadeRCNN(CascadeRCNN):
+        def predict(self, batch_inputs, batch_data_samples, rescale=True):
+            samples = super().predict(batch_inputs, batch_data_samples, rescale)
+            for sample in samples:
+                # the test pipeline loads annotations after its Resize:
+                # boxes and masks are at the original size, as predictions
+                gt, pred = sample.gt_instances, InstanceData()
+                keep = answers(sample.img_path)
+                boxes = getattr(gt.bboxes, 'tensor', gt.bboxes)
+                n = len(boxes) if keep else 0
+                pred.bboxes = boxes[:n].float()
+                pred.labels = gt.labels[:n]
+                pred.scores = torch.ones(n)
+                masks = torch.from_numpy(gt.masks.to_ndarray()).bool()
+                pred.masks = masks[:n]
+                sample.pred_instances = pred
+            return samples
+
+    @SEG_MODELS.register_module()
+    class OracleEncoderDecoder(EncoderDecoder):
+        def predict(self, inputs, data_samples=None):
+            samples = super().predict(inputs, data_samples)
+            for sample in samples:
+                truth = sample.gt_sem_seg.data
+                if answers(sample.img_path):
+                    pred = truth.clone()
+                else:
+                    pred = torch.zeros_like(truth)
+                sample.pred_sem_seg = PixelData(data=pred.long())
+            return samples
+
+
+_register_oracles()

@@ -1,9 +1,15 @@
 """Detection and segmentation end to end on generated COCO / ADE20K data:
 2-process gloo training through tools/dist_train.sh, evaluation through
-tools/dist_test.sh with mmdet's CocoMetric and mmseg's IoUMetric."""
+tools/dist_test.sh with mmdet's CocoMetric and mmseg's IoUMetric. The
+evaluation runs an oracle model (tests/kill_hook.py: the ground truth on
+even-numbered images, a fixed wrong answer on the others), whose metrics
+the tests recompute from the annotation files."""
 
 import json
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +24,8 @@ from cls_helpers import (
 from demo_configs import small_det_config, small_seg_config
 from demo_data import make_ade_layout, make_coco_layout
 
+pytestmark = pytest.mark.slow  # torchrun pipelines, full-size detectors
+
 
 @pytest.fixture(scope='module')
 def coco(tmp_path_factory):
@@ -31,43 +39,57 @@ def ade(tmp_path_factory):
     )
 
 
-def _train_and_test(cfg, tmp_path, port, num_images, test_args=()):
+def _train_and_test(cfg, tmp_path, num_images, oracle):
     """2-process training, then 2-process testing of ``num_images`` held-out
-    images checked against a 1-process test.py run on the same checkpoint:
-    every image evaluated exactly once, the same metrics."""
+    images with the ``oracle`` model type on the trained checkpoint, checked
+    against a 1-process test.py run: every image evaluated exactly once, the
+    same metrics."""
     work = tmp_path / 'work'
     train = run_tool(
         [ROOT / 'tools/dist_train.sh', cfg, 2, '--work-dir', work],
         cwd=tmp_path,
-        port=port,
     )
     log = train.stdout + train.stderr
     assert train.returncode == 0, failure_report(train)
     assert 'Iter(train) [2/2]' in log
     ckpt = work / 'iter_2.pth'
     args = ['--cfg-options', f'test_dataloader.dataset.indices={num_images}']
+    tested = oracle_config(cfg, oracle)
     out, dump = tmp_path / 'metrics.json', tmp_path / 'predictions.pkl'
     test = run_tool(
-        [ROOT / 'tools/dist_test.sh', cfg, ckpt, 2, '--work-dir', work]
-        + ['--out', out, '--dump', dump, *args, *test_args],
+        [ROOT / 'tools/dist_test.sh', tested, ckpt, 2, '--work-dir', work]
+        + ['--out', out, '--dump', dump, *args],
         cwd=tmp_path,
-        port=port + 1,
     )
     assert test.returncode == 0, failure_report(test)
+    assert 'GPU number: 2' in test.stdout + test.stderr  # world size 2
     metrics = json.loads(out.read_text())
     images = _evaluated_images(dump)
     assert len(images) == len(set(images)) == num_images, images
 
     out1, dump1 = tmp_path / 'metrics1.json', tmp_path / 'predictions1.pkl'
     single = run_tool(
-        [ROOT / 'tools/test.py', cfg, ckpt, '--work-dir', tmp_path / 'single']
-        + ['--out', out1, '--dump', dump1, *args, *test_args],
+        [ROOT / 'tools/test.py', tested, ckpt, '--work-dir', tmp_path / 'single']
+        + ['--out', out1, '--dump', dump1, *args],
         cwd=tmp_path,
     )
     assert single.returncode == 0, failure_report(single)
     assert sorted(_evaluated_images(dump1)) == sorted(images)
     assert json.loads(out1.read_text()) == pytest.approx(metrics, abs=1e-6)
-    return metrics, test.stdout + test.stderr
+    return metrics, images, test.stdout + test.stderr
+
+
+def oracle_config(cfg: Path, oracle: str) -> Path:
+    """``cfg`` with its model type replaced by ``oracle`` (a subclass with
+    the same weights, tests/kill_hook.py)."""
+    path = cfg.with_name(f'{cfg.stem}_oracle.py')
+    path.write_text(
+        f'_base_ = {str(cfg)!r}\n'
+        "custom_imports = dict(imports=['nommer_mm', 'kill_hook'], "
+        'allow_failed_imports=False)\n'
+        f'model = dict(type={oracle!r})\n'
+    )
+    return path
 
 
 def _evaluated_images(path) -> list:
@@ -79,22 +101,81 @@ def _evaluated_images(path) -> list:
         return [s['img_path'] for s in pickle.load(f)]
 
 
+def _expected_coco_map(coco: Path, images: list) -> float:
+    """COCO mAP of the oracle detector run on ``images``, from the
+    annotation file: every ground-truth box and mask of the answered images
+    at score 1, nothing on the others. CocoMetric scores against every image
+    of the file, so objects of images not run count as missed. Without
+    false positives the precision is 1 up to each category's recall r =
+    answered / all of its objects, so its AP is the share of COCO's 101
+    recall thresholds <= r (0 when none of its objects is answered), the
+    same at every IoU threshold."""
+    from kill_hook import answers
+
+    ann = json.loads((coco / 'annotations/instances_val.json').read_text())
+    ids = {im['id']: im['file_name'] for im in ann['images']}
+    names = {Path(p).name for p in images}
+    total, answered = {}, {}
+    for box in ann['annotations']:
+        name, cat = ids[box['image_id']], box['category_id']
+        total[cat] = total.get(cat, 0) + 1
+        hit = name in names and answers(name)
+        answered[cat] = answered.get(cat, 0) + hit
+    thresholds = np.linspace(0.0, 1.0, 101)
+    aps = [
+        (thresholds <= answered[c] / total[c]).sum() / 101 if answered[c] else 0.0
+        for c in total
+    ]
+    return float(np.mean(aps))
+
+
+def _expected_miou(ade: Path, images: list) -> float:
+    """mIoU (%) of the oracle segmentor on ``images``, from the label maps:
+    the truth on answered images, class 0 everywhere on the others; 0
+    (background) is ignored and the shapes 1..4 become classes 0..3
+    (reduce_zero_label); intersections and unions summed over the images,
+    classes absent from both left out of the mean."""
+    from kill_hook import answers
+
+    inter, union = np.zeros(4), np.zeros(4)
+    for path in images:
+        name = Path(path).with_suffix('.png').name
+        raw = cv2.imread(str(ade / 'annotations/validation' / name), 0)
+        truth = raw[raw > 0].astype(int) - 1
+        pred = truth if answers(path) else np.zeros_like(truth)
+        for c in range(4):
+            inter[c] += ((truth == c) & (pred == c)).sum()
+            union[c] += ((truth == c) | (pred == c)).sum()
+    with np.errstate(invalid='ignore'):
+        return float(np.nanmean(inter / union) * 100)
+
+
 def test_cascade_mask_rcnn_distributed(coco, tmp_path):
     cfg = small_det_config(coco, tmp_path / 'det.py', CASCADE_T)
     # 3 of 4 images over 2 ranks: the sampler pads one rank with a repeat
-    metrics, log = _train_and_test(cfg, tmp_path, 29621, num_images=3)
+    metrics, images, log = _train_and_test(
+        cfg, tmp_path, num_images=3, oracle='OracleCascadeRCNN'
+    )
     check_curves(tmp_path / 'work', ['loss', 'coco/bbox_mAP'], tmp_path / 'curves.png')
+    expected = _expected_coco_map(coco, images)
+    assert 0.1 < expected < 0.9  # answered and missed objects both count
+    # CocoMetric reports 3 decimals
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
-        assert key in metrics and -1 <= metrics[key] <= 1
+        assert metrics[key] == pytest.approx(expected, abs=5e-4), (key, metrics)
     assert 'Average Precision' in log  # pycocotools' summary was printed
     _draws_predictions(cfg, tmp_path, coco / 'val' / '00000.png')
 
 
 def test_upernet_distributed_single_and_multiscale(ade, tmp_path):
     cfg = small_seg_config(ade, tmp_path / 'seg.py', UPERNET_T)
-    metrics, log = _train_and_test(cfg, tmp_path, 29631, num_images=2)
+    metrics, images, log = _train_and_test(
+        cfg, tmp_path, num_images=2, oracle='OracleEncoderDecoder'
+    )
     check_curves(tmp_path / 'work', ['loss', 'mIoU'], tmp_path / 'curves.png')
-    assert 0 <= metrics['mIoU'] <= 100
+    expected = _expected_miou(ade, images)
+    assert 10 < expected < 90  # answered and wrong pixels both count
+    # IoUMetric reports 2 decimals
+    assert metrics['mIoU'] == pytest.approx(expected, abs=5e-3), metrics
     assert 'per class results' in log
     # the +MS column: multi-scale + flip through SegTTAModel
     out = tmp_path / 'ms.json'

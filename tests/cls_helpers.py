@@ -157,11 +157,31 @@ def run_tool(
         args = [sys.executable] + list(args)
     else:
         args = ['bash'] + list(args)
-    return subprocess.run(
-        [str(a) for a in args],
+    return run_group([str(a) for a in args], cwd=cwd, env=env, timeout=timeout)
+
+
+def run_group(
+    args: list, cwd: Path, env: dict, timeout: int
+) -> subprocess.CompletedProcess:
+    """subprocess.run(args, capture_output=True, text=True) in a session of
+    its own: past ``timeout`` seconds the whole process group is killed
+    (torchrun's workers too, which killing torchrun alone would orphan) and
+    subprocess.TimeoutExpired raised."""
+    import signal
+
+    proc = subprocess.Popen(
+        args,
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(args, timeout, out, err) from None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)

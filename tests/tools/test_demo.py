@@ -7,13 +7,12 @@ curves; it fails unless top-1 is at least twice chance."""
 import json
 import os
 import re
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cls_helpers import ROOT, free_port
+from cls_helpers import ROOT, free_port, run_group
 
 pytestmark = pytest.mark.slow  # the whole job: torchrun, 2 processes
 
@@ -24,10 +23,8 @@ def _main_job(out, *args, script='tools/run_demo.sh', timeout=1200):
     """``script`` with ``--out out`` and ``args``, offline, on a free port."""
     env = dict(os.environ, PIP_NO_INDEX='1', PORT=str(free_port()))
     command = ['bash'] if script.endswith('.sh') else ['python3']
-    return subprocess.run(
+    return run_group(
         [*command, str(ROOT / script), '--out', str(out), *map(str, args)],
-        capture_output=True,
-        text=True,
         cwd=ROOT,
         env=env,
         timeout=timeout,

@@ -63,8 +63,7 @@ DIST_ITERS = 4
 
 class Report:
     """The rows, printed as they come and kept in ``path``, rewritten after
-    every row: a run stopped from outside leaves what it measured, marked
-    incomplete."""
+    every row: a run stopped from outside leaves what it measured."""
 
     def __init__(self, path: Path, environment: dict) -> None:
         self.path, self.environment = path, environment
@@ -104,8 +103,7 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @contextlib.contextmanager
 def guarded(report: Report, section: str, name: str, device: str):
-    """A model or section that raises gets a failed row ``<name> raised``
-    with the error, and the check goes on with the next."""
+    """A model or section that raises gets a failed row; the check goes on."""
     try:
         yield
     except Exception as err:
@@ -187,22 +185,9 @@ def nominators(model: torch.nn.Module) -> dict:
     return {n: m for n, m in modules if type(m).__name__ == 'ContextNominator'}
 
 
-def nomination_maps(model: torch.nn.Module) -> dict:
-    """Each nominator's choices of the last forward, on the CPU."""
-    found = nominators(model).items()
-    return {n: m.nomination.cpu() for n, m in found if m.nomination is not None}
-
-
-def agreement(maps: dict, ref_maps: dict) -> float:
-    """The share of nominations in ``maps`` equal to those of ``ref_maps``."""
-    same = torch.cat([(maps[k] == ref).flatten() for k, ref in ref_maps.items()])
-    return float(same.float().mean())
-
-
 @contextlib.contextmanager
 def replayed(model: torch.nn.Module, maps: dict):
-    """The nominators select the candidates given in ``maps`` (the CPU's
-    choices) instead of their own argmax: one computation is compared."""
+    """The nominators select the candidates in ``maps``, not their argmax."""
     patched = []
     for name, nominator in nominators(model).items():
 
@@ -223,8 +208,7 @@ def replayed(model: torch.nn.Module, maps: dict):
 
 
 def run_once(model, x, dtype_name: str, weight: torch.Tensor | None):
-    """Logits, every gradient (when ``weight`` is given) and the
-    nominations of one forward (eval mode: no dropout, no Gumbel noise)."""
+    """Logits, gradients (given ``weight``) and nominations of one step."""
     model.zero_grad(set_to_none=True)
     on = dtype_name != 'fp32'
     autocast = torch.autocast(x.device.type, dtype=DTYPES[dtype_name], enabled=on)
@@ -235,7 +219,8 @@ def run_once(model, x, dtype_name: str, weight: torch.Tensor | None):
         (logits.float() * weight.to(x.device)).sum().backward()
         grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
         grads = torch.cat(grads).float().cpu()
-    return logits.detach().float().cpu(), grads, nomination_maps(model)
+    maps = {n: m.nomination.cpu() for n, m in nominators(model).items()}
+    return logits.detach().float().cpu(), grads, maps
 
 
 def device_copy(model: torch.nn.Module, device: str) -> torch.nn.Module:
@@ -246,8 +231,7 @@ def device_copy(model: torch.nn.Module, device: str) -> torch.nn.Module:
 def check_backbones(
     device: str, report: Report, size: int, batch: int, names: list[str] | None
 ) -> None:
-    """Each classifier's rows: fp32, bf16 and fp16 on ``device`` against
-    fp32 on the CPU."""
+    """Each classifier in fp32, bf16 and fp16 on ``device`` vs CPU fp32."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     for name in names or CLASSIFIERS:
@@ -275,14 +259,14 @@ def check_backbones(
 
 
 def compare(model, x, dtype: str, weight: torch.Tensor, ref: tuple) -> dict:
-    """Figures of ``model`` on ``x`` under ``dtype`` against ``ref``, the CPU
-    fp32's (logits, gradients, nominations): the share of its own
-    nominations equal to the CPU's, then with the CPU's replayed the
-    relative errors of its logits and gradients."""
+    """``model`` on ``x`` under ``dtype`` against ``ref`` (the CPU fp32's
+    logits, gradients, nominations): the share of its own nominations equal
+    to the CPU's; its logits' and gradients' errors with the CPU's replayed."""
     start, figures = time.time(), {}
     if ref[2] and x.dtype != torch.float64:
         maps = run_once(model, x, dtype, None)[2]
-        figures['nominations_agree'] = agreement(maps, ref[2])
+        same = torch.cat([(maps[k] == v).flatten() for k, v in ref[2].items()])
+        figures['nominations_agree'] = float(same.float().mean())
     with replayed(model, ref[2]):
         logits, grads, _ = run_once(model, x, dtype, weight)
     figures.update(logits_rel=rel_max(logits, ref[0]), grads_rel=rel_l2(grads, ref[1]))
@@ -293,10 +277,9 @@ def compare(model, x, dtype: str, weight: torch.Tensor, ref: tuple) -> dict:
 def within_fp32_rounding(
     logits_rel: float, grads_rel: float, own: tuple[float, float]
 ) -> bool:
-    """Each figure within its fp32 tolerance or within ROUNDING times the
-    CPU fp32's own distance from fp64 (``own``): two devices each round
-    their own way, and long reductions (a stem convolution's weight
-    gradient sums over every pixel) amplify it."""
+    """Each figure within its fp32 tolerance or ROUNDING times the CPU fp32's
+    own distance from fp64 (``own``): two devices round each their own way,
+    and long sums (a stem convolution's weight gradient) amplify it."""
     bounds = [max(t, ROUNDING * o) for t, o in zip(TOLERANCES['fp32'], own)]
     return logits_rel <= bounds[0] and grads_rel <= bounds[1]
 
@@ -338,8 +321,7 @@ def sdpa_backends(record: list):
 
 
 def check_attention(device: str, report: Report, size: int, batch: int) -> None:
-    """The SDPA backend of each attention call under bf16 autocast, by
-    calling layer; on CUDA a call on the MATH backend fails."""
+    """SDPA backends by calling layer; on CUDA a MATH backend call fails."""
     for name in ATTENTION_MODELS:
         with guarded(report, 'attention', name, device):
             model = build_classifier(CLASSIFIERS[name]).to(device)
@@ -362,8 +344,7 @@ def check_attention(device: str, report: Report, size: int, batch: int) -> None:
 
 
 def dist_configs(work: Path) -> list[tuple[str, Path, str]]:
-    """(name, config, main metric) of the three small runs, their data
-    generated under ``work``."""
+    """(name, config, metric) of the three runs, data generated in ``work``."""
     from demo_configs import small_det_config, small_seg_config
     from demo_data import make_ade_layout, make_coco_layout, make_imagenet_layout
 
@@ -434,7 +415,8 @@ def check_dist(
             if rc is None:
                 errors.append(f'{stage} stopped after {timeout:g} s (--dist-timeout)')
             figures.update(error=(errors or lines or ['?'])[-1], log=str(log_file))
-        report.add('dist', name, metric in metrics, **figures)
+        ok = metric in metrics and figures.get('amp', False) == bool(amp)
+        report.add('dist', name, ok, **figures)
 
 
 def run_bounded(
@@ -493,8 +475,7 @@ def _signal_all(pids: set[int], sig: int) -> None:
 
 
 def check_compile(device: str, report: Report, batch: int, size: int) -> None:
-    """NomMer-T compiled as one graph (a graph break raises): its bf16
-    logits against eager's."""
+    """NomMer-T compiled as one graph (a break raises); logits vs eager."""
     import torch._dynamo
 
     torch.manual_seed(0)
@@ -518,17 +499,6 @@ def check_compile(device: str, report: Report, batch: int, size: int) -> None:
     ok = diff < TOLERANCES['bf16'][0]
     figures = dict(compile_s=round(compile_s, 1), logits_rel=diff)
     report.add('compile', f'NomMer-T bf16 batch {batch}', ok, **figures)
-
-
-def environment(device: str) -> dict:
-    import mmcv
-    from mmcv.ops import get_compiling_cuda_version
-
-    facts = dict(device=device, torch=torch.__version__, cuda=torch.version.cuda)
-    facts.update(mmcv=mmcv.__version__, mmcv_cuda=get_compiling_cuda_version())
-    if device == 'cuda':
-        facts.update(name=torch.cuda.get_device_name())
-    return facts
 
 
 def _terminated(signum: int, frame) -> None:
@@ -567,7 +537,13 @@ def main() -> int:
         return 0
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     args.out.mkdir(parents=True, exist_ok=True)
-    facts = environment(device)
+    import mmcv
+    from mmcv.ops import get_compiling_cuda_version
+
+    facts = dict(device=device, torch=torch.__version__, cuda=torch.version.cuda)
+    facts.update(mmcv=mmcv.__version__, mmcv_cuda=get_compiling_cuda_version())
+    if device == 'cuda':
+        facts.update(name=torch.cuda.get_device_name())
     print('gpu_check:', ', '.join(f'{k}={v}' for k, v in facts.items()), flush=True)
     report = Report(args.out / 'gpu_check.json', facts)
     report.write(complete=False)

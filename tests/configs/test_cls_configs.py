@@ -9,11 +9,31 @@ import pytest
 from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / 'configs/cls').rglob('*.py'))
-ABLATIONS = sorted((ROOT / 'configs').rglob('ablation/*.py'))
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.name)
+def _tiered(paths: list, slow) -> list:
+    """``paths`` as parameters, those for which ``slow(path)`` holds in the
+    slow tier."""
+    return [
+        pytest.param(p, id=p.name, marks=[pytest.mark.slow] if slow(p) else [])
+        for p in paths
+    ]
+
+
+# The tiny and peer-sized models build in the fast tier; the small and base
+# ones (several seconds each) in the slow tier.
+CONFIGS = _tiered(
+    sorted((ROOT / 'configs/cls').rglob('*.py')),
+    lambda p: 'small' in p.name or 'base' in p.name,
+)
+# Table 4's classification configs in the fast tier, its det/seg ones slow.
+ABLATIONS = _tiered(
+    sorted((ROOT / 'configs').rglob('ablation/*.py')),
+    lambda p: p.parent.parent.name != 'cls',
+)
+
+
+@pytest.mark.parametrize('path', CONFIGS)
 def test_config_builds_model_and_pipelines(path):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS, MODELS, TRANSFORMS
@@ -153,7 +173,7 @@ TABLE4 = {
 }
 
 
-@pytest.mark.parametrize('path', ABLATIONS, ids=lambda p: p.name)
+@pytest.mark.parametrize('path', ABLATIONS)
 def test_ablation_configs_switch_the_backbone(path):
     """Each Table 4 config builds a NomMer-T whose mixers have exactly the
     variant's contexts and fusion, on the task's full recipe."""

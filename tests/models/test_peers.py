@@ -1,6 +1,8 @@
 """The peer backbones (GC ViT, Visformer, CoTNet): shapes at any size,
 gradients, published sizes, and equality with independent implementations
-(timm's GC ViT and Visformer, a direct loop for CoT's aggregation)."""
+(timm's GC ViT and Visformer, a CoTNet written from the reference's layer
+definitions in tests/cotnet_reference.py, a direct loop for CoT's
+aggregation)."""
 
 import math
 
@@ -180,16 +182,17 @@ def test_gcvit_bias_tables_resize_on_load():
 @pytest.mark.parametrize(
     'timm_name,ours',
     [
-        ('gcvit_xxtiny', 'xxtiny'),
-        ('gcvit_small', 'small'),
+        pytest.param('gcvit_xxtiny', 'xxtiny', marks=pytest.mark.slow),
+        pytest.param('gcvit_small', 'small', marks=pytest.mark.slow),
         ('visformer_tiny', 'tiny'),
-        ('visformer_small', 'small'),
+        pytest.param('visformer_small', 'small', marks=pytest.mark.slow),
     ],
 )
 def test_equal_to_timm_after_conversion(timm_name, ours):
     """timm's independent implementations with random weights (norms and
     layer scales perturbed) give the same logits as ours on the converted
-    weights, in float64."""
+    weights, in float64 at 224x224 (full-size models: Visformer-T in the
+    fast tier, the others in the slow one)."""
     import timm  # a test requirement, installed by tools/install_deps.py
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
@@ -391,6 +394,7 @@ PUBLISHED = [  # (class, arch, params M, FLOPs G) as published
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'cls,arch,params,flops', PUBLISHED, ids=[p[1] for p in PUBLISHED]
 )
@@ -407,6 +411,7 @@ def test_published_params_and_flops(cls, arch, params, flops):
     assert abs(f / 1e9 - flops) / flops < 0.03, f
 
 
+@pytest.mark.slow
 def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
     """The command-line converter on a timm checkpoint file: its output loads
     strictly into the model of configs/cls/visformer-tiny_8xb128_in1k.py."""
@@ -433,6 +438,7 @@ def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
         ],
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     assert '"arch": "tiny"' in done.stdout
@@ -619,7 +625,23 @@ def _our_key(family: str, key: str) -> str | None:
     return 'backbone.' + key
 
 
-@pytest.mark.parametrize('source', sorted(REFERENCE_MODELS))
+# one arch per reference model file in the fast tier, the rest slow
+FAST_LAYOUTS = {
+    'NVlabs/GCVit:models/gc_vit.py/gc_vit_xxtiny',
+    'danczs/Visformer:models.py/visformer_tiny',
+    'JDAI-CV/CoTNet:models/cotnet.py/cotnet50',
+    'JDAI-CV/CoTNet:models/cotnet.py/cotnext50_2x48d',
+    'JDAI-CV/CoTNet:models/cotnet_hybrid.py/se_cotnetd_50',
+}
+
+
+@pytest.mark.parametrize(
+    'source',
+    [
+        src if src in FAST_LAYOUTS else pytest.param(src, marks=pytest.mark.slow)
+        for src in sorted(REFERENCE_MODELS)
+    ],
+)
 def test_converters_take_the_reference_layouts(source):
     """A checkpoint with exactly the reference model's keys, shapes and
     dtypes (random values) converts to the right arch, every converted

@@ -743,8 +743,8 @@ def test_training_on_a_zero_byte_image_stops_naming_it(tmp_path):
 
 @pytest.mark.slow
 def test_picture_tools_exit_with_one_line(good, tmp_path):
-    """tools/image_demo.py and tools/visualization/visualize_nomination.py
-    with an empty / cut-short checkpoint."""
+    """tools/image_demo.py, tools/visualization/visualize_nomination.py and
+    tools/deployment/pytorch2onnx.py with an empty / cut-short checkpoint."""
     import cv2
 
     image = tmp_path / 'x.png'
@@ -771,3 +771,13 @@ def test_picture_tools_exit_with_one_line(good, tmp_path):
     )
     _one_line_error(proc, cut_words)
     assert not (tmp_path / 'n.png').exists()
+    proc = _tool(
+        str(ROOT / 'tools/deployment/pytorch2onnx.py'),
+        DEMO,
+        str(empty),
+        '--out',
+        str(tmp_path / 'm.onnx'),
+        cwd=tmp_path,
+    )
+    _one_line_error(proc, empty_words)
+    assert not (tmp_path / 'm.onnx').exists()

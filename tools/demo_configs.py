@@ -94,14 +94,14 @@ def small_det_config(
         cfg.model.test_cfg.score_thr = 0.0
     metainfo = dict(classes=SHAPES)
     train_pipeline = [
-        dict(type='LoadImageFromFile'),
+        dict(type='CheckedLoadImageFromFile'),
         dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
         dict(type='Resize', scale=scale, keep_ratio=True),
         dict(type='RandomFlip', prob=0.5),
         dict(type='PackDetInputs'),
     ]
     test_pipeline = [
-        dict(type='LoadImageFromFile'),
+        dict(type='CheckedLoadImageFromFile'),
         dict(type='Resize', scale=scale, keep_ratio=True),
         dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
         dict(
@@ -160,7 +160,7 @@ def small_seg_config(
         palette=[[220, 20, 60], [0, 128, 0], [0, 0, 230], [250, 170, 30]],
     )
     train_pipeline = [
-        dict(type='LoadImageFromFile'),
+        dict(type='CheckedLoadImageFromFile'),
         dict(type='LoadAnnotations', reduce_zero_label=True),
         dict(
             type='RandomResize', scale=scale, ratio_range=(0.75, 1.25), keep_ratio=True
@@ -170,7 +170,7 @@ def small_seg_config(
         dict(type='PackSegInputs'),
     ]
     test_pipeline = [
-        dict(type='LoadImageFromFile'),
+        dict(type='CheckedLoadImageFromFile'),
         dict(type='Resize', scale=scale, keep_ratio=True),
         dict(type='LoadAnnotations', reduce_zero_label=True),
         dict(type='PackSegInputs'),
@@ -200,7 +200,7 @@ def small_seg_config(
         dict(type='IoUMetric', iou_metrics=['mIoU']),
     )
     cfg.tta_pipeline = [
-        dict(type='LoadImageFromFile'),
+        dict(type='CheckedLoadImageFromFile'),
         dict(
             type='TestTimeAug',
             transforms=[

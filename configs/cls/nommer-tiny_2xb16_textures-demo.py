@@ -16,7 +16,7 @@ model = dict(
 data_preprocessor = dict(num_classes=4)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(
         type='RandomResizedCrop',
         scale=64,
@@ -28,7 +28,7 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(

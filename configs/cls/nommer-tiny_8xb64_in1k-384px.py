@@ -11,7 +11,7 @@ load_from = 'checkpoints/nommer-tiny_in1k-224.pth'
 _bgr_mean = [103.53, 116.28, 123.675]
 _bgr_std = [57.375, 57.12, 58.395]
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(
         type='RandomResizedCrop', scale=384, backend='pillow', interpolation='bicubic'
     ),
@@ -37,7 +37,7 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=384, backend='pillow', interpolation='bicubic'),
     dict(type='PackInputs'),
 ]

@@ -46,7 +46,7 @@ import torch.nn as nn
 
 from nommer_mm.analysis import nomination_margins
 from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
-from nommer_mm.launch import load_config, setup_codebase
+from nommer_mm.launch import load_config, setup_codebase, stop_on_bad_input
 
 
 def parse_args(argv=None):
@@ -303,7 +303,8 @@ def within_rounding(
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model, backbone_cfg = build(args)
+    with stop_on_bad_input():
+        model, backbone_cfg = build(args)
     if args.shape:
         shape = tuple(args.shape) * (2 if len(args.shape) == 1 else 1)
     else:

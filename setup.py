@@ -51,7 +51,7 @@ setup(
     long_description=(here / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['nommer_mm', 'nommer_mm.*']),
-    python_requires='>=3.8',
+    python_requires='>=3.10',
     install_requires=['torch>=2.0', 'numpy'],
     extras_require={
         'upstream': UPSTREAM,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch.nn as nn
-from mmengine.config import Config, ConfigDict
+from mmengine.config import ConfigDict
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
@@ -171,7 +171,9 @@ def test_dense_models_with_our_constructor(scope):
 
 
 def test_example_config_builds_its_optimizer():
-    cfg = Config.fromfile(
+    from nommer_mm.launch import load_config  # mmseg:: bases on either stack
+
+    cfg = load_config(
         str(
             ROOT / 'configs/seg/upernet_nommer-t-layer-decay_8xb2-160k_'
             'ade20k-512x512.py'

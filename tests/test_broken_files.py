@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from cls_helpers import load_tool
 
 from nommer_mm import NomMer
 from nommer_mm.checkpoint_safety import (
@@ -90,12 +91,8 @@ KINDS = ['empty', 'cut', 'random', 'missing']
 
 def _converter(module: str, *args: str):
     def load(path: Path, out: Path) -> None:
-        sys.path.insert(0, str(ROOT / 'tools' / 'model_converters'))
-        try:
-            mod = __import__(module)
-        finally:
-            sys.path.pop(0)
-        mod.main([*args, str(path), str(out / 'converted.pth')])
+        tool = load_tool(f'tools/model_converters/{module}.py')
+        tool.main([*args, str(path), str(out / 'converted.pth')])
 
     return load
 

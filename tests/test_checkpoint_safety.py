@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from cls_helpers import load_tool
 
 import nommer_mm  # noqa: F401  (must not change how torch loads files)
 from nommer_mm.checkpoint_safety import (
@@ -249,12 +250,8 @@ def _loaders(tmp_path):
 
     def converter(module, *args):
         def load(path):
-            sys.path.insert(0, os.path.join(ROOT, 'tools', 'model_converters'))
-            try:
-                mod = __import__(module)
-            finally:
-                sys.path.pop(0)
-            mod.main([*args, str(path), str(tmp_path / 'out.pth')])
+            tool = load_tool(f'tools/model_converters/{module}.py')
+            tool.main([*args, str(path), str(tmp_path / 'out.pth')])
 
         return load
 

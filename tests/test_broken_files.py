@@ -615,7 +615,7 @@ def test_a_damaged_checkpoint_is_named(good, tmp_path):
 def test_the_base_configs_load_images_with_the_check():
     """Every image the train/val/test/TTA pipelines of the three base
     configs read goes through CheckedLoadImageFromFile."""
-    from mmengine.config import Config
+    from nommer_mm.launch import load_config
 
     def types(node, found):
         if isinstance(node, dict):
@@ -633,7 +633,7 @@ def test_the_base_configs_load_images_with_the_check():
         'det/cascade-mask-rcnn_fpn_ms-3x_coco.py',
         'seg/upernet_8xb2-160k_ade20k-512x512.py',
     ):
-        cfg = Config.fromfile(str(ROOT / 'configs' / '_base_' / base))
+        cfg = load_config(str(ROOT / 'configs' / '_base_' / base))
         for key in (
             'train_dataloader',
             'val_dataloader',

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mmengine.config import Config
+from nommer_mm.launch import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def test_config_builds_model_and_pipelines(path):
     from mmpretrain.registry import DATASETS, MODELS, TRANSFORMS
     import nommer_mm  # noqa: F401
 
-    cfg = Config.fromfile(str(path))
+    cfg = load_config(str(path))
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
     assert type(model.backbone).__name__ == cfg.model.backbone.type
@@ -56,7 +56,7 @@ def _by_type(items, name):
 
 @pytest.mark.parametrize('arch,dpr', [('tiny', 0.1), ('small', 0.3), ('base', 0.5)])
 def test_in1k_recipe(arch, dpr):
-    cfg = Config.fromfile(str(ROOT / f'configs/cls/nommer-{arch}_8xb128_in1k.py'))
+    cfg = load_config(str(ROOT / f'configs/cls/nommer-{arch}_8xb128_in1k.py'))
     bb = cfg.model.backbone
     assert (bb.arch, bb.drop_path_rate, bb.out_type) == (arch, dpr, 'cls_token')
     assert cfg.train_dataloader.batch_size * 8 == 1024
@@ -92,7 +92,7 @@ def test_in1k_recipe(arch, dpr):
 
 @pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
 def test_384_finetune_recipe(arch):
-    cfg = Config.fromfile(str(ROOT / f'configs/cls/nommer-{arch}_8xb64_in1k-384px.py'))
+    cfg = load_config(str(ROOT / f'configs/cls/nommer-{arch}_8xb64_in1k-384px.py'))
     assert cfg.model.backbone.img_size == 384
     assert cfg.model.backbone.arch == arch
     assert cfg.train_dataloader.batch_size * 8 == 512
@@ -116,8 +116,8 @@ def test_384_model_loads_a_224_checkpoint(tmp_path):
     import nommer_mm  # noqa: F401
 
     init_default_scope('mmpretrain')
-    c224 = Config.fromfile(str(ROOT / 'configs/cls/nommer-tiny_8xb128_in1k.py'))
-    c384 = Config.fromfile(str(ROOT / 'configs/cls/nommer-tiny_8xb64_in1k-384px.py'))
+    c224 = load_config(str(ROOT / 'configs/cls/nommer-tiny_8xb128_in1k.py'))
+    c384 = load_config(str(ROOT / 'configs/cls/nommer-tiny_8xb64_in1k-384px.py'))
     m224, m384 = MODELS.build(c224.model), MODELS.build(c384.model)
     path = tmp_path / 'c.pth'
     torch.save(dict(state_dict=m224.state_dict()), path)
@@ -180,7 +180,7 @@ def test_ablation_configs_switch_the_backbone(path):
     import nommer_mm  # noqa: F401
     from mmengine.registry import MODELS, init_default_scope
 
-    cfg = Config.fromfile(str(path))
+    cfg = load_config(str(path))
     variant = next(
         v for v in sorted(TABLE4, key=len, reverse=True) if f'-{v}_' in path.name
     )
@@ -208,7 +208,7 @@ def test_ablation_configs_switch_the_backbone(path):
     ],
 )
 def test_gcvit_recipes(name, lr, ema):
-    cfg = Config.fromfile(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
+    cfg = load_config(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
     assert cfg.optim_wrapper.optimizer.lr == lr
     assert cfg.optim_wrapper.clip_grad.max_norm == 5.0
@@ -223,7 +223,7 @@ def test_gcvit_recipes(name, lr, ema):
 
 @pytest.mark.parametrize('name', ['cotnet-50', 'cotnext-50', 'se-cotnetd-50'])
 def test_cotnet_recipe(name):
-    cfg = Config.fromfile(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
+    cfg = load_config(str(ROOT / f'configs/cls/{name}_8xb128_in1k.py'))
     opt = cfg.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == (
         'SGD',
@@ -238,7 +238,7 @@ def test_cotnet_recipe(name):
 
 @pytest.mark.parametrize('arch,channels', [('tiny', 384), ('small', 768)])
 def test_visformer_recipe(arch, channels):
-    cfg = Config.fromfile(str(ROOT / f'configs/cls/visformer-{arch}_8xb128_in1k.py'))
+    cfg = load_config(str(ROOT / f'configs/cls/visformer-{arch}_8xb128_in1k.py'))
     assert cfg.model.backbone.arch == arch
     assert cfg.model.head.in_channels == channels
     assert cfg.optim_wrapper.optimizer.lr == 1e-3

@@ -420,7 +420,7 @@ def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
     from pathlib import Path
 
     import timm
-    from mmengine.config import Config
+    from nommer_mm.launch import load_config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
 
@@ -442,7 +442,7 @@ def test_peer2mm_cli_output_loads_into_the_cls_config(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert '"arch": "tiny"' in done.stdout
-    cfg = Config.fromfile(str(root / 'configs/cls/visformer-tiny_8xb128_in1k.py'))
+    cfg = load_config(str(root / 'configs/cls/visformer-tiny_8xb128_in1k.py'))
     init_default_scope('mmpretrain')
     model = MODELS.build(cfg.model)
     ckpt = torch.load(dst, weights_only=True)

@@ -233,12 +233,12 @@ def test_backbone_at_odd_size_inside_cascade_mask_rcnn(config):
     maps."""
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
-    from mmengine.config import Config
+    from nommer_mm.launch import load_config
     from mmengine.registry import init_default_scope
     import nommer_mm  # noqa: F401
 
     init_default_scope('mmdet')
-    cfg = Config.fromfile(str(config))
+    cfg = load_config(str(config))
     cfg.model.backbone.init_cfg = None
     if 'norm_cfg' in cfg.model.backbone:
         cfg.model.backbone.norm_cfg = dict(type='BN')

@@ -21,13 +21,13 @@ def _checkpoint(cfg_path, scope, path, meta):
     """Random weights of the config's model, saved as a run would."""
     import importlib
 
-    from mmengine.config import Config
+    from nommer_mm.launch import load_config
 
     importlib.import_module(f'{scope}.utils').register_all_modules(
         init_default_scope=True
     )
     models = importlib.import_module(f'{scope}.registry').MODELS
-    cfg = Config.fromfile(str(cfg_path))
+    cfg = load_config(str(cfg_path))
     cfg.model.get('backbone', {}).pop('init_cfg', None)
     torch.manual_seed(0)
     torch.save({'state_dict': models.build(cfg.model).state_dict(), 'meta': meta}, path)

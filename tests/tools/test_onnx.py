@@ -33,7 +33,7 @@ def test_onnxruntime_gives_pytorch_logits_at_another_size(tmp_path):
     near tie (another kernel order may break those either way); the
     nominators' weights are scaled up so that near ties are rare."""
     import onnxruntime as ort
-    from mmengine.config import Config
+    from nommer_mm.launch import load_config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
 
@@ -42,7 +42,7 @@ def test_onnxruntime_gives_pytorch_logits_at_another_size(tmp_path):
 
     config = ROOT / 'configs/cls/nommer-tiny_8xb128_in1k.py'
     init_default_scope('mmpretrain')
-    cfg = Config.fromfile(str(config))
+    cfg = load_config(str(config))
     cfg.model.backbone.pop('init_cfg', None)
     torch.manual_seed(1)
     model = MODELS.build(cfg.model).eval()

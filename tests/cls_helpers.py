@@ -163,25 +163,12 @@ def run_tool(
 def run_group(
     args: list, cwd: Path, env: dict, timeout: int
 ) -> subprocess.CompletedProcess:
-    """subprocess.run(args, capture_output=True, text=True) in a session of
-    its own: past ``timeout`` seconds the whole process group is killed
-    (torchrun's workers too, which killing torchrun alone would orphan) and
-    subprocess.TimeoutExpired raised."""
-    import signal
+    """subprocess.run(args, capture_output=True, text=True), bounded: past
+    ``timeout`` seconds every process it started is stopped (torchrun's
+    workers too) and subprocess.TimeoutExpired raised."""
+    from bounded_run import run_bounded  # tools/
 
-    proc = subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise subprocess.TimeoutExpired(args, timeout, out, err) from None
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    rc, out, err = run_bounded(args, timeout, grace=5, cwd=cwd, env=env)
+    if rc is None:
+        raise subprocess.TimeoutExpired(args, timeout, out, err)
+    return subprocess.CompletedProcess(args, rc, out, err)

@@ -34,14 +34,15 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+from subprocess import STDOUT
 
 import torch
+from bounded_run import run_bounded  # tools/
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIERS = {
@@ -148,11 +149,11 @@ def check_ops(device: str, report: Report) -> None:
 
 def build_classifier(config: str) -> torch.nn.Module:
     import nommer_mm  # noqa: F401  (registers the backbones)
-    from mmengine.config import Config
+    from nommer_mm.launch import load_config
     from mmengine.logging import MMLogger
     from mmengine.registry import MODELS, init_default_scope
 
-    cfg = Config.fromfile(str(ROOT / config))
+    cfg = load_config(str(ROOT / config))
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     cfg.model.backbone.init_cfg = None
     cfg.model.pop('train_cfg', None)  # no Mixup/CutMix batch augments
@@ -391,7 +392,8 @@ def check_dist(
         # the launchers run $PYTHON: this one, whose stack is being checked
         env = dict(os.environ, PORT=port, PYTHON=sys.executable)
         cmd = ['bash', str(ROOT / 'tools' / script), *map(str, args)]
-        return run_bounded(cmd, timeout, cwd=work, env=env)
+        rc, out, _ = run_bounded(cmd, timeout, cwd=work, env=env, stderr=STDOUT)
+        return rc, out
 
     for name, config, metric in dist_configs(work):
         run_dir, start, stage = work / config.stem, time.time(), 'train'
@@ -417,61 +419,6 @@ def check_dist(
             figures.update(error=(errors or lines or ['?'])[-1], log=str(log_file))
         ok = metric in metrics and figures.get('amp', False) == bool(amp)
         report.add('dist', name, ok, **figures)
-
-
-def run_bounded(
-    cmd: list[str], timeout: float, grace: float = 15, **kwargs
-) -> tuple[int | None, str]:
-    """(Exit status, stdout and stderr) of ``cmd``, run in a session of its
-    own. Past ``timeout`` seconds every process it started gets SIGTERM
-    (torchrun passes it on), SIGKILL ``grace`` seconds later, and the status
-    is None. No process it started outlives the call, also when the caller
-    is stopped by an exception (SIGTERM made SystemExit, say)."""
-    pipe, merged = subprocess.PIPE, subprocess.STDOUT
-    proc = subprocess.Popen(
-        cmd, stdout=pipe, stderr=merged, text=True, start_new_session=True, **kwargs
-    )
-    family: set[int] = set()
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        family = _family(proc.pid)
-        _signal_all(family, signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=grace)
-        except subprocess.TimeoutExpired:
-            family |= _family(proc.pid)
-            _signal_all(family, signal.SIGKILL)
-            out, _ = proc.communicate()
-        return None, out
-    finally:
-        left = family | _family(proc.pid)
-        if proc.returncode is not None:
-            left.discard(proc.pid)  # reaped: the number may be another's now
-        _signal_all(left, signal.SIGKILL)
-
-
-def _family(pid: int) -> set[int]:
-    """``pid``, its descendants and its session's processes, from /proc (its
-    group misses torchrun's workers: each has a session of its own)."""
-    parents, family = {}, {pid}
-    for stat in Path('/proc').glob('[0-9]*/stat'):
-        with contextlib.suppress(OSError):  # gone meanwhile
-            # after the name in parentheses: state, ppid, pgrp, session
-            fields = stat.read_text().rsplit(')', 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-            if int(fields[3]) == pid:
-                family.add(int(stat.parent.name))
-    while found := {c for c, p in parents.items() if p in family} - family:
-        family |= found
-    return family
-
-
-def _signal_all(pids: set[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):  # gone
-            os.kill(pid, sig)
 
 
 def check_compile(device: str, report: Report, batch: int, size: int) -> None:

@@ -192,9 +192,13 @@ def test_a_stopped_rank_ends_the_run_within_the_timeout(shapes, tmp_path):
 
 def _two_nodes(cfg, ckpt, tmp_path, port, *extra):
     """tools/dist_test.sh as two 'nodes' (one process each) that share no
-    working directory; returns both CompletedProcess-like results."""
+    working directory; (exit status, output) of each, the status None for
+    a node stopped after 300 s with all its processes."""
     import os
     import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bounded_run import run_bounded  # tools/
 
     env = dict(
         os.environ,
@@ -204,40 +208,23 @@ def _two_nodes(cfg, ckpt, tmp_path, port, *extra):
             [str(ROOT), str(ROOT / 'tests'), os.environ.get('PYTHONPATH', '')]
         ),
     )
-    procs = []
-    for rank in (0, 1):
-        node = tmp_path / f'node{rank}'
-        node.mkdir(exist_ok=True)
-        procs.append(
-            subprocess.Popen(
-                [
-                    'bash',
-                    str(ROOT / 'tools/dist_test.sh'),
-                    str(cfg),
-                    str(ckpt),
-                    '1',
-                    '--work-dir',
-                    str(node / 'work'),
-                    '--out',
-                    str(node / 'metrics.json'),
-                    *extra,
-                ],
-                cwd=node,
-                env=dict(env, NODE_RANK=str(rank)),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+
+    def node(rank: int) -> tuple[int | None, str]:
+        work = tmp_path / f'node{rank}'
+        work.mkdir(exist_ok=True)
+        cmd = ['bash', str(ROOT / 'tools/dist_test.sh'), str(cfg), str(ckpt), '1']
+        cmd += ['--work-dir', str(work / 'work'), '--out', str(work / 'metrics.json')]
+        rc, out, _ = run_bounded(
+            [*cmd, *extra],
+            300,
+            cwd=work,
+            env=dict(env, NODE_RANK=str(rank)),
+            stderr=subprocess.STDOUT,
         )
-    outs = []
-    for proc in procs:
-        try:
-            out, _ = proc.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        outs.append((proc.returncode, out))
-    return outs
+        return rc, out
+
+    with ThreadPoolExecutor(2) as pool:  # both nodes at once: they rendezvous
+        return list(pool.map(node, (0, 1)))
 
 
 def test_two_nodes_without_a_shared_file_system(shapes, tmp_path):

@@ -36,11 +36,13 @@ def _loss(outs) -> torch.Tensor:
     return sum((o * (i + 1)).square().mean() for i, o in enumerate(outs))
 
 
-def _run(model, x, seed: int):
-    """Outputs, parameter gradients (training) and nominations of one call,
-    with the random draws (Gumbel noise, drop path) seeded."""
+def _run(model, x, seed: int, forward=None):
+    """Outputs, parameter gradients (training) and nominations of one call
+    of ``forward`` (default: ``model``; a compiled ``model`` shares its
+    parameters and nomination state), with the random draws (Gumbel noise,
+    drop path) seeded."""
     torch.manual_seed(seed)
-    outs = model(x)
+    outs = (model if forward is None else forward)(x)
     grads = []
     if model.training:
         _loss(outs).backward()
@@ -81,17 +83,10 @@ def test_inductor_equals_eager(backbone, training):
         with torch.no_grad() if not training else torch.enable_grad():
             with nomination_margins(eager) as margins:
                 want = _run(eager, x, seed=1)
-            # ``fn`` shares parameters and nomination state with ``compiled``
-            compiled.zero_grad(set_to_none=True)
-            torch.manual_seed(1)
-            outs = fn(x)
-            grads = []
-            if training:
-                _loss(outs).backward()
-                grads = [p.grad for p in compiled.parameters() if p.grad is not None]
-            got = ([o.detach() for o in outs], grads)
+            got = _run(compiled, x, seed=1, forward=fn)
+    assert got[2].keys() == want[2].keys()
     for name, eager_map in want[2].items():
-        compiled_map = compiled.nomination_maps()[name]
+        compiled_map = got[2][name]
         clear = margins[name] > 1e-3 if not training else torch.ones_like(eager_map)
         assert torch.equal(compiled_map[clear.bool()], eager_map[clear.bool()]), name
     assert len(got[0]) == len(want[0])

@@ -42,7 +42,7 @@ OPTION_SOURCES = {
     'tools/dist_test.sh': ['tools/test.py', 'nommer_mm/launch.py'],
     'tools/slurm_train.sh': ['tools/train.py', 'nommer_mm/launch.py'],
     'tools/slurm_test.sh': ['tools/test.py', 'nommer_mm/launch.py'],
-    'tools/install_deps.py': ['tools/installer'],
+    'tools/install_deps.py': ['tools/deps_installer'],
     'tools/run_tests.sh': [],
 }
 DEVELOPMENT_WORDS = re.compile(

@@ -59,7 +59,7 @@ import re
 from pathlib import Path
 
 # tools/ is this script's folder, first on sys.path when it runs
-from installer import cuda, mmcv, pins, wheelhouse
+from deps_installer import cuda, mmcv, pins, wheelhouse
 
 
 def parse_args() -> argparse.Namespace:

@@ -12,7 +12,7 @@ import pytest
 
 # tools/ is on sys.path (tests/conftest.py): the installer's steps, as
 # tools/install_deps.py imports them
-from installer import common, cuda, mmcv, wheelhouse
+from deps_installer import common, cuda, mmcv, wheelhouse
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 # tools/ is on sys.path (tests/conftest.py), as tools/install_deps.py has it
-from installer import mmcv, pins
+from deps_installer import mmcv, pins
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -594,6 +594,19 @@ def test_a_broken_image_stops_every_codebase_with_path_and_index(tmp_path):
     assert f'image {image} (index 0 of the dataset) (its label map {seg_map})' in said
     assert 'is cut short' in said
     _clean(said)
+    # complete (PNG signature and end chunk) but its data damaged: mmseg's
+    # LoadAnnotations would fail inside the decoder, naming no file
+    seg_map = ds.get_data_info(1)['seg_map_path']
+    data = bytearray(Path(seg_map).read_bytes())
+    data[16:-16] = bytes(len(data) - 32)
+    Path(seg_map).write_bytes(bytes(data))
+    with pytest.raises(BrokenImageError) as err:
+        ds[1]
+    said = str(err.value)
+    image = ds.get_data_info(1)['img_path']
+    assert f'image {image} (index 1 of the dataset) (its label map {seg_map})' in said
+    assert 'does not decode as an image' in said
+    _clean(said)
 
 
 def test_a_damaged_checkpoint_is_named(good, tmp_path):

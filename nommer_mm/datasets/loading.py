@@ -43,38 +43,20 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
     and pointing to ``tools/misc/verify_dataset.py``, when the file is
     missing, empty, cut short (a JPEG or PNG without its end marker) or
     does not decode, or when its segmentation label map
-    (``seg_map_path``, read later by ``LoadAnnotations``) is missing,
-    empty or cut short. With ``ignore_empty=True`` such an image is skipped as
-    mmcv skips it (the dataset draws another)."""
+    (``seg_map_path``, read later by ``LoadAnnotations``) is. With
+    ``ignore_empty=True`` such an image is skipped as mmcv skips it (the
+    dataset draws another)."""
 
     def transform(self, results: dict) -> dict | None:
         filename = results['img_path']
-        try:
-            data = self._read(filename)
-            problem = image_bytes_problem(data)
-        except FileNotFoundError:
-            data, problem = b'', 'does not exist'
-        img = None
-        if problem is None:
-            try:
-                img = mmcv.imfrombytes(
-                    data, flag=self.color_type, backend=self.imdecode_backend
-                )
-            except Exception:  # the decoder's own error names no file
-                img = None
-            if img is None:
-                problem = 'does not decode as an image'
+        img, problem = self._load(filename, self.color_type)
         if problem is None and results.get('seg_map_path'):
             # the label map's decoder (LoadAnnotations) would fail naming no
-            # file too; empty and cut-short ones are seen from their bytes
-            filename = results['seg_map_path']
-            try:
-                problem = image_bytes_problem(self._read(filename))
-            except FileNotFoundError:
-                problem = 'does not exist'
+            # file too, so it is read and decoded once here as well
+            seg_map = results['seg_map_path']
+            problem = self._load(seg_map, 'unchanged')[1]
             if problem is not None:
-                problem = f'(its label map {filename}) {problem}'
-                filename = results['img_path']
+                problem = f'(its label map {seg_map}) {problem}'
         if problem is not None:
             if self.ignore_empty:
                 return None
@@ -89,6 +71,21 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         results['img_shape'] = img.shape[:2]
         results['ori_shape'] = img.shape[:2]
         return results
+
+    def _load(self, filename: str, flag: str) -> tuple[np.ndarray | None, str | None]:
+        """The decoded file, or None and what is wrong with it."""
+        try:
+            data = self._read(filename)
+        except FileNotFoundError:
+            return None, 'does not exist'
+        problem = image_bytes_problem(data)
+        if problem is not None:
+            return None, problem
+        try:
+            img = mmcv.imfrombytes(data, flag=flag, backend=self.imdecode_backend)
+        except Exception:  # the decoder's own error names no file
+            img = None
+        return img, None if img is not None else 'does not decode as an image'
 
     def _read(self, filename: str) -> bytes:
         if self.file_client_args is not None:

@@ -583,30 +583,23 @@ def test_a_broken_image_stops_every_codebase_with_path_and_index(tmp_path):
         assert said.startswith(f'error: image {path} (index {index} of the dataset)')
         assert len(said.splitlines()) == 1, said
         _clean(said)
-    # a segmentation label map cut short: named beside its image
-    seg_map = ds.get_data_info(0)['seg_map_path']
-    data = Path(seg_map).read_bytes()
-    Path(seg_map).write_bytes(data[: len(data) // 2])
-    with pytest.raises(BrokenImageError) as err:
-        ds[0]
-    said = str(err.value)
-    image = ds.get_data_info(0)['img_path']
-    assert f'image {image} (index 0 of the dataset) (its label map {seg_map})' in said
-    assert 'is cut short' in said
-    _clean(said)
-    # complete (PNG signature and end chunk) but its data damaged: mmseg's
-    # LoadAnnotations would fail inside the decoder, naming no file
-    seg_map = ds.get_data_info(1)['seg_map_path']
-    data = bytearray(Path(seg_map).read_bytes())
-    data[16:-16] = bytes(len(data) - 32)
-    Path(seg_map).write_bytes(bytes(data))
-    with pytest.raises(BrokenImageError) as err:
-        ds[1]
-    said = str(err.value)
-    image = ds.get_data_info(1)['img_path']
-    assert f'image {image} (index 1 of the dataset) (its label map {seg_map})' in said
-    assert 'does not decode as an image' in said
-    _clean(said)
+    # segmentation label maps, named beside their image: one cut short, one
+    # complete (PNG signature and end chunk) with its data damaged, which
+    # mmseg's LoadAnnotations would fail to decode naming no file
+    damages = [
+        (lambda data: data[: len(data) // 2], 'is cut short'),
+        (lambda d: d[:16] + bytes(len(d) - 32) + d[-16:], 'does not decode'),
+    ]
+    for index, (damage, words) in enumerate(damages):
+        seg_map = Path(ds.get_data_info(index)['seg_map_path'])
+        seg_map.write_bytes(damage(seg_map.read_bytes()))
+        with pytest.raises(BrokenImageError) as err:
+            ds[index]
+        said = str(err.value)
+        image = ds.get_data_info(index)['img_path']
+        head = f'image {image} (index {index} of the dataset) (its label map {seg_map})'
+        assert f'{head} {words}' in said, said
+        _clean(said)
 
 
 def test_a_damaged_checkpoint_is_named(good, tmp_path):

@@ -335,11 +335,7 @@ def arch_of_weights(backbone: nn.Module, state: dict) -> str | None:
         if len(name) > len(names.get(key, '')):
             names[key] = name
     shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, 'shape')}
-    mine = {
-        k: tuple(v.shape)
-        for k, v in backbone.state_dict().items()
-        if not _NEW_IN_DENSE.match(k) and not _RESIZED_ON_LOAD.search(k)
-    }
+    mine = _checked_shapes(backbone)
     if sum(shapes.get(k) != v for k, v in mine.items()) < 0.05 * len(mine):
         return None  # a few keys off: a damaged or edited file, not an arch
     for name in names.values():
@@ -355,16 +351,22 @@ def arch_of_weights(backbone: nn.Module, state: dict) -> str | None:
 def _arch_shapes(cls: type, arch: str) -> dict | None:
     """Weight shapes of ``cls(arch=arch)`` (a CPU build, once per process;
     the constructors compute on their tensors, so the meta device cannot
-    stand in), without the keys :func:`unfilled_backbone_weights` excuses."""
+    stand in), as :func:`_checked_shapes` gives them."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')
             candidate = cls(arch=arch)
     except Exception:  # an arch that needs other arguments: not a match
         return None
+    return _checked_shapes(candidate)
+
+
+def _checked_shapes(backbone: nn.Module) -> dict[str, tuple]:
+    """Weight shapes of ``backbone``, without the keys
+    :func:`unfilled_backbone_weights` excuses."""
     return {
         k: tuple(v.shape)
-        for k, v in candidate.state_dict().items()
+        for k, v in backbone.state_dict().items()
         if not _NEW_IN_DENSE.match(k) and not _RESIZED_ON_LOAD.search(k)
     }
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py'
 CASCADE_T = ROOT / 'configs/det/cascade-mask-rcnn_nommer-t_fpn_ms-3x_coco.py'
@@ -172,3 +174,24 @@ def run_group(
     if rc is None:
         raise subprocess.TimeoutExpired(args, timeout, out, err)
     return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def tiered(values, slow, ids=None) -> list:
+    """``values`` as pytest parameters, those for which ``slow(value)``
+    holds in the slow tier; ``ids(value)`` names each when given."""
+    return [
+        pytest.param(
+            v, id=ids(v) if ids else None, marks=[pytest.mark.slow] if slow(v) else []
+        )
+        for v in values
+    ]
+
+
+def world_size(log: str) -> int:
+    """The number of processes a runner saw (mmengine's runtime
+    environment, 'GPU number', is its world size also on CPU)."""
+    import re
+
+    found = re.findall(r'GPU number: (\d+)', log)
+    assert found, 'no runtime environment in the log:\n' + log[-3000:]
+    return int(found[-1])

@@ -6,9 +6,7 @@ user; weights that do not fit stop a run before it trains."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from cls_helpers import load_tool
+from cls_helpers import load_tool, run_tool
 
 from nommer_mm import NomMer
 from nommer_mm.checkpoint_safety import (
@@ -652,17 +650,6 @@ def test_the_base_configs_load_images_with_the_check():
 
 
 # --------------------------------------------------- the command-line tools
-def _tool(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-
-
 DEMO = str(ROOT / 'configs/cls/nommer-tiny_2xb16_textures-demo.py')
 
 
@@ -680,23 +667,29 @@ def test_tools_exit_with_one_line(good, tmp_path):
     empty, empty_words = _broken('empty', good, tmp_path)
     cut, cut_words = _broken('cut', good, tmp_path)
     noise, noise_words = _broken('random', good, tmp_path)
-    proc = _tool(
-        str(ROOT / 'tools/test.py'),
-        DEMO,
-        str(empty),
-        '--work-dir',
-        str(tmp_path),
+    proc = run_tool(
+        [
+            str(ROOT / 'tools/test.py'),
+            DEMO,
+            str(empty),
+            '--work-dir',
+            str(tmp_path),
+        ],
         cwd=tmp_path,
+        timeout=300,
     )
     _one_line_error(proc, empty_words)
-    proc = _tool(
-        str(ROOT / 'tools/train.py'),
-        DEMO,
-        '--resume',
-        str(cut),
-        '--work-dir',
-        str(tmp_path),
+    proc = run_tool(
+        [
+            str(ROOT / 'tools/train.py'),
+            DEMO,
+            '--resume',
+            str(cut),
+            '--work-dir',
+            str(tmp_path),
+        ],
         cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode != 0 and 'it ' + cut_words[len(f'{cut} ') :] in proc.stderr
     _clean(proc.stderr)
@@ -707,12 +700,15 @@ def test_tools_exit_with_one_line(good, tmp_path):
             (cut, cut_words),
             (empty, empty_words),
         ):
-            proc = _tool(
-                str(ROOT / 'tools/model_converters' / tool),
-                *extra,
-                str(path),
-                str(tmp_path / 'o.pth'),
+            proc = run_tool(
+                [
+                    str(ROOT / 'tools/model_converters' / tool),
+                    *extra,
+                    str(path),
+                    str(tmp_path / 'o.pth'),
+                ],
                 cwd=tmp_path,
+                timeout=300,
             )
             _one_line_error(proc, words)
 
@@ -726,19 +722,22 @@ def test_training_on_a_zero_byte_image_stops_naming_it(tmp_path):
     data = make_imagenet_layout(tmp_path / 'data', {'train': 2, 'val': 1}, size=32)
     broken = sorted((data / 'train').rglob('*.png'))[3]
     broken.write_bytes(b'')
-    proc = _tool(
-        str(ROOT / 'tools/train.py'),
-        DEMO,
-        '--work-dir',
-        str(tmp_path / 'work'),
-        '--cfg-options',
-        f'train_dataloader.dataset.data_root={data}',
-        f'val_dataloader.dataset.data_root={data}',
-        f'test_dataloader.dataset.data_root={data}',
-        'train_dataloader.dataset.pipeline.0.type=CheckedLoadImageFromFile',
-        'train_cfg.max_iters=2',
-        'train_dataloader.batch_size=8',
+    proc = run_tool(
+        [
+            str(ROOT / 'tools/train.py'),
+            DEMO,
+            '--work-dir',
+            str(tmp_path / 'work'),
+            '--cfg-options',
+            f'train_dataloader.dataset.data_root={data}',
+            f'val_dataloader.dataset.data_root={data}',
+            f'test_dataloader.dataset.data_root={data}',
+            'train_dataloader.dataset.pipeline.0.type=CheckedLoadImageFromFile',
+            'train_cfg.max_iters=2',
+            'train_dataloader.batch_size=8',
+        ],
         cwd=tmp_path,
+        timeout=300,
     )
     _one_line_error(proc, f'image {broken} (index ')
     assert 'tools/misc/verify_dataset.py' in proc.stderr
@@ -754,33 +753,23 @@ def test_picture_tools_exit_with_one_line(good, tmp_path):
     cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
     empty, empty_words = _broken('empty', good, tmp_path)
     cut, cut_words = _broken('cut', good, tmp_path)
-    proc = _tool(
-        str(ROOT / 'tools/image_demo.py'),
-        str(image),
-        DEMO,
-        '--weights',
-        str(empty),
-        cwd=tmp_path,
-    )
-    _one_line_error(proc, empty_words)
-    proc = _tool(
-        str(ROOT / 'tools/visualization/visualize_nomination.py'),
-        DEMO,
-        str(cut),
-        str(image),
-        '--out',
-        str(tmp_path / 'n.png'),
-        cwd=tmp_path,
-    )
-    _one_line_error(proc, cut_words)
-    assert not (tmp_path / 'n.png').exists()
-    proc = _tool(
-        str(ROOT / 'tools/deployment/pytorch2onnx.py'),
-        DEMO,
-        str(empty),
-        '--out',
-        str(tmp_path / 'm.onnx'),
-        cwd=tmp_path,
-    )
-    _one_line_error(proc, empty_words)
-    assert not (tmp_path / 'm.onnx').exists()
+    nominations, onnx = tmp_path / 'n.png', tmp_path / 'm.onnx'
+    for args, words, output in [
+        (['image_demo.py', image, DEMO, '--weights', empty], empty_words, None),
+        (
+            ['visualization/visualize_nomination.py', DEMO, cut, image]
+            + ['--out', nominations],
+            cut_words,
+            nominations,
+        ),
+        (
+            ['deployment/pytorch2onnx.py', DEMO, empty, '--out', onnx],
+            empty_words,
+            onnx,
+        ),
+    ]:
+        proc = run_tool(
+            [ROOT / 'tools' / args[0], *args[1:]], cwd=tmp_path, timeout=300
+        )
+        _one_line_error(proc, words)
+        assert output is None or not output.exists()

@@ -1,35 +1,27 @@
 """Every classification config builds its model and data pipeline, and the
 paper's recipe is what the resolved configs say."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cls_helpers import run_tool, tiered
 from nommer_mm.launch import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tiered(paths: list, slow) -> list:
-    """``paths`` as parameters, those for which ``slow(path)`` holds in the
-    slow tier."""
-    return [
-        pytest.param(p, id=p.name, marks=[pytest.mark.slow] if slow(p) else [])
-        for p in paths
-    ]
-
-
 # The tiny and peer-sized models build in the fast tier; the small and base
 # ones (several seconds each) in the slow tier.
-CONFIGS = _tiered(
+CONFIGS = tiered(
     sorted((ROOT / 'configs/cls').rglob('*.py')),
     lambda p: 'small' in p.name or 'base' in p.name,
+    ids=lambda p: p.name,
 )
 # Table 4's classification configs in the fast tier, its det/seg ones slow.
-ABLATIONS = _tiered(
+ABLATIONS = tiered(
     sorted((ROOT / 'configs').rglob('ablation/*.py')),
     lambda p: p.parent.parent.name != 'cls',
+    ids=lambda p: p.name,
 )
 
 
@@ -140,16 +132,8 @@ def test_get_flops_cli_prints_the_metafile_figures_near_the_paper(tmp_path):
 
     config = 'configs/cls/nommer-tiny_8xb128_in1k.py'
     out = tmp_path / 'flops.json'
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'tools/analysis_tools/get_flops.py'),
-            str(ROOT / config),
-            '--json',
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_tool(
+        [ROOT / 'tools/analysis_tools/get_flops.py', ROOT / config, '--json', out],
         cwd=ROOT,
         timeout=600,
     )

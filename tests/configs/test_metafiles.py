@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cls_helpers import ROOT, load_tool, readme_converter_outputs
+from cls_helpers import ROOT, load_tool, readme_converter_outputs, tiered
 
 
 def _models() -> dict:
@@ -112,11 +112,7 @@ FAST_FIGURES = {'configs/cls/nommer-tiny_8xb128_in1k.py'}
 
 
 @pytest.mark.parametrize(
-    'config',
-    [
-        pytest.param(c, marks=[] if c in FAST_FIGURES else [pytest.mark.slow])
-        for c in sorted(MODELS)
-    ],
+    'config', tiered(sorted(MODELS), lambda c: c not in FAST_FIGURES)
 )
 def test_figures_equal_get_flops(config):
     """Exact counts: the trainable parameters get_flops.py prints, and where

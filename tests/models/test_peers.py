@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cls_helpers import tiered
 
 from nommer_mm import CoTNet, GCViT, Visformer
 from nommer_mm.analysis import count_flops
@@ -636,11 +637,7 @@ FAST_LAYOUTS = {
 
 
 @pytest.mark.parametrize(
-    'source',
-    [
-        src if src in FAST_LAYOUTS else pytest.param(src, marks=pytest.mark.slow)
-        for src in sorted(REFERENCE_MODELS)
-    ],
+    'source', tiered(sorted(REFERENCE_MODELS), lambda s: s not in FAST_LAYOUTS)
 )
 def test_converters_take_the_reference_layouts(source):
     """A checkpoint with exactly the reference model's keys, shapes and

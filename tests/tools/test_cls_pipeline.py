@@ -2,7 +2,6 @@
 through tools/dist_train.sh and tools/dist_test.sh, kill-and-resume."""
 
 import json
-import re
 
 import pytest
 import torch
@@ -13,19 +12,12 @@ from cls_helpers import (
     failure_report,
     free_port,
     run_tool,
+    world_size,
     write_config,
 )
 from demo_data import make_imagenet_layout
 
 pytestmark = pytest.mark.slow  # torchrun and tool processes
-
-
-def world_size(log: str) -> int:
-    """The number of processes the runner saw (mmengine's runtime
-    environment, 'GPU number', is its world size also on CPU)."""
-    found = re.findall(r'GPU number: (\d+)', log)
-    assert found, 'no runtime environment in the log:\n' + log[-3000:]
-    return int(found[-1])
 
 
 @pytest.fixture(scope='module')

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cls_helpers import load_tool
+from cls_helpers import load_tool, run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 no_gpu = pytest.mark.skipif(
@@ -269,11 +269,9 @@ def test_dist_metrics_equal_tools_test_on_the_same_checkpoint(
     assert not list(logs.iterdir())
     out = tmp_path / 'test.json'
     ckpt = work / stem / f'iter_{gpu_check.DIST_ITERS}.pth'
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/test.py'), str(work / f'{stem}.py')]
-        + [str(ckpt), '--work-dir', str(tmp_path / 'test'), '--out', str(out)],
-        capture_output=True,
-        text=True,
+    proc = run_tool(
+        [ROOT / 'tools/test.py', work / f'{stem}.py', ckpt]
+        + ['--work-dir', tmp_path / 'test', '--out', out],
         cwd=work,
         timeout=900,
     )

@@ -417,6 +417,42 @@ def stop_on_bad_input() -> Iterator[None]:
         raise SystemExit(f'error: {input_error_message(err)}') from None
 
 
+def use_tta(cfg: Config, config_path: str) -> None:
+    """``--tta``: wrap the model in the config's ``tta_model`` and test
+    through its ``tta_pipeline``; a config without them stops, saying so."""
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise SystemExit(
+            f'--tta: {config_path} defines no test-time augmentation '
+            '(tta_model and tta_pipeline); the detection and segmentation '
+            'configs of this repository define multi-scale + flip testing'
+        )
+    tta = dict(cfg.tta_model)
+    cfg.model = dict(type=tta.pop('type'), module=cfg.model, **tta)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def enable_auto_scale_lr(cfg: Config, config_path: str) -> None:
+    """``--auto-scale-lr``: mmengine multiplies the lr by total batch /
+    ``auto_scale_lr.base_batch_size``; a config without that base stops."""
+    if not (cfg.get('auto_scale_lr') or {}).get('base_batch_size'):
+        raise SystemExit(
+            f'--auto-scale-lr: {config_path} sets no auto_scale_lr.base_batch_size '
+            '(the total batch its lr is meant for), so there is nothing to scale '
+            'from; give one: --cfg-options auto_scale_lr.base_batch_size=N'
+        )
+    cfg.auto_scale_lr.enable = True
+
+
+def auto_scale_lr_note(cfg: Config, world_size: int) -> str:
+    """What ``--auto-scale-lr`` does to this run's lr."""
+    per_process = cfg.train_dataloader.batch_size
+    total, base = world_size * per_process, cfg.auto_scale_lr.base_batch_size
+    return (
+        f'--auto-scale-lr: total batch {total} ({world_size} processes x '
+        f'{per_process}) for a recipe of {base}: lr x {total / base:g}'
+    )
+
+
 def add_finite_loss_check(cfg: Config) -> None:
     """Training stops at the first non-finite loss (``FiniteLossHook``)."""
     hooks = list(cfg.get('custom_hooks') or [])

@@ -617,8 +617,11 @@ def test_a_damaged_checkpoint_is_named(good, tmp_path):
 
 @pytest.mark.slow  # reading the configs imports all three codebases
 def test_the_base_configs_load_images_with_the_check():
-    """Every image the train/val/test/TTA pipelines of the three base
-    configs read goes through CheckedLoadImageFromFile."""
+    """The three base configs load training images with
+    CheckedLoadImageFromFile, and their evaluation pipelines keep mmcv's
+    LoadImageFromFile (the inferencers look it up by that name) for
+    CheckedImageLoadingHook to swap; the runner-level behaviour is
+    tests/test_entry_points.py's."""
     from nommer_mm.launch import load_config
 
     def types(node, found):
@@ -638,15 +641,11 @@ def test_the_base_configs_load_images_with_the_check():
         'seg/upernet_8xb2-160k_ade20k-512x512.py',
     ):
         cfg = load_config(str(ROOT / 'configs' / '_base_' / base))
-        for key in (
-            'train_dataloader',
-            'val_dataloader',
-            'test_dataloader',
-            'tta_pipeline',
-        ):
+        assert types(cfg.train_dataloader, []) == ['CheckedLoadImageFromFile'], base
+        for key in ('val_dataloader', 'test_dataloader', 'tta_pipeline'):
             if key in cfg:
-                found = types(cfg[key], [])
-                assert found and set(found) == {'CheckedLoadImageFromFile'}, (base, key)
+                assert set(types(cfg[key], [])) == {'LoadImageFromFile'}, (base, key)
+        assert cfg.default_hooks.image_loading.type == 'CheckedImageLoadingHook'
 
 
 # --------------------------------------------------- the command-line tools
@@ -773,3 +772,44 @@ def test_picture_tools_exit_with_one_line(good, tmp_path):
         )
         _one_line_error(proc, words)
         assert output is None or not output.exists()
+
+
+def test_the_check_is_swapped_in_through_dataset_wrappers(tmp_path):
+    """check_image_loading (CheckedImageLoadingHook's step) replaces mmcv's
+    loader inside ConcatDataset and RepeatDataset with the checked one,
+    keeping its settings."""
+    from demo_data import make_imagenet_layout
+    from mmcv.transforms import LoadImageFromFile
+    from mmengine.dataset import ConcatDataset, RepeatDataset
+    from mmengine.registry import DefaultScope
+    from mmpretrain.datasets import CustomDataset
+
+    from nommer_mm.datasets import (
+        BrokenImageError,
+        CheckedLoadImageFromFile,
+        check_image_loading,
+    )
+
+    data = make_imagenet_layout(tmp_path, {'a': 1, 'b': 1}, size=16)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        parts = [
+            CustomDataset(
+                data_root=str(data),
+                data_prefix=split,
+                pipeline=[dict(type='LoadImageFromFile', to_float32=True)],
+            )
+            for split in ('a', 'b')
+        ]
+    repeated = RepeatDataset(parts[0], times=2)
+    assert check_image_loading(repeated) == 1
+    wrapped = ConcatDataset(parts)
+    assert check_image_loading(wrapped) == 1  # the second part's
+    for part in parts:
+        (step,) = part.pipeline.transforms
+        assert type(step) is CheckedLoadImageFromFile and step.to_float32
+        assert isinstance(step, LoadImageFromFile)
+    broken = Path(parts[1].get_data_info(0)['img_path'])
+    broken.write_bytes(b'')
+    with pytest.raises(BrokenImageError, match=f'image {broken} \\(index 0 of'):
+        wrapped[len(parts[0])]  # the first image of the second part
+    assert check_image_loading(wrapped) == 0  # already checked

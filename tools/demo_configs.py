@@ -101,7 +101,7 @@ def small_det_config(
         dict(type='PackDetInputs'),
     ]
     test_pipeline = [
-        dict(type='CheckedLoadImageFromFile'),
+        dict(type='LoadImageFromFile'),
         dict(type='Resize', scale=scale, keep_ratio=True),
         dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
         dict(
@@ -135,6 +135,15 @@ def small_det_config(
             ann_file=str(data_root / 'annotations/instances_val.json'),
         ),
     )
+    tta = cfg.tta_pipeline[1].transforms
+    tta[0] = [
+        dict(
+            type='Resize',
+            scale=(round(scale[0] * r), round(scale[1] * r)),
+            keep_ratio=True,
+        )
+        for r in (1.0, 0.75, 1.25)
+    ]
     _iter_schedule(cfg, iters, lr)
     cfg.dump(str(out))
     return out
@@ -170,7 +179,7 @@ def small_seg_config(
         dict(type='PackSegInputs'),
     ]
     test_pipeline = [
-        dict(type='CheckedLoadImageFromFile'),
+        dict(type='LoadImageFromFile'),
         dict(type='Resize', scale=scale, keep_ratio=True),
         dict(type='LoadAnnotations', reduce_zero_label=True),
         dict(type='PackSegInputs'),
@@ -200,7 +209,7 @@ def small_seg_config(
         dict(type='IoUMetric', iou_metrics=['mIoU']),
     )
     cfg.tta_pipeline = [
-        dict(type='CheckedLoadImageFromFile'),
+        dict(type='LoadImageFromFile'),
         dict(
             type='TestTimeAug',
             transforms=[

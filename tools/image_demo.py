@@ -104,11 +104,6 @@ def main(argv=None) -> None:
         print(
             'no --weights: the model has its initial (random) weights', file=sys.stderr
         )
-    # The inferencers load the image themselves and find the loading step of
-    # the test pipeline by mmcv's name; the dataset's checked loader is ours.
-    for step in cfg.test_dataloader.dataset.pipeline:
-        if step.get('type') == 'CheckedLoadImageFromFile':
-            step['type'] = 'LoadImageFromFile'
     run = dict(mmpretrain=classify, mmdet=detect, mmseg=segment)[scope]
     with stop_on_bad_input(), mmengine_loads_through_plugin():
         picture = run(cfg, args)

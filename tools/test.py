@@ -17,6 +17,7 @@ from nommer_mm.launch import (
     prepare,
     shutdown_distributed,
     stop_on_bad_input,
+    use_tta,
     watch_peers,
 )
 
@@ -62,14 +63,7 @@ def main():
     cfg = prepare(args)
     cfg.load_from = args.checkpoint
     if args.tta:
-        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise SystemExit(
-                f'{args.config} defines no tta_model / tta_pipeline; --tta needs both'
-            )
-        cfg.model = dict(
-            type=cfg.tta_model.pop('type'), module=cfg.model, **cfg.tta_model
-        )
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        use_tta(cfg, args.config)
     if args.dump:
         add_dump(cfg, args.dump)
     with stop_on_bad_input(), mmengine_loads_through_plugin():

@@ -12,8 +12,10 @@ from nommer_mm.checkpoint_safety import mmengine_loads_through_plugin
 from nommer_mm.launch import (
     add_finite_loss_check,
     add_launch_args,
+    auto_scale_lr_note,
     build_runner,
     dist_timeout,
+    enable_auto_scale_lr,
     prepare,
     resolve_resume,
     shutdown_distributed,
@@ -53,11 +55,13 @@ def main():
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
-        cfg.setdefault('auto_scale_lr', {})['enable'] = True
+        enable_auto_scale_lr(cfg, args.config)
     resolve_resume(cfg, args.resume)
     add_finite_loss_check(cfg)
     with stop_on_bad_input(), mmengine_loads_through_plugin():
         runner = build_runner(cfg)
+        if args.auto_scale_lr and runner.rank == 0:
+            print(auto_scale_lr_note(cfg, runner.world_size), flush=True)
         with watch_peers(dist_timeout(cfg)):
             runner.train()
     shutdown_distributed()

@@ -29,8 +29,9 @@ model = dict(
     ),
 )
 
-# The base's DeiT pipelines, loading with CheckedLoadImageFromFile: a
-# broken image stops the run naming its path and dataset index.
+# The base's DeiT training pipeline, loading with CheckedLoadImageFromFile: a
+# broken image stops the run naming its path and dataset index. The test
+# pipeline is the base's.
 bgr_mean = [103.53, 116.28, 123.675]
 bgr_std = [57.375, 57.12, 58.395]
 train_pipeline = [
@@ -59,22 +60,9 @@ train_pipeline = [
     ),
     dict(type='PackInputs'),
 ]
-test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
-    dict(
-        type='ResizeEdge',
-        scale=256,
-        edge='short',
-        backend='pillow',
-        interpolation='bicubic',
-    ),
-    dict(type='CenterCrop', crop_size=224),
-    dict(type='PackInputs'),
-]
-
 # 8 GPUs x 128 = 1024 images per step
 train_dataloader = dict(batch_size=128, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=128, dataset=dict(pipeline=test_pipeline))
+val_dataloader = dict(batch_size=128)
 test_dataloader = val_dataloader
 
 optim_wrapper = dict(
@@ -96,8 +84,13 @@ custom_hooks = [dict(type='RNGStateHook')]
 
 # Checkpoints written atomically, old ones removed only once the new one is
 # complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
-# a peer that stops answering ends the run after 10 minutes, not 30.
-default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# evaluation images loaded with the check of the training pipeline
+# (CheckedImageLoadingHook); a peer that stops answering ends the run after
+# 10 minutes, not 30.
+default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    image_loading=dict(type='CheckedImageLoadingHook'),
+)
 env_cfg = dict(dist_cfg=dict(timeout=600))
 # Results are gathered through the process group, not a shared temporary
 # directory: evaluation on several nodes needs no shared file system.

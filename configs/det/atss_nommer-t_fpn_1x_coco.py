@@ -1,6 +1,8 @@
 # ATSS 1x (single-stage, anchor-assigning) + NomMer-T.
-_base_ = 'mmdet::atss/atss_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['nommer_mm'], allow_failed_imports=False)
+_base_ = ['mmdet::atss/atss_r50_fpn_1x_coco.py', '../_base_/det/tta.py']
+custom_imports = dict(
+    imports=['nommer_mm', 'nommer_mm.models.det_tta'], allow_failed_imports=False
+)
 model = dict(
     backbone=dict(
         _delete_=True,
@@ -33,8 +35,13 @@ optim_wrapper = dict(
 
 # Checkpoints written atomically, old ones removed only once the new one is
 # complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
-# a peer that stops answering ends the run after 10 minutes, not 30.
-default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# evaluation images loaded with the check of the training pipeline
+# (CheckedImageLoadingHook); a peer that stops answering ends the run after
+# 10 minutes, not 30.
+default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    image_loading=dict(type='CheckedImageLoadingHook'),
+)
 env_cfg = dict(dist_cfg=dict(timeout=600))
 # Results are gathered through the process group, not a shared temporary
 # directory: evaluation on several nodes needs no shared file system.

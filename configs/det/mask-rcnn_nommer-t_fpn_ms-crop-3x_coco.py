@@ -1,7 +1,12 @@
 # Mask R-CNN 3x (multi-scale + crop) + NomMer-T: Swin-T's config, backbone
 # swapped.
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
-custom_imports = dict(imports=['nommer_mm'], allow_failed_imports=False)
+_base_ = [
+    'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py',
+    '../_base_/det/tta.py',
+]
+custom_imports = dict(
+    imports=['nommer_mm', 'nommer_mm.models.det_tta'], allow_failed_imports=False
+)
 model = dict(
     backbone=dict(
         _delete_=True,
@@ -29,8 +34,13 @@ optim_wrapper = dict(
 
 # Checkpoints written atomically, old ones removed only once the new one is
 # complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
-# a peer that stops answering ends the run after 10 minutes, not 30.
-default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# evaluation images loaded with the check of the training pipeline
+# (CheckedImageLoadingHook); a peer that stops answering ends the run after
+# 10 minutes, not 30.
+default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    image_loading=dict(type='CheckedImageLoadingHook'),
+)
 env_cfg = dict(dist_cfg=dict(timeout=600))
 # Results are gathered through the process group, not a shared temporary
 # directory: evaluation on several nodes needs no shared file system.

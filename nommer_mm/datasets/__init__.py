@@ -1,3 +1,13 @@
-from .loading import BrokenImageError, CheckedLoadImageFromFile, image_bytes_problem
+from .loading import (
+    BrokenImageError,
+    CheckedLoadImageFromFile,
+    check_image_loading,
+    image_bytes_problem,
+)
 
-__all__ = ['BrokenImageError', 'CheckedLoadImageFromFile', 'image_bytes_problem']
+__all__ = [
+    'BrokenImageError',
+    'CheckedLoadImageFromFile',
+    'check_image_loading',
+    'image_bytes_problem',
+]

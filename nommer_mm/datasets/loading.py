@@ -1,7 +1,14 @@
 """Loading images so that a broken one stops the run with its name: the
 dataset's ``LoadImageFromFile`` lets an empty file fail inside OpenCV
 (naming no file) and decodes a cut-short JPEG into grey pixels without a
-word."""
+word.
+
+Training pipelines name :class:`CheckedLoadImageFromFile`. Evaluation
+pipelines name mmcv's ``LoadImageFromFile``, since the mmpretrain, mmdet and
+mmseg inferencers find the test pipeline's loading step by that name and
+replace it; :func:`check_image_loading` swaps the checked loader into a
+built dataset (``CheckedImageLoadingHook`` does so for the runner's
+evaluation datasets)."""
 
 from __future__ import annotations
 
@@ -92,3 +99,22 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
             client = fileio.FileClient.infer_client(self.file_client_args, filename)
             return client.get(filename)
         return fileio.get(filename, backend_args=self.backend_args)
+
+
+def check_image_loading(dataset) -> int:
+    """Swap every mmcv ``LoadImageFromFile`` step of a built dataset's
+    pipelines (through dataset wrappers) for :class:`CheckedLoadImageFromFile`
+    with the same settings; return how many were swapped."""
+    swapped = 0
+    pipeline = getattr(dataset, 'pipeline', None)
+    for i, step in enumerate(getattr(pipeline, 'transforms', [])):
+        if type(step) is LoadImageFromFile:
+            checked = CheckedLoadImageFromFile.__new__(CheckedLoadImageFromFile)
+            checked.__dict__.update(step.__dict__)
+            pipeline.transforms[i] = checked
+            swapped += 1
+    inner = getattr(dataset, 'datasets', None) or [getattr(dataset, 'dataset', None)]
+    for child in inner:
+        if child is not None:
+            swapped += check_image_loading(child)
+    return swapped

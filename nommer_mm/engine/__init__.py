@@ -1,8 +1,9 @@
 from .checkpoint_hook import SafeCheckpointHook
-from .hooks import FiniteLossHook, RNGStateHook
+from .hooks import CheckedImageLoadingHook, FiniteLossHook, RNGStateHook
 from .optim import LayerDecayOptimWrapperConstructor
 
 __all__ = [
+    'CheckedImageLoadingHook',
     'FiniteLossHook',
     'LayerDecayOptimWrapperConstructor',
     'RNGStateHook',

@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from mmengine.runner import BaseLoop
+
+from ..datasets.loading import check_image_loading
 
 
 @HOOKS.register_module()
@@ -133,3 +136,25 @@ class FiniteLossHook(Hook):
                 'inputs for NaN/inf, lower the learning rate or enable '
                 'gradient clipping, then resume from the last checkpoint.'
             )
+
+
+@HOOKS.register_module()
+class CheckedImageLoadingHook(Hook):
+    """Load the images of the runner's validation and test datasets with
+    :class:`~nommer_mm.datasets.CheckedLoadImageFromFile`: a missing, empty,
+    cut-short or undecodable image stops evaluation naming its path and
+    dataset index instead of failing inside OpenCV or being scored as grey
+    pixels.
+
+    The configs' evaluation pipelines keep mmcv's ``LoadImageFromFile``
+    (the codebases' inferencers look it up by that name); both loops build
+    their data loaders before ``before_run`` and iterate them after it.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_run(self, runner) -> None:
+        for name in ('_val_loop', '_test_loop'):
+            loop = getattr(runner, name, None)
+            if isinstance(loop, BaseLoop):
+                check_image_loading(loop.dataloader.dataset)

@@ -86,7 +86,8 @@ def oracle_config(cfg: Path, oracle: str) -> Path:
     path = cfg.with_name(f'{cfg.stem}_oracle.py')
     path.write_text(
         f'_base_ = {str(cfg)!r}\n'
-        "custom_imports = dict(imports=['nommer_mm', 'kill_hook'], "
+        "custom_imports = dict(imports=['nommer_mm', 'nommer_mm.models.det_tta', "
+        "'kill_hook'], "
         'allow_failed_imports=False)\n'
         f'model = dict(type={oracle!r})\n'
     )
@@ -164,7 +165,26 @@ def test_cascade_mask_rcnn_distributed(coco, tmp_path):
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
         assert metrics[key] == pytest.approx(expected, abs=5e-4), (key, metrics)
     assert 'Average Precision' in log  # pycocotools' summary was printed
+    # multi-scale + flip: every view answers the truth as seen in that view,
+    # so the merged boxes and masks, flipped back, score as without TTA
+    tta = _test_once(oracle_config(cfg, 'OracleCascadeRCNN'), tmp_path, '--tta')
+    tta = {k: v for k, v in tta.items() if k in metrics}
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
+        assert tta[key] == pytest.approx(expected, abs=5e-4), (key, tta)
     _draws_predictions(cfg, tmp_path, coco / 'val' / '00000.png')
+
+
+def _test_once(cfg, tmp_path, *extra) -> dict:
+    """tools/test.py on the 3 held-out images of the trained checkpoint."""
+    out = tmp_path / 'once.json'
+    proc = run_tool(
+        [ROOT / 'tools/test.py', cfg, tmp_path / 'work' / 'iter_2.pth', *extra]
+        + ['--out', out, '--work-dir', tmp_path / 'once']
+        + ['--cfg-options', 'test_dataloader.dataset.indices=3'],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, failure_report(proc)
+    return json.loads(out.read_text())
 
 
 def test_upernet_distributed_single_and_multiscale(ade, tmp_path):

@@ -11,8 +11,11 @@ _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
+    './tta.py',
 ]
-custom_imports = dict(imports=['nommer_mm'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['nommer_mm', 'nommer_mm.models.det_tta'], allow_failed_imports=False
+)
 
 head_norm_cfg = dict(type='SyncBN', requires_grad=True)
 
@@ -91,20 +94,7 @@ train_pipeline = [
     ),
     dict(type='PackDetInputs'),
 ]
-# The base's test pipeline, loading with CheckedLoadImageFromFile (a broken
-# image stops the run naming its path and dataset index).
-test_pipeline = [
-    dict(type='CheckedLoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
-    ),
-]
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
 
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
@@ -137,8 +127,13 @@ auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # Checkpoints written atomically, old ones removed only once the new one is
 # complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
-# a peer that stops answering ends the run after 10 minutes, not 30.
-default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# evaluation images loaded with the check of the training pipeline
+# (CheckedImageLoadingHook); a peer that stops answering ends the run after
+# 10 minutes, not 30.
+default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    image_loading=dict(type='CheckedImageLoadingHook'),
+)
 env_cfg = dict(dist_cfg=dict(timeout=600))
 # Results are gathered through the process group, not a shared temporary
 # directory: evaluation on several nodes needs no shared file system.

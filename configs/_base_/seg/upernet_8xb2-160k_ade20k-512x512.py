@@ -39,8 +39,9 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
 ]
-# The base's pipelines, loading with CheckedLoadImageFromFile: a broken
-# image stops the run naming its path and dataset index.
+# The base's training pipeline, loading with CheckedLoadImageFromFile: a
+# broken image stops the run naming its path and dataset index. The test
+# and multi-scale + flip pipelines are the base's.
 train_pipeline = [
     dict(type='CheckedLoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
@@ -52,41 +53,24 @@ train_pipeline = [
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
-test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
-    dict(type='Resize', scale=(2048, 512), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-tta_pipeline = [
-    dict(type='CheckedLoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [
-                dict(type='Resize', scale_factor=r, keep_ratio=True)
-                for r in [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-            ],
-            [
-                dict(type='RandomFlip', prob=0.0, direction='horizontal'),
-                dict(type='RandomFlip', prob=1.0, direction='horizontal'),
-            ],
-            [dict(type='LoadAnnotations')],
-            [dict(type='PackSegInputs')],
-        ],
-    ),
-]
 # 8 GPUs x 2 images = 16
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
+val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 
 # Checkpoints written atomically, old ones removed only once the new one is
 # complete, and readable by any torch.load (nommer_mm.SafeCheckpointHook);
-# a peer that stops answering ends the run after 10 minutes, not 30.
-default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# evaluation images loaded with the check of the training pipeline
+# (CheckedImageLoadingHook); a peer that stops answering ends the run after
+# 10 minutes, not 30.
+default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    image_loading=dict(type='CheckedImageLoadingHook'),
+)
 env_cfg = dict(dist_cfg=dict(timeout=600))
 # Results are gathered through the process group, not a shared temporary
 # directory: evaluation on several nodes needs no shared file system.
 val_evaluator = dict(collect_device='gpu')
 test_evaluator = dict(collect_device='gpu')
+# tools/train.py --auto-scale-lr scales the lr by the real total batch / 16
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -6,6 +6,8 @@ user; weights that do not fit stop a run before it trains."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ from nommer_mm.checkpoint_safety import (
     CheckpointFileError,
     MissingCheckpointError,
     WeightsDoNotFitError,
+    check_checkpoint_file,
     load_checkpoint_file,
     mmengine_loads_through_plugin,
 )
@@ -183,13 +186,61 @@ def test_cut_short_counts_bytes_of_the_complete_file(good, tmp_path):
             load_checkpoint_file(part)
 
 
-def test_what_a_non_checkpoint_looks_like(tmp_path):
-    page = tmp_path / 'page.pth'
-    page.write_text('<!DOCTYPE html><html><body>404</body></html>')
-    with pytest.raises(CheckpointFileError, match='HTML/XML page'):
-        load_checkpoint_file(page)
-    with pytest.raises(CheckpointFileError, match='is a directory'):
-        load_checkpoint_file(tmp_path)
+def _safetensors(path: Path, good: Path) -> None:
+    from safetensors.torch import save_file  # installed with timm
+
+    save_file(load_checkpoint_file(good)['state_dict'], str(path))
+
+
+NOT_CHECKPOINTS = {  # what is written at the path, and what it is called
+    'HTML': (
+        lambda path, good: path.write_text(
+            '<!DOCTYPE html><html><body>404</body></html>'
+        ),
+        'is not a PyTorch checkpoint: it is an HTML/XML page',
+    ),
+    'directory': (
+        lambda path, good: path.mkdir(),
+        'is a directory, not a checkpoint file',
+    ),
+    'safetensors': (
+        _safetensors,
+        'is not a PyTorch checkpoint: it is a safetensors file',
+    ),
+    'gzip': (  # e.g. a .pth.gz saved without its suffix
+        lambda path, good: path.write_bytes(gzip.compress(good.read_bytes())),
+        'is not a PyTorch checkpoint: it is gzip-compressed',
+    ),
+    'JSON': (  # e.g. a config or log saved under the checkpoint's name
+        lambda path, good: path.write_text(
+            json.dumps({'model': {'type': 'NomMer'}, 'epoch': 1}, indent=4)
+        ),
+        'is not a PyTorch checkpoint: it is JSON text',
+    ),
+}
+
+
+@pytest.mark.parametrize('kind', sorted(NOT_CHECKPOINTS))
+def test_what_a_non_checkpoint_looks_like(kind, good, tmp_path):
+    """Each kind of file the reader recognises is named, with the path, in
+    one line, by the check and by the loader."""
+    write, words = NOT_CHECKPOINTS[kind]
+    path = tmp_path / 'epoch_1.pth'
+    write(path, good)
+    for read in (check_checkpoint_file, load_checkpoint_file):
+        with pytest.raises(CheckpointFileError) as err:
+            read(path)
+        said = str(err.value)
+        assert said.startswith(f'{path} {words}'), said
+        assert len(said.splitlines()) == 1, said
+        _clean(said)
+
+
+def test_the_reader_tells_zip_from_legacy(good, tmp_path):
+    legacy = tmp_path / 'legacy.pth'
+    torch.save(load_checkpoint_file(good), legacy, _use_new_zipfile_serialization=False)
+    assert check_checkpoint_file(good) == 'zip'
+    assert check_checkpoint_file(legacy) == 'legacy'
 
 
 # ------------------------------------------------- legacy (non-zip) files

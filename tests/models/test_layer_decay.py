@@ -2,6 +2,7 @@
 mmseg scopes: mmpretrain's contract (stem 0, one depth per block, norms
 and heads last) and learning rates that fall with depth."""
 
+import re
 import warnings
 from pathlib import Path
 
@@ -202,3 +203,101 @@ def test_example_config_builds_its_optimizer():
         if g['params'][0].ndim == 1 and g.get('weight_decay', 0.01) == 0
     ]
     assert norms
+
+
+# ------------------------------------------- the depth of every parameter
+# The rule (docs/backbones.md, "Layer-wise learning-rate decay", and the
+# backbones' comments), written out here per backbone: blocks are numbered
+# 1, 2, ... in the order the forward runs them; the stem is depth 0; a
+# downsampler that ends a stage, and what is added to a stage's input
+# (position embeddings, NomMer's class token), take the depth of the block
+# before it (0 before the first block); GC ViT's global-query generator
+# feeds every block of its level and takes the level's first block's
+# depth; output norms (and Visformer's upsampling to output 0) come after
+# the last block, at sum(depths) + 1, the last of sum(depths) + 2 depths.
+def _numbering(depths) -> tuple[dict, dict]:
+    """{(stage, block): depth} in forward order and {stage: the depth of its
+    last block}, with stage -1 the stem (depth 0)."""
+    block, end, k = {}, {-1: 0}, 0
+    for s, n in enumerate(depths):
+        for b in range(n):
+            k += 1
+            block[s, b] = k
+        end[s] = k
+    return block, end
+
+
+def _expected_depth(cls, arch: dict, name: str) -> int:
+    depths = arch['depths']
+    block, end = _numbering(depths)
+    last = sum(depths) + 1
+    rules = {  # (pattern, depth from the match) in the backbone's names
+        NomMer: [
+            (r'stem\..+', lambda m: 0),
+            (r'stages\.(\d)\.blocks\.(\d+)\..+', lambda m: block[int(m[1]), int(m[2])]),
+            (r'merges\.(\d)\..+', lambda m: end[int(m[1])]),  # ends stage i
+            # added to the input of the first global (G-NomMer) stage, the
+            # one after the bottleneck (S-NomMer) stages
+            (r'pos_embed', lambda m: end[len(arch['bottleneck_ratios']) - 1]),
+            (r'cls_token', lambda m: end[2]),  # joins the tokens at stage 3
+            (r'norm[0-3]\..+', lambda m: last),
+        ],
+        GCViT: [
+            (r'patch_embed\..+', lambda m: 0),  # conv and its ReduceSize
+            (r'levels\.(\d)\.blocks\.(\d+)\..+', lambda m: block[int(m[1]), int(m[2])]),
+            (r'levels\.(\d)\.q_global_gen\..+', lambda m: block[int(m[1]), 0]),
+            (r'levels\.(\d)\.downsample\..+', lambda m: end[int(m[1])]),
+            (r'norm[0-3]\..+', lambda m: last),
+        ],
+        Visformer: [  # stages 1..3: depths[0..2]
+            (r'stem\..+', lambda m: 0),
+            (r'stage([1-3])\.(\d+)\..+', lambda m: block[int(m[1]) - 1, int(m[2])]),
+            (r'patch_embed([1-3])\..+', lambda m: end[int(m[1]) - 2]),
+            (r'pos_embed([1-3])', lambda m: end[int(m[1]) - 2]),
+            (r'(norm[0-3]|upsample0)\..+', lambda m: last),
+        ],
+        CoTNet: [  # layers 1..4: depths[0..3]
+            (r'(conv1|bn1)\..+', lambda m: 0),
+            (r'layer([1-4])\.(\d+)\..+', lambda m: block[int(m[1]) - 1, int(m[2])]),
+        ],
+    }[cls]
+    found = [depth(m) for p, depth in rules if (m := re.fullmatch(p, name))]
+    assert len(found) == 1, f'{name}: {len(found)} rules of the table match'
+    return found[0]
+
+
+# The tiny arch of each backbone and one more. NomMer and GC ViT at their
+# zoo depths with the widths narrowed (the names, hence the depths, are the
+# zoo arch's; building them at full width costs seconds).
+NARROW = dict(embed_dims=8, num_heads=[1, 1, 1, 1])
+DECAY_ARCHS = [
+    (NomMer, 'tiny', NARROW),
+    (NomMer, 'small', NARROW),
+    (GCViT, 'tiny', NARROW),
+    (GCViT, 'small', NARROW),  # layer scale: gamma1 / gamma2 in the blocks
+    (Visformer, 'tiny', {}),
+    (Visformer, 'small', {}),
+    (CoTNet, 'cotnet50', {}),
+    (CoTNet, 'se-cotnetd50', {}),  # deep stem, average-pool shortcuts, SE
+]
+
+
+@pytest.mark.parametrize(
+    'cls,arch,narrow', DECAY_ARCHS, ids=[f'{c.__name__}-{a}' for c, a, _ in DECAY_ARCHS]
+)
+def test_every_parameter_has_the_depth_of_the_rule(cls, arch, narrow):
+    settings = {**cls.arch_zoo[arch], **narrow}
+    assert set(settings) == set(cls.arch_zoo[arch])  # widths only
+    model = cls(arch=settings)
+    num = sum(settings['depths']) + 2
+    wrong = {
+        name: (got, expected)
+        for name, _ in model.named_parameters()
+        if (got := model.get_layer_depth(name))
+        != (expected := (_expected_depth(cls, settings, name), num))
+    }
+    assert not wrong, f'(depth, of) got vs the rule: {wrong}'
+    # not vacuous: the stem, every block and (CoTNet has none) the output
+    # norms hold parameters
+    depths = {_expected_depth(cls, settings, n) for n, _ in model.named_parameters()}
+    assert depths == set(range(num - 1 if cls is CoTNet else num))

@@ -5,6 +5,7 @@ definitions in tests/cotnet_reference.py, a direct loop for CoT's
 aggregation)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -233,6 +234,150 @@ def test_equal_to_timm_after_conversion(timm_name, ours):
         expect = ref.double()(x)
         got = model.double()(x, mode='tensor')
     assert (got - expect).abs().max() < 1e-8 * expect.abs().max()
+
+
+# A GC ViT with every part of the layout, small: layer scale (timm's
+# ls1 / ls2, NVlabs' gamma1 / gamma2), a local and a global-query block per
+# level, query generators of 3, 2, 1 and 1 FeatExtract blocks. 224x224 is
+# the size the default windows (7, 7, 14, 7) and pools (3, 2, 0, 0) fit,
+# which is also what the converter checks a checkpoint's bias tables against.
+# Width 32: timm rounds squeeze-excite widths up to multiples of 8, the
+# reference (and we) take a quarter of the channels; the two agree from 32.
+GC_TIMM = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), mlp_ratio=2)
+
+
+def _small_timm_gcvit():
+    """timm's GlobalContextVit with random weights: layer scales, norms and
+    bias tables perturbed so that every branch weighs in the output."""
+    from timm.models.gcvit import GlobalContextVit
+
+    torch.manual_seed(0)
+    ref = GlobalContextVit(num_classes=10, layer_scale=1e-5, **GC_TIMM).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith('.gamma'):
+                p.uniform_(0.5, 1.5)
+            elif 'norm' in name:
+                p.add_(torch.randn_like(p) * 0.2)
+            elif name.endswith('relative_position_bias_table'):
+                p.normal_(0, 0.5)
+    return ref
+
+
+_NVLABS_MBCONV = {  # timm's MbConvBlock -> the reference's Sequential conv
+    'conv_dw.': 'conv.0.',
+    'se.fc1.': 'conv.2.fc.0.',
+    'se.fc2.': 'conv.2.fc.2.',
+    'conv_pw.': 'conv.3.',
+}
+
+
+def _timm_to_nvlabs(ref) -> dict:
+    """The NVlabs/GCVit checkpoint of timm's model, renamed from the two
+    model files (timm.models.gcvit, NVlabs' models/gc_vit.py): timm's
+    stage i + 1 downsample is the reference's level i downsample, its
+    global_block.blocks.conv{k} the level's to_q_global.{k - 1}, its
+    squeeze-excite 1x1 convs Linear layers; the reference saves each
+    attention's relative_position_index."""
+    buffers = dict(ref.named_buffers())
+    out = {}
+    for key, value in ref.state_dict().items():
+        k = re.sub(r'^stem\.conv1\.', 'patch_embed.proj.', key)
+        k = re.sub(r'^stem\.down\.', 'patch_embed.conv_down.', k)
+        k = re.sub(
+            r'^stages\.(\d)\.downsample\.',
+            lambda m: f'levels.{int(m[1]) - 1}.downsample.',
+            k,
+        )
+        k = re.sub(
+            r'^stages\.(\d)\.global_block\.blocks\.conv(\d)\.',
+            lambda m: f'levels.{m[1]}.q_global_gen.to_q_global.{int(m[2]) - 1}.',
+            k,
+        )
+        k = re.sub(r'^stages\.3\.norm\.', 'norm.', k)
+        k = re.sub(r'^stages\.(\d)\.blocks\.', r'levels.\1.blocks.', k)
+        k = re.sub(r'^head\.fc\.', 'head.', k)
+        k = k.replace('conv_block.', '').replace('attn.rel_pos.', 'attn.')
+        k = k.replace('ls1.gamma', 'gamma1').replace('ls2.gamma', 'gamma2')
+        for old, new in _NVLABS_MBCONV.items():
+            k = k.replace(old, new)
+        if '.fc.' in k and value.ndim == 4:
+            value = value.flatten(1)
+        out[k] = value
+        if key.endswith('rel_pos.relative_position_bias_table'):
+            index = buffers[key.replace('bias_table', 'index')]
+            n = round(index.numel() ** 0.5)
+            out[k.replace('bias_table', 'index')] = index.view(n, n)
+    return out
+
+
+def _layout_pattern(layout) -> set:
+    """(key with numbers as #, ndim, dtype) of every (key, shape, dtype)."""
+    return {
+        (re.sub(r'\.\d+(?=\.)', '.#', k), len(shape), dtype)
+        for k, shape, dtype in layout
+    }
+
+
+def test_timm_to_nvlabs_renaming_gives_the_recorded_nvlabs_layout():
+    """The test's renaming, on timm's model with layer scale, gives the key
+    kinds, ranks and dtypes recorded from NVlabs' gc_vit_small."""
+    state = _timm_to_nvlabs(_small_timm_gcvit())
+    ours = _layout_pattern(
+        (k, v.shape, str(v.dtype).replace('torch.', '')) for k, v in state.items()
+    )
+    recorded = REFERENCE_LAYOUTS['NVlabs/GCVit:models/gc_vit.py/gc_vit_small']
+    assert ours == _layout_pattern(recorded)
+
+
+@pytest.fixture(scope='module')
+def timm_gcvit():
+    """timm's small GC ViT (float32, as checkpoints are), an input, and
+    timm's float64 final feature map and logits of it."""
+    import copy
+
+    ref = _small_timm_gcvit()
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        ref64 = copy.deepcopy(ref).double()
+        features = ref64.forward_features(x)
+        return ref, x, features, ref64.forward_head(features)
+
+
+@pytest.mark.parametrize('layout', ['timm', 'nvlabs'])
+def test_gcvit_with_layer_scale_equals_timm(layout, timm_gcvit):
+    """A small GC ViT with layer scale, from timm's and from NVlabs'
+    checkpoint layout: after conversion our classifier gives timm's logits
+    and final feature map in float64 (the slow tier does gcvit_small)."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    import nommer_mm  # noqa: F401
+
+    ref, x, expect_features, expect = timm_gcvit
+    state = ref.state_dict() if layout == 'timm' else _timm_to_nvlabs(ref)
+    converted, info = convert_gcvit({'state_dict': state})  # layout told apart
+    arch = info['arch']
+    assert arch['layer_scale'] is not None
+    assert arch['depths'] == list(GC_TIMM['depths'])
+    assert any(k.endswith('.gamma2') for k in converted)
+    init_default_scope('mmpretrain')
+    model = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(type='GCViT', out_indices=(3,), **info),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=10, in_channels=256),
+        )
+    ).eval()
+    model.load_state_dict(converted, strict=True)
+    model.double()
+    with torch.no_grad():
+        features = model.backbone(x)  # ImageClassifier's tensor mode, in steps
+        logits = model.head(model.neck(features))
+    for got, want in ((features[0], expect_features), (logits, expect)):
+        off = ((got - want).abs().max() / want.abs().max()).item()
+        assert off < 1e-10, f'{off:.3g} (relative) off timm'
 
 
 def test_converters_name_what_does_not_fit():

@@ -395,3 +395,84 @@ def test_changelog_has_a_dated_section_for_the_current_version():
     assert releases and releases[0][0] == version, (releases, version)
     body = [line for line in text.splitlines()[1:] if line and not line.startswith('#')]
     assert all(line.startswith('- ') for line in body), body
+
+
+TOOL_SCRIPTS = sorted(
+    str(p.relative_to(ROOT))
+    for p in (ROOT / 'tools').rglob('*.py')
+    if 'deps_installer' not in p.parts
+    and p.name not in ('demo_data.py', 'demo_configs.py', 'bounded_run.py')
+)
+
+
+@pytest.mark.parametrize('tool', TOOL_SCRIPTS)
+def test_every_tool_option_is_documented(tool):
+    """Each option a tool's --help shows appears in the documentation."""
+    from tool_parsers import documented_options, tool_parser
+
+    text = '\n'.join(d.read_text() for d in DESCRIPTIONS)
+    missing = sorted(
+        names[0]
+        for names in documented_options(tool_parser(tool))
+        if not any(re.search(re.escape(n) + r'(?![\w-])', text) for n in names)
+    )
+    assert not missing, f'{tool}: options no document mentions: {missing}'
+
+
+PERCENT_CELL = re.compile(r'^([\d.]+)G \(([+-]?[\d.]+)%\)$')
+WITHIN = re.compile(r'\(b\)\s+is within ([+-][\d.]+)% to ([+-][\d.]+)%')
+
+
+@pytest.mark.parametrize('doc', TASK_READMES[1:], ids=rel)
+def test_flop_percentages_follow_from_their_tables(doc):
+    """A FLOP cell's percentage is its difference to the paper's figure in
+    the same row, to the digits shown, and a sentence's range of (b)
+    percentages is the column's lowest and highest."""
+    wrong, column_b = [], []
+    for header, rows in tables(doc):
+        if 'FLOPs (paper)' not in header:
+            continue
+        for row in rows:
+            values = dict(zip(header, row))
+            paper = values['FLOPs (paper)'].rstrip('G')
+            for column, cell in values.items():
+                m = PERCENT_CELL.match(cell)
+                if not m:
+                    continue
+                flops, shown = float(m.group(1)), m.group(2)
+                digits = len(shown.split('.')[1]) if '.' in shown else 0
+                percent = round((flops / float(paper) - 1) * 100, digits)
+                if float(shown) != percent:
+                    wrong.append(f'{row[0]} {column}: {shown}% != {percent}%')
+                if column == 'FLOPs (b)':
+                    column_b.append(shown)
+    assert not wrong, f'{rel(doc)}: {wrong}'
+    ranges = WITHIN.findall(prose(doc.read_text()).replace('\n', ' '))
+    assert ranges, f'{rel(doc)} states no range of its (b) percentages'
+    low = min(column_b, key=float)
+    high = max(column_b, key=float)
+    assert ranges == [(low, high)], (ranges, low, high)
+
+
+def test_classifier_resolutions_are_their_configs_sizes():
+    """The classification README's resolution column, the metafile's Input
+    Size and the size the config's backbone is built for agree."""
+    from nommer_mm.launch import load_config
+
+    models = metafile_models()
+    readme = TASK_READMES[0]
+    wrong = []
+    for header, rows in tables(readme):
+        if 'resolution' not in header:
+            continue
+        for row in rows:
+            configs = linked_configs(row, readme)
+            if len(configs) != 1:
+                continue
+            (config,) = configs
+            shown = int(dict(zip(header, row))['resolution'])
+            recorded = models[config]['Metadata']['Input Size']
+            built = load_config(str(ROOT / config)).model.backbone.get('img_size')
+            if shown != recorded or built not in (None, shown):
+                wrong.append(f'{config}: README {shown}, metafile {recorded}, {built}')
+    assert not wrong, wrong

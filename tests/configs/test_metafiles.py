@@ -68,7 +68,7 @@ PINNED_FLOPS_B = {
     'configs/cls/nommer-base_8xb64_in1k-384px.py': 48_543_114_216,
     'configs/cls/nommer-small_8xb128_in1k.py': 9_261_010_984,
     'configs/cls/nommer-small_8xb64_in1k-384px.py': 27_360_025_576,
-    'configs/cls/nommer-tiny_2xb16_textures-demo.py': 5_128_819_396,
+    'configs/cls/nommer-tiny_2xb16_textures-demo.py': 478_107_652,
     'configs/cls/nommer-tiny_8xb128_in1k.py': 5_129_585_320,
     'configs/cls/nommer-tiny_8xb64_in1k-384px.py': 15_117_119_464,
     'configs/cls/se-cotnetd-50_8xb128_in1k.py': 4_076_938_312,

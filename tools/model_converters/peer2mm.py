@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('src', help='source checkpoint (.pth / .pth.tar)')
     parser.add_argument('dst', help='where to write the converted checkpoint')
     parser.add_argument(
-        '--layout', default='auto', help='source key layout (default: detect)'
+        '--layout',
+        default='auto',
+        help='source key layout: auto (detect); gcvit: nvlabs or timm; '
+        'visformer: reference or timm; cotnet: reference',
     )
     parser.add_argument('--backbone-only', action='store_true')
     parser.add_argument(

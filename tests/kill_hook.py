@@ -77,9 +77,10 @@ def _register_oracles() -> None:
                 pred.scores = torch.ones(n)
                 masks = torch.from_numpy(gt.masks.to_ndarray()).bool()
                 pred.masks = masks[:n]
-                if sample.metainfo.get('flip'):
-                    # a test-time flipped view: answer as a model that sees
-                    # the flipped image (the TTA model flips back)
+                if sample.metainfo.get('flip_direction'):
+                    # a test-time flipped view (InstanceSegTTAModel hides its
+                    # `flip` from the detector): answer as a model that sees
+                    # the flipped image; the TTA model flips back
                     assert sample.flip_direction == 'horizontal'
                     width = sample.ori_shape[1]
                     pred.bboxes[:, [0, 2]] = width - pred.bboxes[:, [2, 0]]

@@ -20,6 +20,28 @@ class InstanceSegTTAModel(DetTTAModel):
     back; ``DetTTAModel`` itself refuses predictions with masks. Without
     masks it is ``DetTTAModel``."""
 
+    def test_step(self, data: dict) -> list[DetDataSample]:
+        """Each view through the detector with its flip hidden, then merged
+        with it: mmdet's cascade mask head merges its stages' masks with
+        ``merge_aug_masks``, which flips them where the meta says ``flip``
+        (and fails on tensors); the merge below flips them back once."""
+        views = [
+            {key: value[i] for key, value in data.items()}
+            for i in range(len(data['inputs']))
+        ]
+        predictions = []
+        for view in views:
+            flips = [
+                sample.metainfo.get('flip', False) for sample in view['data_samples']
+            ]
+            for sample in view['data_samples']:
+                sample.set_metainfo({'flip': False})
+            predicted = self.module.test_step(view)
+            for sample, flip in zip(predicted, flips):
+                sample.set_metainfo({'flip': flip})
+            predictions.append(predicted)
+        return self.merge_preds(list(zip(*predictions)))
+
     def _merge_single_sample(self, data_samples: list[DetDataSample]) -> DetDataSample:
         views = [sample.pred_instances for sample in data_samples]
         if views[0].get('masks', None) is None:

@@ -202,14 +202,31 @@ def batchnorms_eval(model: nn.Module) -> None:
 
 
 def maybe_checkpoint(
-    fn: Callable, x: torch.Tensor, *args, enabled: bool
+    block: nn.Module, x: torch.Tensor, *args, enabled: bool
 ) -> torch.Tensor:
-    """``fn(x, *args)``, recomputed in backward instead of stored when
-    ``enabled`` (``with_cp``) and gradients flow. The RNG state is restored
-    for the recomputation, so drop path and Gumbel noise repeat exactly."""
+    """``block(x, *args)``, recomputed in backward instead of stored when
+    ``enabled`` (the backbone's ``with_cp``) and gradients flow. Every
+    backbone's stage loop calls it once per block, so blocks know nothing
+    of checkpointing. The RNG state is restored for the recomputation, so
+    drop path and Gumbel noise repeat exactly."""
     if enabled and x.requires_grad:
-        return cp.checkpoint(fn, x, *args, use_reentrant=False)
-    return fn(x, *args)
+        return cp.checkpoint(block, x, *args, use_reentrant=False)
+    return block(x, *args)
+
+
+class StageBlocks(nn.Sequential):
+    """The blocks of a stage (keys ``0``, ``1``, ... as in ``nn.Sequential``),
+    run in order, each through :func:`maybe_checkpoint`. The stage stays one
+    module that is called, so forward hooks on it fire."""
+
+    def __init__(self, *blocks: nn.Module, with_cp: bool = False) -> None:
+        super().__init__(*blocks)
+        self.with_cp = with_cp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = maybe_checkpoint(block, x, enabled=self.with_cp)
+        return x
 
 
 def empty_batch_safe(forward: Callable) -> Callable:

@@ -5,6 +5,7 @@ activation checkpointing, default init, and resizing position embeddings."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -201,15 +202,75 @@ def batchnorms_eval(model: nn.Module) -> None:
             m.eval()
 
 
+# The buffers norm layers update in training mode, found by name to cover
+# torch's BatchNorm and SyncBatchNorm and mmcv's SyncBatchNorm (no _BatchNorm).
+_RUNNING_STATS = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+class _RunningStatsKept:
+    """Recompute context of :func:`maybe_checkpoint`: on exit, a block's norm
+    layers hold the running statistics they held on entry. BatchNorm must
+    run the recomputation in training mode, to normalize with the batch's
+    statistics as the first pass did (same outputs and gradients), and that
+    moves ``running_mean``, ``running_var`` and ``num_batches_tracked`` a
+    second time; this undoes it."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+
+    def __enter__(self) -> None:
+        self.saved = [
+            (buf, buf.clone())
+            for name, buf in self.block.named_buffers()
+            if name.rpartition('.')[2] in _RUNNING_STATS
+        ]
+
+    def __exit__(self, *exc_info) -> None:
+        # also on early stop: recomputation ends with an exception once
+        # backward has the tensors it needs
+        with torch.no_grad():
+            for buf, value in self.saved:
+                buf.copy_(value)
+
+
 def maybe_checkpoint(
-    fn: Callable, x: torch.Tensor, *args, enabled: bool
+    block: nn.Module, x: torch.Tensor, *args, enabled: bool
 ) -> torch.Tensor:
-    """``fn(x, *args)``, recomputed in backward instead of stored when
-    ``enabled`` (``with_cp``) and gradients flow. The RNG state is restored
-    for the recomputation, so drop path and Gumbel noise repeat exactly."""
-    if enabled and x.requires_grad:
-        return cp.checkpoint(fn, x, *args, use_reentrant=False)
-    return fn(x, *args)
+    """``block(x, *args)``, recomputed in backward instead of stored when
+    ``enabled`` (the backbone's ``with_cp``) and gradients flow. Every
+    backbone's stage loop calls it once per block, so blocks know nothing
+    of checkpointing. The recomputation repeats the first pass exactly: the
+    RNG state is restored (drop path, Gumbel noise) and BatchNorm normalizes
+    with the batch's statistics again, while its running statistics move
+    once per step, not twice."""
+    if not (enabled and x.requires_grad):
+        return block(x, *args)
+    if torch.compiler.is_compiling():
+        # AOTAutograd recomputes inside its backward graph, which writes no
+        # buffers; and dynamo takes no context_fn but dispatch modes.
+        return cp.checkpoint(block, x, *args, use_reentrant=False)
+    return cp.checkpoint(
+        block,
+        x,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _RunningStatsKept(block)),
+    )
+
+
+class StageBlocks(nn.Sequential):
+    """The blocks of a stage (keys ``0``, ``1``, ... as in ``nn.Sequential``),
+    run in order, each through :func:`maybe_checkpoint`. The stage stays one
+    module that is called, so forward hooks on it fire."""
+
+    def __init__(self, *blocks: nn.Module, with_cp: bool = False) -> None:
+        super().__init__(*blocks)
+        self.with_cp = with_cp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = maybe_checkpoint(block, x, enabled=self.with_cp)
+        return x
 
 
 def empty_batch_safe(forward: Callable) -> Callable:

@@ -29,13 +29,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..layers.cot import CoTLayer, SEConv
 from .common import (
     StagedBackbone,
+    StageBlocks,
     check_arch_values,
     check_common,
     empty_batch_safe,
     pretrained_init_cfg,
     check_norm_cfg,
     freeze,
-    maybe_checkpoint,
     parse_arch,
     parse_out_indices,
 )
@@ -58,7 +58,6 @@ class CoTBottleneck(nn.Module):
         avg_down: bool,
         drop_path: float,
         norm_cfg: dict,
-        with_cp: bool,
     ) -> None:
         super().__init__()
         width = int(math.floor(planes * base_width / 64)) * cardinality
@@ -94,18 +93,14 @@ class CoTBottleneck(nn.Module):
                     build_norm_layer(norm_cfg, out)[1],
                 )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.with_cp = with_cp
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
         if self.avd is not None:
             y = self.avd(y)
         y = self.bn3(self.conv3(self.conv2(y)))
         shortcut = x if self.downsample is None else self.downsample(x)
         return torch.relu(self.drop_path(y) + shortcut)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return maybe_checkpoint(self._residual, x, enabled=self.with_cp)
 
 
 @MODELS.register_module()
@@ -233,11 +228,10 @@ class CoTNet(StagedBackbone):
                         avg_down=s['avg_down'],
                         drop_path=dpr[n],
                         norm_cfg=norm_cfg,
-                        with_cp=with_cp,
                     )
                 )
                 in_ch, n = self.dims[i], n + 1
-            self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
+            self.add_module(f'layer{i + 1}', StageBlocks(*blocks, with_cp=with_cp))
 
         self._init_default_weights(zero_init_residual)
         self._freeze_stages()

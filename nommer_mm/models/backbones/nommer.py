@@ -38,6 +38,7 @@ from ..layers.mlp import Mlp
 from ..layers.shapes import needs_padding
 from .common import (
     StagedBackbone,
+    StageBlocks,
     check_arch_values,
     check_common,
     empty_batch_safe,
@@ -49,7 +50,6 @@ from .common import (
     freeze,
     init_linear_and_norms,
     interpolate_pos_embed,
-    maybe_checkpoint,
     parse_arch,
     parse_out_indices,
     resize_pos_embed_on_load,
@@ -167,13 +167,10 @@ class NomMerStage(nn.Module):
 
     def __init__(self, blocks: Sequence[nn.Module], with_cp: bool = False) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*blocks)
-        self.with_cp = with_cp
+        self.blocks = StageBlocks(*blocks, with_cp=with_cp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = maybe_checkpoint(block, x, enabled=self.with_cp)
-        return x
+        return self.blocks(x)
 
 
 @MODELS.register_module()

@@ -35,6 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .common import (
     StagedBackbone,
+    StageBlocks,
     check_arch_values,
     check_common,
     empty_batch_safe,
@@ -44,7 +45,6 @@ from .common import (
     check_size,
     freeze,
     interpolate_pos_embed,
-    maybe_checkpoint,
     parse_arch,
     parse_out_indices,
     resize_pos_embed_on_load,
@@ -109,7 +109,6 @@ class VisformerBlock(nn.Module):
         spatial_groups: int,
         drop_path: float,
         norm_cfg: dict,
-        with_cp: bool,
     ) -> None:
         super().__init__()
         if attention:
@@ -119,15 +118,11 @@ class VisformerBlock(nn.Module):
         self.norm2 = build_norm_layer(norm_cfg, channels)[1]
         self.mlp = ConvMlp(channels, mlp_hidden, spatial_groups)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.with_cp = with_cp
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.attention:
             x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return maybe_checkpoint(self._forward, x, enabled=self.with_cp)
 
 
 class PatchEmbed(nn.Module):
@@ -305,7 +300,7 @@ class Visformer(StagedBackbone):
             conv_stage = i == 0  # stage 1 is attention-free
             self.add_module(
                 f'stage{i + 1}',
-                nn.Sequential(
+                StageBlocks(
                     *[
                         VisformerBlock(
                             stage_dims[i],
@@ -317,10 +312,10 @@ class Visformer(StagedBackbone):
                             spatial_groups=spatial_groups if conv_stage else 0,
                             drop_path=dpr[sum(depths[:i]) + j],
                             norm_cfg=norm_cfg,
-                            with_cp=with_cp,
                         )
                         for j in range(depths[i])
-                    ]
+                    ],
+                    with_cp=with_cp,
                 ),
             )
 

@@ -555,3 +555,33 @@ def test_backbone_training_batch_statistics(name):
         got, expect = model(x), oracle(model, x)
     for g, e in zip(got, expect):
         close(g, e, tol=1e-9)
+
+
+# ------------------------------------------ the reference-layout NomMer
+REFERENCE_ARCH = dict(
+    embed_dims=16, depths=[1, 2, 1, 1], num_heads=[2, 2, 2, 2], bottleneck_ratios=[2, 2]
+)
+
+
+@pytest.mark.parametrize('size', [(33, 97), (29, 37), (225, 47)], ids=_ids)
+def test_converted_reference_layout(size):
+    """The converted classifier against tests/reference_layout.py, which
+    pads as the statement says in its own code, on its randomised weights."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.models import ImageClassifier
+
+    from nommer_mm.converters import convert_reference
+    from reference_layout import ReferenceLayoutNomMer, randomize_ as randomize_ref
+
+    ref = ReferenceLayoutNomMer(num_classes=5, **REFERENCE_ARCH)
+    ref = randomize_ref(ref).eval()
+    state, info = convert_reference({'model': ref.state_dict()}, arch=REFERENCE_ARCH)
+    init_default_scope('mmpretrain')  # other tests may leave another
+    model = ImageClassifier(
+        backbone=dict(type='NomMer', out_type='cls_token', out_indices=(3,), **info),
+        head=dict(type='LinearClsHead', num_classes=5, in_channels=128),
+    ).eval()
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        close(model(x, mode='tensor'), ref(x), tol=1e-9)

@@ -3,10 +3,17 @@ layout* (see ../shared/docs/nommer-architecture.md), written for the tests.
 
 It follows the documented data flow step by step with the plainest operations
 (explicit softmax attention, DCT as a fixed strided grouped conv, IDCT as a
-grouped 1x1 conv + PixelShuffle, stacked candidates), only for 224-multiple
-inputs, eval mode. Its state dict has the reference's key names, so it stands
-in for a reference checkpoint when testing the converter, and its logits are
-the oracle for "the forward equals the reference".
+grouped 1x1 conv + PixelShuffle, stacked candidates), eval mode. Its state dict
+has the reference's key names, so it stands in for a reference checkpoint when
+testing the converter, and its logits are the oracle for "the forward equals
+the reference".
+
+At 224-multiple inputs it is the reference; at other sizes it pads as
+docs/backbones.md states, written out here: zero pixels or tokens appended at
+the bottom and right (stem: to a multiple of 4, windows: to whole windows,
+padded keys masked with -inf, DCT: to whole blocks, not masked), crops back,
+-inf appended before the merges' 2x2 max-pool, and the position embedding
+resized bicubically to the stage grid.
 """
 
 from __future__ import annotations
@@ -137,8 +144,16 @@ class WindowAttention(nn.Module):
     def forward(self, x):  # (B, H, W, C)
         B, H, W, C = x.shape
         w = self.w
-        win = x.view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5)
+        Hp, Wp = math.ceil(H / w) * w, math.ceil(W / w) * w
+        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+        win = x.view(B, Hp // w, w, Wp // w, w, C).permute(0, 1, 3, 2, 4, 5)
         win = win.reshape(-1, w * w, C)
+        # -inf on the keys that are padding, per window
+        real = torch.zeros(B, Hp, Wp, dtype=torch.bool)
+        real[:, :H, :W] = True
+        real = real.view(B, Hp // w, w, Wp // w, w).permute(0, 1, 3, 2, 4)
+        real = real.reshape(-1, 1, 1, w * w)
+        key_mask = torch.zeros(real.shape).masked_fill(~real, float('-inf'))
         q, k, v = (
             self.qkv(win)
             .view(-1, w * w, 3, self.heads, C // self.heads)
@@ -147,10 +162,10 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[
             self.relative_position_index.view(-1)
         ].view(w * w, w * w, -1)
-        out = softmax_attention(q, k, v, bias.permute(2, 0, 1))
+        out = softmax_attention(q, k, v, bias.permute(2, 0, 1) + key_mask)
         out = self.proj(out.transpose(1, 2).reshape(-1, w * w, C))
-        out = out.view(B, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
-        return out.reshape(B, H, W, C)
+        out = out.view(B, Hp // w, Wp // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(B, Hp, Wp, C)[:, :H, :W]
 
 
 class DCTAttention(nn.Module):
@@ -176,12 +191,15 @@ class DCTAttention(nn.Module):
         )
 
     def forward(self, x):  # (B, C, H, W)
+        H, W = x.shape[-2:]
+        n = self.dct_conv_8x8.stride[0]
+        x = F.pad(x, (0, -W % n, 0, -H % n))  # whole blocks, zeros
         coeffs = self.dct_conv_8x8(x)
         B, _, h, w = coeffs.shape
         t = self.bn1(self.dw(coeffs))
         t = self.attn(t.permute(0, 2, 3, 1).reshape(B, h * w, -1))
         t = self.up(t.transpose(1, 2).reshape(B, -1, h, w))
-        return self.idct_conv(t)
+        return self.idct_conv(t)[..., :H, :W]
 
 
 class HybridMixer(nn.Module):
@@ -226,7 +244,10 @@ class Merge(nn.Module):
         self.norm = nn.LayerNorm(out)
 
     def forward(self, x):  # (B, H, W, C)
-        x = F.max_pool2d(self.conv(x.permute(0, 3, 1, 2)), 2)
+        x = self.conv(x.permute(0, 3, 1, 2))
+        H, W = x.shape[-2:]
+        # an odd last row / column pools alone: -inf never wins
+        x = F.max_pool2d(F.pad(x, (0, W % 2, 0, H % 2), value=float('-inf')), 2)
         return self.norm(x.permute(0, 2, 3, 1))
 
 
@@ -285,11 +306,18 @@ class ReferenceLayoutNomMer(nn.Module):
         )
 
     def forward(self, img):
+        H, W = img.shape[-2:]
+        img = F.pad(img, (0, -W % 4, 0, -H % 4))
         x = F.relu(self.bn1(self.cnn1(img))).permute(0, 2, 3, 1)
         x = self.merge1(self.transformer1(x))
         x = self.merge2(self.transformer2(x))
-        x = x + self.pos_embedding
         B, H, W, C = x.shape
+        pos = self.pos_embedding
+        if pos.shape[1:3] != (H, W):
+            pos = F.interpolate(
+                pos.permute(0, 3, 1, 2), (H, W), mode='bicubic', align_corners=False
+            ).permute(0, 2, 3, 1)
+        x = x + pos
         x = self.transformer3(x.reshape(B, H * W, C)).view(B, H, W, C)
         x = self.merge3(x)
         B, H, W, C = x.shape

@@ -562,8 +562,11 @@ def interpolate_pos_embed(
     grid = pos.permute(0, 3, 1, 2) if channels_last else pos
     if same_size(grid.shape[-2:], size):
         return pos
+    # at least fp32 (half-precision bicubic is not on every device), and
+    # float64 stays float64
+    dtype = torch.promote_types(grid.dtype, torch.float32)
     out = F.interpolate(
-        grid.float(), size=tuple(size), mode='bicubic', align_corners=False
+        grid.to(dtype), size=tuple(size), mode='bicubic', align_corners=False
     ).to(pos.dtype)
     return out.permute(0, 2, 3, 1) if channels_last else out
 

@@ -496,7 +496,15 @@ def test_gcvit_global_query(size, pools):
 @pytest.mark.parametrize('se_conv', [False, True])
 def test_cotnet_strided_block(size, avg_down, se_conv):
     block = CoTBottleneck(
-        32, 16, 2, 1, 64, se_conv, avg_down, 0.0, dict(type='BN'), False
+        in_channels=32,
+        planes=16,
+        stride=2,
+        cardinality=1,
+        base_width=64,
+        se_conv=se_conv,
+        avg_down=avg_down,
+        drop_path=0.0,
+        norm_cfg=dict(type='BN'),
     )
     block = randomize_(block).eval()
     x = torch.randn(2, 32, *size)

@@ -1,5 +1,6 @@
 """Small classification runs through the real tools."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -195,3 +196,40 @@ def world_size(log: str) -> int:
     found = re.findall(r'GPU number: (\d+)', log)
     assert found, 'no runtime environment in the log:\n' + log[-3000:]
     return int(found[-1])
+
+
+def save_random_weights(config, scope: str, path, meta: dict | None = None):
+    """Seeded random weights of ``config``'s model (its Pretrained init
+    left out), saved as a training run keeps them: ``state_dict`` and
+    ``meta``. Returns ``path``."""
+    import importlib
+
+    import torch
+
+    from nommer_mm.launch import load_config
+
+    importlib.import_module(f'{scope}.utils').register_all_modules(
+        init_default_scope=True
+    )
+    models = importlib.import_module(f'{scope}.registry').MODELS
+    cfg = load_config(str(config))
+    cfg.model.get('backbone', {}).pop('init_cfg', None)
+    torch.manual_seed(0)
+    model = models.build(cfg.model)
+    torch.save({'state_dict': model.state_dict(), 'meta': meta or {}}, path)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _config(path: str):
+    from nommer_mm.launch import load_config
+
+    return load_config(path)
+
+
+def cached_config(path):
+    """``load_config(path)``, read once per test process; a copy, so that a
+    test may change it."""
+    import copy
+
+    return copy.deepcopy(_config(str(path)))

@@ -79,7 +79,7 @@ def tool_and_args(command: str) -> tuple[str, list[str]]:
     'doc, command', COMMANDS, ids=[f'{d}: {c[:60]}' for d, c in COMMANDS]
 )
 def test_every_documented_command_parses_and_its_configs_load(doc, command):
-    from nommer_mm.launch import load_config
+    from cls_helpers import cached_config
     from tool_parsers import parse_tool_args
 
     if command in NOT_TOOLS:
@@ -89,7 +89,7 @@ def test_every_documented_command_parses_and_its_configs_load(doc, command):
     parse_tool_args(tool, args)  # argparse exits 2 on what it refuses
     for arg in args:
         if arg.startswith('configs/') and arg.endswith('.py'):
-            load_config(str(ROOT / arg))
+            cached_config(ROOT / arg)
 
 
 # ------------------------------------------------------- run as written
@@ -206,33 +206,41 @@ def test_the_converter_commands_write_what_the_configs_read(sandbox):
 def _check_pretrained_fits(sandbox: Path, config: str, ckpt: str) -> None:
     """The config's backbone, initialised from its Pretrained file in the
     sandbox, holds that file's backbone weights."""
-    import os
-
     from mmengine.registry import MODELS
 
     from nommer_mm.launch import load_config, setup_codebase
 
     cfg = load_config(str(ROOT / config))
     setup_codebase(cfg)
-    init = cfg.model.backbone.init_cfg
-    assert init.checkpoint == ckpt, (config, init)
+    assert cfg.model.backbone.init_cfg.checkpoint == ckpt, config
     backbone = MODELS.build(cfg.model.backbone)
+    _init_weights_in(sandbox, backbone)
+    saved = _state(sandbox / ckpt)
+    _assert_holds(
+        backbone, {k[len('backbone.') :]: v for k, v in saved.items()}, config
+    )
+
+
+def _init_weights_in(sandbox: Path, module) -> None:
+    """``init_weights`` with relative paths read from ``sandbox``."""
+    import os
+
     here = os.getcwd()
     os.chdir(sandbox)
     try:
-        backbone.init_weights()
+        module.init_weights()
     finally:
         os.chdir(here)
-    saved = _state(sandbox / ckpt)
+
+
+def _assert_holds(backbone, saved: dict, name: str) -> None:
+    """``backbone`` holds ``saved``'s weights: all but the dense output
+    norms, which a classifier does not have."""
     got = backbone.state_dict()
-    same = [
-        k
-        for k, v in got.items()
-        if f'backbone.{k}' in saved and saved[f'backbone.{k}'].shape == v.shape
-    ]
-    assert len(same) > 0.9 * len(got), (config, len(same), len(got))
-    for k in same:
-        assert torch.equal(got[k], saved[f'backbone.{k}']), (config, k)
+    shared = [k for k in got if k in saved and saved[k].shape == got[k].shape]
+    assert len(shared) > 0.9 * len(got), (name, len(shared), len(got))
+    for k in shared:
+        assert torch.equal(got[k], saved[k]), (name, k)
 
 
 README_SNIPPET_TYPES = {
@@ -266,8 +274,6 @@ def test_the_readme_snippet_builds_every_backbone_it_names(sandbox):
     comments give for the peers, with the backbone-only file of each (the
     documented --backbone-only converter command, and the same for the
     peers): the backbone holds the file's weights."""
-    import os
-
     from mmengine.config import Config
     from mmengine.registry import MODELS
 
@@ -296,18 +302,8 @@ def test_the_readme_snippet_builds_every_backbone_it_names(sandbox):
         code = code.replace('checkpoints/nommer-tiny_backbone.pth', weights)
         cfg = Config.fromstring(code, file_format='.py')
         backbone = MODELS.build(cfg.model.backbone).eval()
-        here = os.getcwd()
-        os.chdir(sandbox)
-        try:
-            backbone.init_weights()
-        finally:
-            os.chdir(here)
-        saved = _state(sandbox / weights)
-        got = backbone.state_dict()
-        # all but the dense output norms, which a classifier does not have
-        shared = [k for k in got if k in saved and saved[k].shape == got[k].shape]
-        assert len(shared) > 0.9 * len(got), (name, len(shared), len(got))
-        assert all(torch.equal(got[k], saved[k]) for k in shared), name
+        _init_weights_in(sandbox, backbone)
+        _assert_holds(backbone, _state(sandbox / weights), name)
         assert len(backbone(torch.zeros(1, 3, 64, 96))) == 4, name
 
 

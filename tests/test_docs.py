@@ -457,7 +457,7 @@ def test_flop_percentages_follow_from_their_tables(doc):
 def test_classifier_resolutions_are_their_configs_sizes():
     """The classification README's resolution column, the metafile's Input
     Size and the size the config's backbone is built for agree."""
-    from nommer_mm.launch import load_config
+    from cls_helpers import cached_config
 
     models = metafile_models()
     readme = TASK_READMES[0]
@@ -472,7 +472,7 @@ def test_classifier_resolutions_are_their_configs_sizes():
             (config,) = configs
             shown = int(dict(zip(header, row))['resolution'])
             recorded = models[config]['Metadata']['Input Size']
-            built = load_config(str(ROOT / config)).model.backbone.get('img_size')
+            built = cached_config(ROOT / config).model.backbone.get('img_size')
             if shown != recorded or built not in (None, shown):
                 wrong.append(f'{config}: README {shown}, metafile {recorded}, {built}')
     assert not wrong, wrong

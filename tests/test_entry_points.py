@@ -3,7 +3,6 @@ and mmseg users reach them: the codebases' inferencers, and mmengine's
 ``Runner.from_cfg`` as the codebases' ``tools/train.py`` and
 ``tools/test.py`` call it, without this repository's tools or wrappers."""
 
-import importlib
 from pathlib import Path
 
 import cv2
@@ -12,7 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from cls_helpers import CASCADE_T, DEMO, ROOT, UPERNET_T
+from cls_helpers import CASCADE_T, DEMO, ROOT, UPERNET_T, save_random_weights
 from demo_configs import small_det_config, small_seg_config
 from demo_data import make_ade_layout, make_coco_layout, make_imagenet_layout
 
@@ -24,6 +23,18 @@ SCOPE = dict(cls='mmpretrain', det='mmdet', seg='mmseg')
 
 def _task(config: Path) -> str:
     return config.parent.name  # cls, det or seg
+
+
+@pytest.fixture(autouse=True)
+def fresh_scope():
+    """No default scope left over from other tests, as in a new process
+    (mmpretrain's inferencer builds its pipeline in the current scope)."""
+    from mmengine.registry import DefaultScope
+
+    saved = DefaultScope._instance_dict.copy()
+    DefaultScope._instance_dict.clear()
+    yield
+    DefaultScope._instance_dict.update(saved)
 
 
 def _inferencer(config, task: str, weights: str | None):
@@ -59,21 +70,9 @@ def _run(inferencer, task: str, inputs: list) -> list:
 
 
 def _weights(config, task: str, path: Path) -> str:
-    """Seeded random weights of the config's model, saved as a state dict
-    with the classes in its meta, as a training run keeps them."""
-    from nommer_mm.launch import load_config
-
-    importlib.import_module(f'{SCOPE[task]}.utils').register_all_modules(
-        init_default_scope=True
-    )
-    models = importlib.import_module(f'{SCOPE[task]}.registry').MODELS
-    cfg = load_config(str(config))
-    cfg.model.get('backbone', {}).pop('init_cfg', None)
-    torch.manual_seed(0)
-    model = models.build(cfg.model)
+    """Random weights of the config's model with classes in their meta."""
     meta = {'dataset_meta': {'classes': [f'c{i}' for i in range(1000)]}}
-    torch.save({'state_dict': model.state_dict(), 'meta': meta}, path)
-    return str(path)
+    return str(save_random_weights(config, SCOPE[task], path, meta))
 
 
 def _image(tmp_path: Path) -> tuple[np.ndarray, str]:

@@ -7,31 +7,13 @@ import sys
 import matplotlib.cbook
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from cls_helpers import CASCADE_T, DEMO, ROOT, UPERNET_T
+from cls_helpers import CASCADE_T, DEMO, ROOT, UPERNET_T, save_random_weights
 from demo_configs import small_det_config, small_seg_config
 
 PHOTO = matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
 CLASSES = ['stripes', 'dots', 'checks', 'noise']
-
-
-def _checkpoint(cfg_path, scope, path, meta):
-    """Random weights of the config's model, saved as a run would."""
-    import importlib
-
-    from nommer_mm.launch import load_config
-
-    importlib.import_module(f'{scope}.utils').register_all_modules(
-        init_default_scope=True
-    )
-    models = importlib.import_module(f'{scope}.registry').MODELS
-    cfg = load_config(str(cfg_path))
-    cfg.model.get('backbone', {}).pop('init_cfg', None)
-    torch.manual_seed(0)
-    torch.save({'state_dict': models.build(cfg.model).state_dict(), 'meta': meta}, path)
-    return path
 
 
 def _demo(*args, cwd):
@@ -46,7 +28,7 @@ def _demo(*args, cwd):
 
 @pytest.mark.slow
 def test_classification_prints_the_top_classes(tmp_path):
-    ckpt = _checkpoint(
+    ckpt = save_random_weights(
         DEMO, 'mmpretrain', tmp_path / 'cls.pth', {'dataset_meta': {'classes': CLASSES}}
     )
     proc = _demo(DEMO, '--weights', ckpt, cwd=tmp_path)
@@ -70,7 +52,7 @@ def test_dense_tasks_draw_a_png(task, tmp_path):
     base = CASCADE_T if task == 'det' else UPERNET_T
     cfg = make(tmp_path / 'data', tmp_path / f'{task}.py', base)
     scope = 'mmdet' if task == 'det' else 'mmseg'
-    ckpt = _checkpoint(cfg, scope, tmp_path / f'{task}.pth', {})
+    ckpt = save_random_weights(cfg, scope, tmp_path / f'{task}.pth', {})
     out = tmp_path / 'out'
     proc = _demo(
         cfg, '--weights', ckpt, '--out-dir', out, '--score-thr', '0.0', cwd=tmp_path

@@ -74,15 +74,15 @@ default_hooks = dict(logger=dict(interval=1),
 
 
 def readme_converter_outputs() -> set:
-    """The ``checkpoints/*.pth`` files the documented converter commands
-    write (README.md and docs/checkpoints.md)."""
+    """The ``checkpoints/*.pth`` files the documented converter and
+    publish commands write (README.md and docs/checkpoints.md)."""
     import re
 
     docs = ROOT / 'README.md', ROOT / 'docs' / 'checkpoints.md'
     return set(
         re.findall(
-            r'python tools/model_converters/(?:nommer2mm|peer2mm)\.py .*? '
-            r'(checkpoints/\S+\.pth)',
+            r'python tools/model_converters/(?:nommer2mm|peer2mm|publish_model)\.py'
+            r' .*? (checkpoints/\S+\.pth)',
             '\n'.join(p.read_text() for p in docs),
         )
     )

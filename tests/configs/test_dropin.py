@@ -71,8 +71,8 @@ def test_missing_pretrained_file_gives_the_converter_command(cls, command):
 
 
 def _config_checkpoints() -> dict:
-    """checkpoint / load_from paths of every non-ablation config."""
-    from nommer_mm.launch import load_config
+    """checkpoint / load_from paths of every config."""
+    from cls_helpers import cached_config
 
     found = {}
 
@@ -91,9 +91,8 @@ def _config_checkpoints() -> dict:
                 walk(value, cfg)
 
     for path in sorted((ROOT / 'configs').rglob('*.py')):
-        if 'ablation' in path.parts or '_base_' in path.parts:
-            continue
-        walk(load_config(str(path)).to_dict(), path.name)
+        if '_base_' not in path.parts:
+            walk(cached_config(path).to_dict(), path.name)
     return found
 
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from cls_helpers import ROOT, failure_report
+from cls_helpers import ROOT, failure_report, run_tool, save_random_weights
 from test_docs import DESCRIPTIONS, FENCE, rel
 
 # bash scripts and the Python tool whose parser takes their arguments:
@@ -106,16 +104,13 @@ def _find(command: str) -> str:
 def _run(command: str, cwd: Path, *overrides: str, timeout: int = 900):
     """A documented command, run as written from ``cwd`` with the Python of
     the tests, and ``overrides`` appended."""
-    words = shlex.split(_find(command))
-    if words[0] in ('python', 'python3'):
-        words[0] = sys.executable
-    proc = subprocess.run(
-        [*words, *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _tool(shlex.split(_find(command))[1:] + list(overrides), cwd, timeout)
+
+
+def _tool(args: list[str], cwd: Path, timeout: int = 900):
+    """``tools/...`` with ``args`` through the tests' bounded runner; it must
+    succeed."""
+    proc = run_tool(args, cwd=cwd, timeout=timeout)
     assert proc.returncode == 0, failure_report(proc)
     return proc
 
@@ -289,12 +284,10 @@ def test_the_readme_snippet_builds_every_backbone_it_names(sandbox):
     for name, (arch, weights) in README_SNIPPET_TYPES.items():
         if name in peers:
             model, src = peers[name]
-            subprocess.run(
-                [sys.executable, 'tools/model_converters/peer2mm.py', model, src]
+            _tool(
+                ['tools/model_converters/peer2mm.py', model, src]
                 + [weights, '--backbone-only'],
-                cwd=sandbox,
-                check=True,
-                capture_output=True,
+                sandbox,
                 timeout=300,
             )
         code = snippet.replace("type='NomMer'", f"type='{name}'")
@@ -338,19 +331,11 @@ def test_train_at_224_then_publish_then_384_and_dense_configs_read_it(sandbox):
 
     fine_tune = 'bash tools/dist_train.sh configs/cls/nommer-tiny_8xb64_in1k-384px.py 8'
     _find(fine_tune)  # as documented on 8 GPUs; here one process
-    proc = subprocess.run(
-        [
-            sys.executable,
-            'tools/train.py',
-            'configs/cls/nommer-tiny_8xb64_in1k-384px.py',
-        ]
+    proc = _tool(
+        ['tools/train.py', 'configs/cls/nommer-tiny_8xb64_in1k-384px.py']
         + SMALL_IMAGENET,
-        cwd=sandbox,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        sandbox,
     )
-    assert proc.returncode == 0, failure_report(proc)
     assert (
         'Load checkpoint from checkpoints/nommer-tiny_in1k-224.pth'
         in proc.stdout + proc.stderr
@@ -368,8 +353,6 @@ def test_the_picture_and_export_commands_run_as_written(sandbox):
     classifier's ONNX export, as the documents write them, on the shipped
     picture; a detection and a segmentation run's checkpoints are random
     weights saved where those commands read them."""
-    import importlib
-
     _run(CONVERTERS[0], sandbox)
     for command, scope, ckpt in [
         (
@@ -383,15 +366,9 @@ def test_the_picture_and_export_commands_run_as_written(sandbox):
             'work_dirs/upernet_nommer-t_8xb2-160k_ade20k-512x512/iter_160000.pth',
         ),
     ]:
-        from nommer_mm.launch import load_config
-
         config = shlex.split(command)[3]
-        cfg = load_config(str(ROOT / config))
-        cfg.model.backbone.pop('init_cfg')
-        importlib.import_module(f'{scope}.utils').register_all_modules(True)
-        models = importlib.import_module(f'{scope}.registry').MODELS
         (sandbox / ckpt).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({'state_dict': models.build(cfg.model).state_dict()}, sandbox / ckpt)
+        save_random_weights(ROOT / config, scope, sandbox / ckpt)
         out = _run(command, sandbox)
         assert (sandbox / 'outputs/demo.png').is_file(), out.stdout
         (sandbox / 'outputs/demo.png').unlink()

@@ -339,7 +339,7 @@ def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
     pickle_len, storages = parsed
     records = [
         ('data.pkl', pickle_len),
-        *_HEAD_RECORDS,
+        *_head_records(f, size, prefix, pickle_len),
         *((f'data/{key}', nbytes) for key, (nbytes, _) in storages.items()),
         *_TAIL_RECORDS,
     ]
@@ -355,6 +355,26 @@ def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
         central += _ZIP_CENTRAL + len(full_name)
     total = cursor + central + _ZIP64_END + _ZIP_EOCD
     return total, exact and total < 0xFFFFFFFF
+
+
+def _head_records(
+    f: IO[bytes], size: int, prefix: str, pickle_len: int
+) -> list[tuple[str, int]]:
+    """The small records between data.pkl and the tensor data that this
+    file has (torch 2.1, for one, writes only ``byteorder`` of them). One that
+    the file ends before is taken to be there."""
+    found = []
+    cursor = _padded_header(0, len(prefix) + 8) + pickle_len + _DESCRIPTOR
+    for name, nbytes in _HEAD_RECORDS:
+        full_name = (prefix + name).encode()
+        if cursor + _ZIP_HEADER + len(full_name) <= size:
+            f.seek(cursor)
+            local = f.read(_ZIP_HEADER + len(full_name))
+            if local[_ZIP_HEADER:] != full_name:
+                continue
+        found.append((name, nbytes))
+        cursor += _padded_header(cursor, len(full_name)) + nbytes + _DESCRIPTOR
+    return found
 
 
 def _legacy_full_size(f: IO[bytes]) -> tuple[int, bool] | None:

@@ -10,6 +10,7 @@ import gzip
 import json
 import subprocess
 import uuid
+import io
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,19 @@ def test_cut_short_counts_bytes_of_the_complete_file(good, tmp_path):
         part.write_bytes(data[:40])  # inside the list of tensors
         with pytest.raises(CheckpointFileError, match='is cut short: 40 bytes'):
             load_checkpoint_file(part)
+
+
+def test_cut_short_counts_bytes_of_a_file_older_torch_wrote(tmp_path):
+    """torch 2.1 writes fewer small records before the tensor data; the
+    size named is still that of the complete file."""
+    data = (Path(__file__).parent / 'data' / 'saved_by_torch_2.1.pth').read_bytes()
+    assert load_checkpoint_file(io.BytesIO(data))['meta'] == {'epoch': 1}
+    for cut in (len(data) // 2, len(data) - 100, len(data) - 1):
+        part = tmp_path / 'part.pth'
+        part.write_bytes(data[:cut])
+        with pytest.raises(CheckpointFileError) as err:
+            load_checkpoint_file(part)
+        assert f'is cut short: {cut} of {len(data)} bytes' in str(err.value), cut
 
 
 def _safetensors(path: Path, good: Path) -> None:

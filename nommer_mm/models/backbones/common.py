@@ -20,6 +20,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...torch_compat import is_compiling
 from ..layers.shapes import same_size
 
 
@@ -245,7 +246,7 @@ def maybe_checkpoint(
     once per step, not twice."""
     if not (enabled and x.requires_grad):
         return block(x, *args)
-    if torch.compiler.is_compiling():
+    if is_compiling():
         # AOTAutograd recomputes inside its backward graph, which writes no
         # buffers; and dynamo takes no context_fn but dispatch modes.
         return cp.checkpoint(block, x, *args, use_reentrant=False)

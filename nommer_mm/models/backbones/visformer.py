@@ -49,6 +49,7 @@ from .common import (
     parse_out_indices,
     resize_pos_embed_on_load,
 )
+from ...torch_compat import cpu_autocast_enabled
 from ..layers import ceil_div, needs_padding
 
 
@@ -142,7 +143,7 @@ class PatchEmbed(nn.Module):
         p = self.patch
         if needs_padding(H % p, W % p):
             x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
-        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+        if x.device.type == 'cpu' and cpu_autocast_enabled():
             # oneDNN's bf16 kernel for this strided convolution was seen
             # 120% off fp32 on some CPUs (see tests/models/test_arguments.py); it
             # is a small layer, so it runs in fp32.

@@ -306,7 +306,7 @@ def _zoo(monkeypatch) -> dict:
     small = dict(ARCH, embed_dims=24, bottleneck_ratios=[4, 4])
     zoo = {'t': ARCH, 'tiny': ARCH, 's': small, 'small': small}
     monkeypatch.setattr(NomMer, 'arch_zoo', zoo)
-    from nommer_mm.models.backbones.common import _arch_shapes
+    from nommer_mm.checkpoint_fit import _arch_shapes
 
     _arch_shapes.cache_clear()
     return zoo
@@ -477,7 +477,7 @@ def test_load_from_opt_out_and_other_heads_train(tmp_path):
 @pytest.mark.slow
 def test_nommer_s_weights_into_nommer_t_name_the_arch(tmp_path):
     """The real archs: NomMer-S's backbone into NomMer-T."""
-    from nommer_mm.models.backbones.common import _arch_shapes
+    from nommer_mm.checkpoint_fit import _arch_shapes
 
     _arch_shapes.cache_clear()
     with torch.no_grad():

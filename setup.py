@@ -51,8 +51,10 @@ setup(
     long_description=(here / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['nommer_mm', 'nommer_mm.*']),
-    python_requires='>=3.10',
-    install_requires=['torch>=2.0', 'numpy'],
+    # tested at both ends (docs/install.md): Python 3.10 and 3.13, torch 2.1
+    # and the pin of requirements.txt
+    python_requires='>=3.10,<3.14',
+    install_requires=['torch>=2.1', 'numpy'],
     extras_require={
         'upstream': UPSTREAM,
         'onedl': ONEDL,

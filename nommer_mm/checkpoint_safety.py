@@ -218,7 +218,7 @@ _DESCRIPTOR = 16
 _ZIP_HEADER, _ZIP_CENTRAL, _ZIP_EOCD = 30, 46, 22
 _ZIP64_END = 56 + 20  # the zip64 end record and its locator, always written
 _HEAD_RECORDS = (('.format_version', 1), ('.storage_alignment', 2), ('byteorder', 6))
-_TAIL_RECORDS = (('version', 2), ('.data/serialization_id', 40))
+_TAIL_RECORDS = [('version', 2), ('.data/serialization_id', 40)]
 # The first pickle of a legacy (non-zip) torch.save file is this number.
 _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, 'little')
 _REDOWNLOAD = 'an interrupted download or save; fetch or write it again'
@@ -337,24 +337,35 @@ def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
     if parsed is None:
         return None
     pickle_len, storages = parsed
-    records = [
-        ('data.pkl', pickle_len),
-        *_head_records(f, size, prefix, pickle_len),
-        *((f'data/{key}', nbytes) for key, (nbytes, _) in storages.items()),
-        *_TAIL_RECORDS,
-    ]
-    exact = all(known for _, known in storages.values())
+    head = [('data.pkl', pickle_len), *_head_records(f, size, prefix, pickle_len)]
+    known = all(known for _, known in storages.values())
+    # torch writes the tensor records in the order the pickle names them;
+    # torch 2.1 in the order of their keys as strings
+    for keys in (list(storages), sorted(storages)):
+        data = [(f'data/{key}', storages[key][0]) for key in keys]
+        total, laid_out = _laid_out_size(f, size, prefix, head + data + _TAIL_RECORDS)
+        if laid_out:
+            break
+    return total, known and laid_out and total < 0xFFFFFFFF
+
+
+def _laid_out_size(
+    f: IO[bytes], size: int, prefix: str, records: list[tuple[str, int]]
+) -> tuple[int, bool]:
+    """The size of a torch zip of ``records`` (name, bytes), and whether
+    each local header the file holds names the record that layout puts
+    there."""
+    fits = True
     cursor = central = 0
     for name, nbytes in records:
         full_name = (prefix + name).encode()
         if cursor + _ZIP_HEADER + len(full_name) <= size:
             f.seek(cursor)
             local = f.read(_ZIP_HEADER + len(full_name))
-            exact &= local.startswith(_ZIP_LOCAL) and local[_ZIP_HEADER:] == full_name
+            fits &= local.startswith(_ZIP_LOCAL) and local[_ZIP_HEADER:] == full_name
         cursor += _padded_header(cursor, len(full_name)) + nbytes + _DESCRIPTOR
         central += _ZIP_CENTRAL + len(full_name)
-    total = cursor + central + _ZIP64_END + _ZIP_EOCD
-    return total, exact and total < 0xFFFFFFFF
+    return cursor + central + _ZIP64_END + _ZIP_EOCD, fits
 
 
 def _head_records(

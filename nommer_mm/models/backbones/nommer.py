@@ -35,7 +35,7 @@ from mmengine.registry import MODELS
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from ..layers.mlp import Mlp
-from ..layers.shapes import needs_padding
+from ..layers.shapes import pad_to_multiple
 from .common import (
     StagedBackbone,
     StageBlocks,
@@ -139,9 +139,7 @@ class ConvStem(nn.Module):
         self.norm = build_norm_layer(norm_cfg, embed_dims)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        if needs_padding(H % 4, W % 4):
-            x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
+        x, _ = pad_to_multiple(x, 4, channels_last=False)
         return F.relu(self.norm(self.conv(x)), inplace=True).permute(0, 2, 3, 1)
 
 

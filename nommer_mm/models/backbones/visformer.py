@@ -49,7 +49,7 @@ from .common import (
     parse_out_indices,
     resize_pos_embed_on_load,
 )
-from ..layers import ceil_div, needs_padding
+from ..layers import ceil_div, pad_to_multiple
 
 
 class ConvMlp(nn.Module):
@@ -138,10 +138,7 @@ class PatchEmbed(nn.Module):
         self.norm = build_norm_layer(norm_cfg, out_channels)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        p = self.patch
-        if needs_padding(H % p, W % p):
-            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
+        x, _ = pad_to_multiple(x, self.patch, channels_last=False)
         if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
             # oneDNN's bf16 kernel for this strided convolution was seen
             # 120% off fp32 on some CPUs (see tests/models/test_arguments.py); it

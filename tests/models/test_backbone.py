@@ -254,7 +254,7 @@ class _Classifier(nn.Module):
     def __init__(self, arch):
         super().__init__()
         C = NomMer.arch_zoo[arch]['embed_dims']
-        self.backbone = NomMer(arch, out_indices=(3,), out_type='cls_token')
+        self.backbone = NomMer(arch=arch, out_indices=(3,), out_type='cls_token')
         self.fc = nn.Linear(8 * C, 1000)
 
     def forward(self, x):
@@ -633,7 +633,7 @@ def test_eval_with_autograd_selects_out_of_place():
 def test_nomination_contexts_name_the_indices():
     """Index k of nomination_maps() is nomination_contexts()[k], in the
     reference order whatever order the config gives."""
-    model = NomMer('tiny', contexts=('window', 'conv')).eval()
+    model = NomMer(arch='tiny', contexts=('window', 'conv')).eval()
     assert model.nomination_contexts() == ('conv', 'window')
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
@@ -650,7 +650,7 @@ def test_nomination_margins_are_the_gaps_behind_each_nomination():
     from nommer_mm.analysis import nomination_margins
 
     torch.manual_seed(0)
-    model = NomMer('tiny').eval()
+    model = NomMer(arch='tiny').eval()
     x = torch.randn(1, 3, 64, 96)
     inputs = {}
     hooks = [

@@ -153,6 +153,28 @@ class GlobalQueryGen(nn.Module):
         return q.transpose(1, 2)
 
 
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch, ``x * gamma``, with ``gamma``
+    the parameter ``name`` of the block that owns this module: GC ViT's
+    blocks hold their layer-scale weights themselves (``gamma1``,
+    ``gamma2``: the NVlabs checkpoint keys), so this module has no state of
+    its own. It reads the block's parameter at every call, so it follows
+    whatever replaced it (``load_state_dict(assign=True)``, FSDP's views).
+    """
+
+    def __init__(self, owner: nn.Module, name: str) -> None:
+        super().__init__()
+        self.name = name
+        # a plain reference, not a child module: the owner contains this one
+        self.__dict__['owner'] = owner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * getattr(self.owner, self.name)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
 class GCViTBlock(nn.Module):
     """Pre-norm block with window attention (local, or with the level's
     global query) and an MLP, each with optional layer scale.
@@ -178,20 +200,17 @@ class GCViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.gamma1 = self.gamma2 = None
+        self.ls1, self.ls2 = nn.Identity(), nn.Identity()
         if layer_scale is not None:
             self.gamma1 = nn.Parameter(torch.full((embed_dims,), layer_scale))
             self.gamma2 = nn.Parameter(torch.full((embed_dims,), layer_scale))
-        else:
-            self.gamma1 = self.gamma2 = None
+            self.ls1, self.ls2 = LayerScale(self, 'gamma1'), LayerScale(self, 'gamma2')
 
-    def _scale(self, x: torch.Tensor, gamma: torch.Tensor | None):
-        return x if gamma is None else x * gamma
-
-    def forward(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        y = self.attn(self.norm1(x), query if self.global_query else None)
-        x = x + self.drop_path(self._scale(y, self.gamma1))
-        y = self.mlp(self.norm2(x))
-        return x + self.drop_path(self._scale(y, self.gamma2))
+    def forward(self, x: torch.Tensor, query: torch.Tensor | None) -> torch.Tensor:
+        query = query if self.global_query else None
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), query)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 class GCViTLevel(nn.Module):

@@ -596,6 +596,38 @@ def test_gcvit_global_query_resized_at_run_time():
     torch.testing.assert_close(query, expected.transpose(1, 2))
 
 
+def test_gcvit_layer_scale_is_the_blocks_gamma():
+    """With layer scale, a block's residual branches are scaled by its own
+    gamma1 / gamma2 (the checkpoint keys, no ls1.* / ls2.* keys), also after
+    a load that replaces the parameters (assign=True); TorchDynamo traces
+    the block in one graph."""
+    import torch._dynamo as dynamo
+    from small_archs import SMALL
+
+    from nommer_mm import GCViT
+
+    arch = dict(SMALL[GCViT]['arch'], layer_scale=0.5)
+    model = GCViT(arch=arch, out_indices=(3,)).eval()
+    keys = list(model.state_dict())
+    assert 'levels.0.blocks.0.gamma1' in keys and 'levels.3.blocks.0.gamma2' in keys
+    assert not any('.ls1.' in k or '.ls2.' in k for k in keys)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        before = model(x)[0]
+        state = {
+            k: v * 4 if '.gamma' in k else v for k, v in model.state_dict().items()
+        }
+        model.load_state_dict(state, assign=True)
+        block = model.levels[0].blocks[0]
+        y = torch.randn(2, 16)
+        assert torch.equal(block.ls1(y), y * block.gamma1)
+        assert not torch.equal(model(x)[0], before)
+    assert isinstance(GCViT(**SMALL[GCViT]).levels[0].blocks[0].ls1, nn.Identity)
+    dynamo.reset()
+    explained = dynamo.explain(model)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
 def test_pretrained_init_cfg_with_prefix(tmp_path):
     src = small_nommer(out_indices=(3,), out_type='cls_token')
     state = {f'backbone.{k}': v for k, v in src.state_dict().items()}

@@ -155,6 +155,46 @@ def _stand_ins() -> list[tuple[Callable, str]]:
     return found
 
 
+# torch >= 2.5: its weights-only unpickler, extended for one load at a time
+_TORCH_TAKES_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """For torch < 2.5, whose weights-only unpickler takes no extra names:
+    the globals a file may name are torch's own weights-only set, torch's
+    dtypes and the stand-ins above, looked up by exact name; anything else
+    is refused before it is called. Every opcode that reaches a callable
+    goes through ``find_class``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _restricted_globals()
+        key = f'{module}.{name}' if type(module) is str and type(name) is str else None
+        if key not in allowed:
+            raise UnsafeCheckpointError(f'unsupported global {module}.{name}')
+        return allowed[key]
+
+
+def _restricted_globals() -> dict[str, Any]:
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = dict(_get_allowed_globals())
+    allowed.update(
+        (str(v), v) for v in vars(torch).values() if isinstance(v, torch.dtype)
+    )
+    allowed.update((path, fn) for fn, path in _stand_ins())
+    return allowed
+
+
+class _RestrictedPickle:
+    """The ``pickle_module`` torch.load is given on torch < 2.5."""
+
+    Unpickler = _RestrictedUnpickler
+
+    @staticmethod
+    def load(file: IO[bytes], **kwargs) -> Any:
+        return _RestrictedUnpickler(file, **kwargs).load()
+
+
 # ------------------------------------------------------ is it a checkpoint
 class CheckpointFileError(ValueError):
     """A weights file that cannot be read as a checkpoint: empty, cut
@@ -299,7 +339,7 @@ def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
     pickle_len, storages = parsed
     records = [
         ('data.pkl', pickle_len),
-        *_HEAD_RECORDS,
+        *_head_records(f, size, prefix, pickle_len),
         *((f'data/{key}', nbytes) for key, (nbytes, _) in storages.items()),
         *_TAIL_RECORDS,
     ]
@@ -315,6 +355,26 @@ def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
         central += _ZIP_CENTRAL + len(full_name)
     total = cursor + central + _ZIP64_END + _ZIP_EOCD
     return total, exact and total < 0xFFFFFFFF
+
+
+def _head_records(
+    f: IO[bytes], size: int, prefix: str, pickle_len: int
+) -> list[tuple[str, int]]:
+    """The small records between data.pkl and the tensor data that this
+    file has (torch 2.1, for one, writes only ``byteorder`` of them). One that
+    the file ends before is taken to be there."""
+    found = []
+    cursor = _padded_header(0, len(prefix) + 8) + pickle_len + _DESCRIPTOR
+    for name, nbytes in _HEAD_RECORDS:
+        full_name = (prefix + name).encode()
+        if cursor + _ZIP_HEADER + len(full_name) <= size:
+            f.seek(cursor)
+            local = f.read(_ZIP_HEADER + len(full_name))
+            if local[_ZIP_HEADER:] != full_name:
+                continue
+        found.append((name, nbytes))
+        cursor += _padded_header(cursor, len(full_name)) + nbytes + _DESCRIPTOR
+    return found
 
 
 def _legacy_full_size(f: IO[bytes]) -> tuple[int, bool] | None:
@@ -566,9 +626,18 @@ def load_checkpoint_file(filename, map_location=None, **kwargs) -> Any:
         if check_checkpoint_file(filename) == 'legacy':
             kwargs.pop('mmap', None)
     try:
-        with torch.serialization.safe_globals(_stand_ins()):
+        if _TORCH_TAKES_SAFE_GLOBALS:
+            with torch.serialization.safe_globals(_stand_ins()):
+                obj = torch.load(
+                    filename, map_location=map_location, weights_only=True, **kwargs
+                )
+        else:
             obj = torch.load(
-                filename, map_location=map_location, weights_only=True, **kwargs
+                filename,
+                map_location=map_location,
+                weights_only=False,
+                pickle_module=_RestrictedPickle,
+                **kwargs,
             )
         return to_runtime_checkpoint(obj)
     except pickle.UnpicklingError as err:
@@ -604,6 +673,38 @@ def _load_without_retry(file, map_location=None, weights_only=None):
     return load_checkpoint_file(file, map_location=map_location)
 
 
+def _guarded(loader: Callable) -> Callable:
+    """mmengine's loader of another scheme (``open-mmlab://``, ``http://``
+    ...), whose ``torch.load`` reads through :func:`load_checkpoint_file`
+    for the duration of that one call: on torch < 2.6 its default is to
+    unpickle anything."""
+
+    def load(filename, map_location=None, *args, **kwargs):
+        torch_load = torch.load
+
+        def safe_load(f, map_location=None, *_, **__):
+            with _original_torch_load(torch_load):
+                return load_checkpoint_file(f, map_location=map_location)
+
+        torch.load = safe_load
+        try:
+            return loader(filename, map_location, *args, **kwargs)
+        finally:
+            torch.load = torch_load
+
+    return load
+
+
+@contextlib.contextmanager
+def _original_torch_load(torch_load: Callable) -> Iterator[None]:
+    """``torch.load`` as torch defines it, inside a guarded call."""
+    guarded, torch.load = torch.load, torch_load
+    try:
+        yield
+    finally:
+        torch.load = guarded
+
+
 @contextlib.contextmanager
 def mmengine_loads_through_plugin() -> Iterator[None]:
     """While inside, mmengine's loads of local checkpoint files (resume,
@@ -613,7 +714,8 @@ def mmengine_loads_through_plugin() -> Iterator[None]:
     from mmengine.runner.checkpoint import CheckpointLoader
 
     schemes = CheckpointLoader._schemes
-    previous = schemes.get('')
+    previous = dict(schemes)
+    schemes.update({p: _guarded(fn) for p, fn in schemes.items()})
     schemes[''] = _load_from_local
     # OneDL's mmengine loads the other schemes (open-mmlab://, s3://, ...)
     # through _safe_torch_load, which retries with weights_only=False
@@ -625,10 +727,8 @@ def mmengine_loads_through_plugin() -> Iterator[None]:
     finally:
         if retrying is not None:
             mmengine_checkpoint._safe_torch_load = retrying
-        if previous is None:
-            schemes.pop('', None)
-        else:
-            schemes[''] = previous
+        schemes.clear()
+        schemes.update(previous)
 
 
 # ---------------------------------------------------------------- writing

@@ -10,6 +10,7 @@ import gzip
 import json
 import subprocess
 import uuid
+import io
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,19 @@ def test_cut_short_counts_bytes_of_the_complete_file(good, tmp_path):
             load_checkpoint_file(part)
 
 
+def test_cut_short_counts_bytes_of_a_file_older_torch_wrote(tmp_path):
+    """torch 2.1 writes fewer small records before the tensor data; the
+    size named is still that of the complete file."""
+    data = (Path(__file__).parent / 'data' / 'saved_by_torch_2.1.pth').read_bytes()
+    assert load_checkpoint_file(io.BytesIO(data))['meta'] == {'epoch': 1}
+    for cut in (len(data) // 2, len(data) - 100, len(data) - 1):
+        part = tmp_path / 'part.pth'
+        part.write_bytes(data[:cut])
+        with pytest.raises(CheckpointFileError) as err:
+            load_checkpoint_file(part)
+        assert f'is cut short: {cut} of {len(data)} bytes' in str(err.value), cut
+
+
 def _safetensors(path: Path, good: Path) -> None:
     from safetensors.torch import save_file  # installed with timm
 
@@ -306,7 +320,7 @@ def _zoo(monkeypatch) -> dict:
     small = dict(ARCH, embed_dims=24, bottleneck_ratios=[4, 4])
     zoo = {'t': ARCH, 'tiny': ARCH, 's': small, 'small': small}
     monkeypatch.setattr(NomMer, 'arch_zoo', zoo)
-    from nommer_mm.models.backbones.common import _arch_shapes
+    from nommer_mm.checkpoint_fit import _arch_shapes
 
     _arch_shapes.cache_clear()
     return zoo
@@ -377,6 +391,38 @@ def test_a_backbone_checkpoint_lacking_keys_stops_with_the_list(tmp_path, monkey
     model.init_weights()
     saved = load_checkpoint_file(path)['state_dict']
     assert torch.equal(model.stem.conv.weight, saved['stem.conv.weight'])
+
+
+def test_a_config_importing_only_the_models_gets_the_check(tmp_path):
+    """custom_imports=['nommer_mm.models'] in a fresh process: the backbone
+    built from the config still stops on a file that does not fit (Python
+    runs nommer_mm/__init__.py, which installs the check, first)."""
+    import sys
+
+    path = _save_backbone(tmp_path, ARCH, 'partial', drop=('cls_token',))
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text(
+        "custom_imports = dict(imports=['nommer_mm.models'], "
+        'allow_failed_imports=False)\n'
+        f'model = dict(type={"NomMer"!r}, arch={ARCH!r}, '
+        f"init_cfg=dict(type='Pretrained', checkpoint={str(path)!r}))\n"
+    )
+    code = (
+        'from mmengine.config import Config\n'
+        'from mmengine.registry import MODELS\n'
+        f'cfg = Config.fromfile({str(cfg)!r})\n'
+        'try:\n'
+        '    MODELS.build(cfg.model).init_weights()\n'
+        'except Exception as err:\n'
+        '    print(type(err).__name__, err)\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = proc.stdout
+    assert said.startswith('WeightsDoNotFitError NomMer: init_cfg Pretrained'), said
+    assert 'does not fit this backbone' in said and '1 missing:\n  cls_token' in said
 
 
 def _runner(work: Path, load_from: Path, **hook_args):
@@ -477,7 +523,7 @@ def test_load_from_opt_out_and_other_heads_train(tmp_path):
 @pytest.mark.slow
 def test_nommer_s_weights_into_nommer_t_name_the_arch(tmp_path):
     """The real archs: NomMer-S's backbone into NomMer-T."""
-    from nommer_mm.models.backbones.common import _arch_shapes
+    from nommer_mm.checkpoint_fit import _arch_shapes
 
     _arch_shapes.cache_clear()
     with torch.no_grad():

@@ -104,9 +104,11 @@ def stock(tmp_path_factory):
 
 
 def _bare_load(path):
-    """``torch.load`` in a fresh process that never imported nommer_mm."""
+    """``torch.load(weights_only=True)`` (the default from torch 2.6) in a
+    fresh process that never imported nommer_mm."""
+    code = f'import torch; torch.load({str(path)!r}, weights_only=True)'
     return subprocess.run(
-        [sys.executable, '-c', f'import torch; torch.load({str(path)!r})'],
+        [sys.executable, '-c', code],
         capture_output=True,
         text=True,
         timeout=120,
@@ -128,7 +130,7 @@ def test_stock_checkpoints_read_as_plain_data(stock):
     assert plain.returncode != 0 and 'weights_only' in plain.stderr
     # in this process too: importing nommer_mm allowed nothing
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(stock)
+        torch.load(stock, weights_only=True)
     ckpt = load_checkpoint_file(stock)
     trusted = torch.load(stock, weights_only=False)  # our own test file
     for key, buf in trusted['message_hub']['log_scalars'].items():
@@ -148,6 +150,26 @@ def test_stock_checkpoints_read_as_plain_data(stock):
     with mmengine_loads_through_plugin():
         assert _load_checkpoint(str(stock))['meta']['epoch'] == 2
     assert CheckpointLoader._schemes == before
+
+
+# torch.load's own default is weights_only=True from torch 2.6 on
+_TORCH_SAFE_BY_DEFAULT = tuple(
+    int(v) for v in torch.__version__.split('+')[0].split('.')[:2]
+) >= (2, 6)
+
+
+@pytest.fixture(params=['torch weights-only', 'restricted pickle'])
+def unpickler(request, monkeypatch):
+    """Both ways load_checkpoint_file reads a file: torch's weights-only
+    unpickler with the stand-ins allowed for one load (torch >= 2.5), and
+    the restricted pickle module older torch gets."""
+    from nommer_mm import checkpoint_safety
+
+    if request.param == 'restricted pickle':
+        monkeypatch.setattr(checkpoint_safety, '_TORCH_TAKES_SAFE_GLOBALS', False)
+    elif not checkpoint_safety._TORCH_TAKES_SAFE_GLOBALS:
+        pytest.skip(f'torch {torch.__version__} has no safe_globals')
+    return request.param
 
 
 # ------------------------------------------------------------- attacks
@@ -230,14 +252,6 @@ def _write(obj, path):
     return path
 
 
-def _onedl_loader() -> bool:
-    """Whether mmengine has OneDL's ``_safe_torch_load`` (which retries
-    with ``weights_only=False``)."""
-    import mmengine.runner.checkpoint as mmengine_checkpoint
-
-    return hasattr(mmengine_checkpoint, '_safe_torch_load')
-
-
 def _loaders(tmp_path):
     from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
 
@@ -284,8 +298,9 @@ def _loaders(tmp_path):
         check_weights_fit(nn.Linear(1, 1), str(path))
 
     ours = 'refused to load'  # load_checkpoint_file's refusal, path first
+    bare = {'bare torch.load': (lambda p: torch.load(p), 'Weights only load failed')}
     return {
-        'bare torch.load': (lambda p: torch.load(p), 'Weights only load failed'),
+        **(bare if _TORCH_SAFE_BY_DEFAULT else {}),
         'torch.load weights_only=True': (
             lambda p: torch.load(p, weights_only=True),
             'Weights only load failed',
@@ -295,12 +310,9 @@ def _loaders(tmp_path):
             scoped(lambda p: _load_checkpoint(str(p))),
             ours,
         ),
-        # upstream mmengine reads it with torch.load (weights_only=True);
-        # OneDL's through a loader that our scope replaces
-        'mmengine open-mmlab:// (model zoo file)': (
-            scoped(model_zoo),
-            ours if _onedl_loader() else 'Weights only load failed',
-        ),
+        # upstream mmengine reads it with a bare torch.load, OneDL's with a
+        # loader that retries unsafely: our scope guards both
+        'mmengine open-mmlab:// (model zoo file)': (scoped(model_zoo), ours),
         'init_cfg=Pretrained': (
             scoped(lambda p: load_checkpoint(nn.Linear(1, 1), str(p))),
             ours,
@@ -316,7 +328,7 @@ def _loaders(tmp_path):
     'payload',
     ['setstate-widening', 'object-array', 'reduce-os-system', 'getattr-escape'],
 )
-def test_payloads_are_refused_by_every_loader(payload, tmp_path):
+def test_payloads_are_refused_by_every_loader(payload, unpickler, tmp_path):
     """Each loader refuses the file itself (its refusal message, naming the
     file), not merely exits for another reason after reading it."""
     from mmengine.logging import HistoryBuffer
@@ -368,6 +380,10 @@ def test_test_tool_refuses_a_payload_checkpoint(tmp_path):
     assert not sentinel.exists()
 
 
+@pytest.mark.skipif(
+    not hasattr(torch.serialization, 'get_safe_globals'),
+    reason='torch < 2.4 has no allow-list an import could extend',
+)
 def test_import_registers_nothing_with_torch():
     # (importing torch.distributed.tensor, as mmengine does, makes torch
     # allow its own DTensor classes: torch's, not ours)

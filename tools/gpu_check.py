@@ -501,6 +501,12 @@ def main() -> int:
             elif section == 'backbones':
                 check_backbones(device, report, args.size, args.batch, args.models)
             elif section == 'attention':
+                if not hasattr(torch, 'get_autocast_dtype'):
+                    print(
+                        f'gpu_check: attention skipped: torch {torch.__version__} '
+                        'lacks the device-type autocast queries it needs (2.4)'
+                    )
+                    continue
                 check_attention(device, report, args.size, args.batch)
             elif section == 'dist':
                 with tempfile.TemporaryDirectory(dir=args.out) as work:

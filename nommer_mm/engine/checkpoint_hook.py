@@ -4,25 +4,16 @@ checkpoint, and writes checkpoints any ``torch.load`` can read safely."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import os.path as osp
-import re
 from typing import Iterator
-
-import torch
 
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from ..checkpoint_safety import (
-    WeightsDoNotFitError,
-    describe_mismatches,
-    to_plain_checkpoint,
-    to_runtime_checkpoint,
-    weight_mismatches,
-)
+from ..checkpoint_fit import check_load_from_fits
+from ..checkpoint_safety import to_plain_checkpoint, to_runtime_checkpoint
 
 PART_SUFFIX = '.part'
 
@@ -98,60 +89,6 @@ class SafeCheckpointHook(CheckpointHook):
             self.file_backend = backend
         for remove, path in removals:  # only reached when all was written
             remove(path)
-
-
-def check_load_from_fits(
-    model, checkpoint: dict, path: str, allow_partial: bool = False
-) -> None:
-    """Raise :class:`WeightsDoNotFitError` when ``checkpoint`` (given as
-    ``load_from``) leaves backbone weights of ``model`` unfilled or holds
-    them in another shape, beyond the dense output norms a classification
-    checkpoint cannot have; the rest of the model (necks, heads, e.g. a
-    head for another number of classes) and ``allow_partial`` only warn."""
-    from mmengine.logging import print_log
-
-    model = getattr(model, 'module', model)  # DDP or TTA wrapper
-    found = weight_mismatches(model, checkpoint)
-    if not (found['missing'] or found['size mismatch']):
-        return
-    backbone = getattr(model, 'backbone', None)
-    blocking, hints = {}, []
-    if isinstance(backbone, torch.nn.Module) and not allow_partial:
-        from ..models.backbones.common import (
-            unfilled_backbone_weights,
-            unfit_weights_hints,
-        )
-
-        state = checkpoint.get('state_dict', checkpoint)
-        state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
-        inner = {k[9:]: v for k, v in state.items() if k.startswith('backbone.')}
-        blocking = unfilled_backbone_weights(backbone, inner)
-        if blocking['missing'] or blocking['size mismatch']:
-            prefix_hint = None
-            if not inner and state:
-                prefix_hint = (
-                    "its keys carry no 'backbone.' prefix (a backbone-only "
-                    'checkpoint): load it with model.backbone.init_cfg='
-                    "dict(type='Pretrained', checkpoint=...) instead of load_from"
-                )
-                inner = state
-            hints = unfit_weights_hints(backbone, inner, prefix_hint)
-    if blocking.get('missing') or blocking.get('size mismatch'):
-        raise WeightsDoNotFitError(
-            f'load_from={path} does not fit the backbone of this model; '
-            'training would start from random weights for (under backbone.):\n'
-            + describe_mismatches(blocking)
-            + ''.join(f'\nLikely fix: {h}.' for h in hints)
-            + '\nTo load only what fits on purpose, set '
-            'default_hooks.checkpoint.allow_partial_load_from=True '
-            '(SafeCheckpointHook).'
-        )
-    print_log(
-        '!' * 72 + f'\nload_from={path} leaves parts of the model at their '
-        'initial weights:\n' + describe_mismatches(found) + '\n' + '!' * 72,
-        logger='current',
-        level=logging.WARNING,
-    )
 
 
 class _DeferredRemovals:

@@ -185,9 +185,14 @@ def missing_requirements() -> list[str]:
 
 def hold_constraints() -> Path:
     """A pip constraints file pinning torch, torchvision and mmcv to what is
-    installed (and mmcv to its pin when absent), so no resolver swaps them."""
+    installed (and mmcv to its pin when absent), and numpy to the major
+    version installed when that is 1, so no resolver swaps them."""
     lines = [f'{d}=={version_of(d)}' for d in ('torch', 'torchvision')]
     lines.append(f'{MMCV_DIST}=={version_of(MMCV_DIST) or MMCV_VERSION}')
+    numpy = version_of('numpy')
+    if numpy and int(numpy.split('.')[0]) < 2:
+        # torch before 2.3 is built against numpy 1 and breaks on numpy 2
+        lines.append('numpy<2')
     # the other stack's mmcv is never the answer to "mmcv"
     other = [s['mmcv'] for n, s in STACKS.items() if n != STACK]
     lines += [f'{dist}<0' for dist in other]

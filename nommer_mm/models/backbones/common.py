@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import logging
-import re
 import warnings
 from typing import Callable, Iterable, Sequence
 
@@ -21,6 +19,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...torch_compat import is_compiling
 from ..layers.shapes import same_size
 
 
@@ -290,7 +289,7 @@ def maybe_checkpoint(
     once per step, not twice."""
     if not (enabled and x.requires_grad):
         return block(x, *args)
-    if torch.compiler.is_compiling():
+    if is_compiling():
         # AOTAutograd recomputes inside its backward graph, which writes no
         # buffers; and dynamo takes no context_fn but dispatch modes.
         return cp.checkpoint(block, x, *args, use_reentrant=False)
@@ -344,19 +343,24 @@ def empty_batch_safe(forward: Callable) -> Callable:
 class StagedBackbone(BaseModule):
     """Base of the plugin's backbones: ``train()`` keeps the stages chosen by
     ``frozen_stages`` frozen and, with ``norm_eval``, BatchNorms in eval;
-    ``init_weights()`` with ``init_cfg=Pretrained`` stops when the
-    checkpoint leaves backbone weights out or holds them in another shape
-    (``allow_partial=True`` in that ``init_cfg`` loads what fits on
-    purpose: see :func:`check_pretrained_fits`)."""
+    ``init_weights()`` runs the ``before_pretrained_load`` checks before
+    mmengine applies ``init_cfg``."""
 
     frozen_stages: int = -1
     norm_eval: bool = False
     # the converter (under tools/model_converters/) of its reference weights
     CONVERTER: str | None = None
+    # Called with the backbone in init_weights(), before mmengine loads an
+    # init_cfg=Pretrained file with strict=False. Importing nommer_mm (which
+    # any import of nommer_mm.models does first) installs
+    # nommer_mm.checkpoint_fit.check_pretrained_fits here, which stops on a
+    # file that does not fit; this package itself reads no files.
+    before_pretrained_load: tuple[Callable[[nn.Module], None], ...] = ()
 
     def init_weights(self) -> None:
         if not self._is_init:
-            check_pretrained_fits(self)
+            for check in self.before_pretrained_load:
+                check(self)
         super().init_weights()
 
     def _freeze_stages(self) -> None:
@@ -385,202 +389,6 @@ class StagedBackbone(BaseModule):
         if mode and self.norm_eval:
             batchnorms_eval(self)
         return self
-
-
-# Keys a classification checkpoint lacks by design when the backbone serves
-# a detector or segmentor (the per-output norms, Visformer's stride-4
-# branch), and keys the backbones resize while loading.
-_NEW_IN_DENSE = re.compile(r'^(norm\d|upsample0)\.')
-_RESIZED_ON_LOAD = re.compile(r'(pos_embed\d?|relative_position_bias_table)$')
-# The init_cfg key that lets a Pretrained load leave weights out on purpose.
-ALLOW_PARTIAL = 'allow_partial'
-
-
-def _pretrained_cfg(backbone: nn.Module) -> dict | None:
-    """The ``type='Pretrained'`` entry of ``backbone.init_cfg``, if any."""
-    cfg = backbone.init_cfg
-    if isinstance(cfg, list):
-        cfg = next(
-            (c for c in cfg if isinstance(c, dict) and c.get('type') == 'Pretrained'),
-            None,
-        )
-    if not isinstance(cfg, dict) or cfg.get('type') != 'Pretrained':
-        return None
-    return cfg
-
-
-def unfilled_backbone_weights(backbone: nn.Module, state: dict) -> dict[str, list]:
-    """``missing`` and ``size mismatch`` keys of ``backbone`` that ``state``
-    (backbone keys, no prefix) leaves at their initial values, beyond the
-    dense output norms a classification checkpoint cannot have and the
-    grids resized while loading."""
-    from ...checkpoint_safety import weight_mismatches
-
-    found = weight_mismatches(backbone, {'state_dict': state})
-    return {
-        'missing': [k for k in found['missing'] if not _NEW_IN_DENSE.match(k)],
-        'size mismatch': [
-            s
-            for s in found['size mismatch']
-            if not _RESIZED_ON_LOAD.search(s.split(':')[0])
-        ],
-    }
-
-
-def arch_of_weights(backbone: nn.Module, state: dict) -> str | None:
-    """The zoo arch of ``type(backbone)`` whose weights have exactly the
-    shapes of ``state`` (backbone keys, no prefix), e.g. ``'small'``; None
-    when none fits or it is the backbone's own."""
-    zoo = getattr(type(backbone), 'arch_zoo', None)
-    own = getattr(backbone, 'arch_settings', None)
-    if not isinstance(zoo, dict) or not state:
-        return None
-    names: dict[str, str] = {}  # one name per arch, the longest alias
-    for name, settings in zoo.items():
-        key = repr(sorted(settings.items()))
-        if len(name) > len(names.get(key, '')):
-            names[key] = name
-    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, 'shape')}
-    mine = _checked_shapes(backbone)
-    if sum(shapes.get(k) != v for k, v in mine.items()) < 0.05 * len(mine):
-        return None  # a few keys off: a damaged or edited file, not an arch
-    for name in names.values():
-        if own is not None and all(own.get(k) == v for k, v in zoo[name].items()):
-            continue
-        theirs = _arch_shapes(type(backbone), name)
-        if theirs and all(shapes.get(k) == v for k, v in theirs.items()):
-            return name
-    return None
-
-
-@functools.lru_cache(maxsize=16)
-def _arch_shapes(cls: type, arch: str) -> dict | None:
-    """Weight shapes of ``cls(arch=arch)`` (a CPU build, once per process;
-    the constructors compute on their tensors, so the meta device cannot
-    stand in), as :func:`_checked_shapes` gives them."""
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            candidate = cls(arch=arch)
-    except Exception:  # an arch that needs other arguments: not a match
-        return None
-    return _checked_shapes(candidate)
-
-
-def _checked_shapes(backbone: nn.Module) -> dict[str, tuple]:
-    """Weight shapes of ``backbone``, without the keys
-    :func:`unfilled_backbone_weights` excuses."""
-    return {
-        k: tuple(v.shape)
-        for k, v in backbone.state_dict().items()
-        if not _NEW_IN_DENSE.match(k) and not _RESIZED_ON_LOAD.search(k)
-    }
-
-
-def unfit_weights_hints(
-    backbone: nn.Module, state: dict, prefix_hint: str | None = None
-) -> list[str]:
-    """The likely fixes for ``state`` (backbone keys, no prefix) not fitting
-    ``backbone``: the zoo arch the weights are, and ``prefix_hint`` (a
-    sentence about the keys' prefix) when given."""
-    hints = []
-    if prefix_hint:
-        hints.append(prefix_hint)
-    arch = arch_of_weights(backbone, state)
-    if arch is not None:
-        model = type(backbone).__name__
-        hints.append(
-            f"these weights are {model} arch='{arch}': build the backbone with "
-            f"arch='{arch}', or load the checkpoint of this config's arch"
-        )
-    return hints
-
-
-def check_pretrained_fits(backbone: nn.Module) -> None:
-    """Before ``init_cfg=dict(type='Pretrained', ...)`` (or the deprecated
-    ``pretrained=``) loads a local file: stop when the file cannot be read
-    (one line naming it) or leaves backbone weights at their random
-    initialisation or in another shape (mmengine loads with
-    ``strict=False`` and says so in one easily missed line), with the list
-    and the likely fix.
-
-    ``allow_partial=True`` in the Pretrained ``init_cfg`` loads what fits
-    and only warns about the rest, for deliberate partial loads: e.g.
-    ``init_cfg=dict(type='Pretrained', checkpoint='x.pth',
-    prefix='backbone.', allow_partial=True)``. The key is taken out of the
-    ``init_cfg`` before mmengine reads it."""
-    cfg = _pretrained_cfg(backbone)
-    if cfg is None:
-        return
-    allow_partial = bool(cfg.pop(ALLOW_PARTIAL, False))
-    path, prefix = cfg.get('checkpoint'), cfg.get('prefix')
-    if not isinstance(path, str) or '://' in path:
-        return  # URLs: mmengine's loader reports them
-    from mmengine.logging import print_log
-
-    from ...checkpoint_safety import WeightsDoNotFitError, describe_mismatches
-
-    state, arch_state, prefix_hint = _pretrained_state(backbone, path, prefix)
-    found = unfilled_backbone_weights(backbone, state)
-    if not (found['missing'] or found['size mismatch']):
-        return
-    what = f'{type(backbone).__name__}: init_cfg Pretrained {path}' + (
-        f' (prefix {prefix!r})' if prefix else ''
-    )
-    listing = describe_mismatches(found)
-    if allow_partial:
-        print_log(
-            '!' * 72 + f'\n{what} (allow_partial=True) leaves these weights at '
-            'their random initialisation:\n' + listing + '\n' + '!' * 72,
-            logger='current',
-            level=logging.WARNING,
-        )
-        return
-    hints = unfit_weights_hints(backbone, arch_state, prefix_hint)
-    raise WeightsDoNotFitError(
-        f'{what} does not fit this backbone; training would start from '
-        'random weights for:\n'
-        + listing
-        + ''.join(f'\nLikely fix: {h}.' for h in hints)
-        + f'\nTo load only what fits on purpose, add {ALLOW_PARTIAL}=True to the '
-        'Pretrained init_cfg (with pretrained=, use model.backbone.init_cfg='
-        f"dict(type='Pretrained', checkpoint=..., {ALLOW_PARTIAL}=True) instead)."
-    )
-
-
-def _pretrained_state(
-    backbone: nn.Module, path: str, prefix: str | None
-) -> tuple[dict, dict, str | None]:
-    """The backbone weights of the Pretrained file ``path`` under
-    ``prefix``; the weights to tell the arch from (the ``backbone.`` ones
-    when no prefix was given); and the prefix hint, when the keys carry
-    ``backbone.`` and no prefix was given. A file that cannot be read
-    raises its one-line error (with the converter command when missing)."""
-    from ...checkpoint_safety import MissingCheckpointError, load_checkpoint_file
-
-    try:
-        ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
-    except MissingCheckpointError as err:
-        if backbone.CONVERTER:
-            err.args = (
-                f'{err}; convert the reference ImageNet weights to it with: '
-                f'python tools/model_converters/{backbone.CONVERTER} '
-                f'<reference checkpoint> {path}',
-            )
-        raise
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        return state, state, None
-    if any(k.startswith('backbone.') for k in state):
-        inner = {k[9:]: v for k, v in state.items() if k.startswith('backbone.')}
-        hint = (
-            "its keys start with 'backbone.' (a classifier checkpoint): add "
-            "prefix='backbone.' to the Pretrained init_cfg"
-        )
-        return state, inner, hint
-    return state, state, None
 
 
 def init_linear_and_norms(model: nn.Module) -> None:

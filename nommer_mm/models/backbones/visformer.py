@@ -53,6 +53,7 @@ from .common import (
     resize_pos_embed_on_load,
     stage_drop_paths,
 )
+from ...torch_compat import cpu_autocast_enabled
 from ..layers import ceil_div, pad_to_multiple
 
 
@@ -143,7 +144,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = pad_to_multiple(x, self.patch, channels_last=False)
-        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+        if x.device.type == 'cpu' and cpu_autocast_enabled():
             # oneDNN's bf16 kernel for this strided convolution was seen
             # 120% off fp32 on some CPUs (see tests/models/test_arguments.py); it
             # is a small layer, so it runs in fp32.

@@ -254,7 +254,7 @@ class _Classifier(nn.Module):
     def __init__(self, arch):
         super().__init__()
         C = NomMer.arch_zoo[arch]['embed_dims']
-        self.backbone = NomMer(arch, out_indices=(3,), out_type='cls_token')
+        self.backbone = NomMer(arch=arch, out_indices=(3,), out_type='cls_token')
         self.fc = nn.Linear(8 * C, 1000)
 
     def forward(self, x):
@@ -596,6 +596,38 @@ def test_gcvit_global_query_resized_at_run_time():
     torch.testing.assert_close(query, expected.transpose(1, 2))
 
 
+def test_gcvit_layer_scale_is_the_blocks_gamma():
+    """With layer scale, a block's residual branches are scaled by its own
+    gamma1 / gamma2 (the checkpoint keys, no ls1.* / ls2.* keys), also after
+    a load that replaces the parameters (assign=True); TorchDynamo traces
+    the block in one graph."""
+    import torch._dynamo as dynamo
+    from small_archs import SMALL
+
+    from nommer_mm import GCViT
+
+    arch = dict(SMALL[GCViT]['arch'], layer_scale=0.5)
+    model = GCViT(arch=arch, out_indices=(3,)).eval()
+    keys = list(model.state_dict())
+    assert 'levels.0.blocks.0.gamma1' in keys and 'levels.3.blocks.0.gamma2' in keys
+    assert not any('.ls1.' in k or '.ls2.' in k for k in keys)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        before = model(x)[0]
+        state = {
+            k: v * 4 if '.gamma' in k else v for k, v in model.state_dict().items()
+        }
+        model.load_state_dict(state, assign=True)
+        block = model.levels[0].blocks[0]
+        y = torch.randn(2, 16)
+        assert torch.equal(block.ls1(y), y * block.gamma1)
+        assert not torch.equal(model(x)[0], before)
+    assert isinstance(GCViT(**SMALL[GCViT]).levels[0].blocks[0].ls1, nn.Identity)
+    dynamo.reset()
+    explained = dynamo.explain(model)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
 def test_pretrained_init_cfg_with_prefix(tmp_path):
     src = small_nommer(out_indices=(3,), out_type='cls_token')
     state = {f'backbone.{k}': v for k, v in src.state_dict().items()}
@@ -633,7 +665,7 @@ def test_eval_with_autograd_selects_out_of_place():
 def test_nomination_contexts_name_the_indices():
     """Index k of nomination_maps() is nomination_contexts()[k], in the
     reference order whatever order the config gives."""
-    model = NomMer('tiny', contexts=('window', 'conv')).eval()
+    model = NomMer(arch='tiny', contexts=('window', 'conv')).eval()
     assert model.nomination_contexts() == ('conv', 'window')
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
@@ -650,7 +682,7 @@ def test_nomination_margins_are_the_gaps_behind_each_nomination():
     from nommer_mm.analysis import nomination_margins
 
     torch.manual_seed(0)
-    model = NomMer('tiny').eval()
+    model = NomMer(arch='tiny').eval()
     x = torch.randn(1, 3, 64, 96)
     inputs = {}
     hooks = [

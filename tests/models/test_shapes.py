@@ -38,9 +38,9 @@ def test_window_attention_traced_unpadded_runs_padded_sizes():
 @pytest.mark.parametrize(
     'backbone',
     [
-        lambda: NomMer('tiny', out_indices=(0, 1, 2, 3)),
-        lambda: GCViT('xxtiny', out_indices=(0, 1, 2, 3)),
-        lambda: Visformer('tiny', out_indices=(0, 1, 2, 3)),
+        lambda: NomMer(arch='tiny', out_indices=(0, 1, 2, 3)),
+        lambda: GCViT(arch='xxtiny', out_indices=(0, 1, 2, 3)),
+        lambda: Visformer(arch='tiny', out_indices=(0, 1, 2, 3)),
     ],
     ids=['nommer', 'gcvit', 'visformer'],
 )

@@ -6,7 +6,7 @@
 
 Without ``--backbone-only`` DST is an mmpretrain ImageClassifier checkpoint
 (``backbone.*``, ``head.fc.*``) that loads with ``strict=True`` into
-``ImageClassifier(backbone=NomMer(arch, out_type='cls_token',
+``ImageClassifier(backbone=NomMer(arch=arch, out_type='cls_token',
 out_indices=(3,)), head=LinearClsHead(num_classes, 8C))``. With it, DST holds
 only the backbone, for ``init_cfg=dict(type='Pretrained', checkpoint=DST)``
 in detection and segmentation configs.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import warnings
 from typing import Callable, Iterable, Sequence
 
@@ -58,6 +59,18 @@ def parse_arch(
         if len(settings[key]) != n:
             raise ValueError(f'arch[{key!r}] needs {n} entries, got {settings[key]}')
     return settings
+
+
+def arch_table(keys: Sequence[str], rows: dict[tuple, tuple]) -> dict[str, dict]:
+    """An ``arch_zoo`` written as one row per arch: ``{names: values}``, the
+    values in the order of ``keys``; every name of a row (its aliases) maps
+    to the same settings."""
+    zoo = {}
+    for names, values in rows.items():
+        if len(values) != len(keys):
+            raise ValueError(f'arch {names} has {len(values)} values for {keys}')
+        zoo.update(dict.fromkeys(names, dict(zip(keys, values))))
+    return zoo
 
 
 def _is_int(value) -> bool:
@@ -153,12 +166,21 @@ def pretrained_init_cfg(model: str, pretrained, init_cfg):
 
 
 def check_common(
-    model: str, in_channels, drop_path_rate, frozen_stages, num_stages: int = 4
+    model: str,
+    *,
+    in_channels,
+    drop_path_rate,
+    frozen_stages,
+    norm_cfg=None,
+    num_stages: int = 4,
 ) -> None:
-    """The arguments every backbone here takes."""
+    """The arguments every backbone here takes (``norm_cfg`` where it has
+    one), each checked by name."""
     check_int(model, 'in_channels', in_channels, 1)
     check_drop_path_rate(model, drop_path_rate)
     check_int(model, 'frozen_stages', frozen_stages, -1, num_stages - 1)
+    if norm_cfg is not None:
+        check_norm_cfg(model, norm_cfg)
 
 
 def check_arch_values(
@@ -184,6 +206,29 @@ def parse_out_indices(out_indices: int | Sequence[int], num_stages: int) -> tupl
             f'{out_indices}'
         )
     return tuple(sorted({i % num_stages for i in out_indices}))
+
+
+# Output norm names for forward to look up: TorchDynamo 2.1 breaks its
+# graph on getattr with an f-string, not on a constant.
+NORM_NAMES = ('norm0', 'norm1', 'norm2', 'norm3')
+
+
+def stage_drop_paths(rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Stochastic depth of every block, rising linearly over all blocks from
+    0 to ``rate`` (the deepest block), one list per stage."""
+    rates = torch.linspace(0, rate, sum(depths)).tolist()
+    starts = itertools.accumulate(depths, initial=0)
+    return [rates[start : start + depth] for start, depth in zip(starts, depths)]
+
+
+def register_parts(
+    owner: nn.Module, parts: dict[str, nn.Module | nn.Parameter]
+) -> None:
+    """Set the modules and parameters a builder returned on ``owner`` under
+    their names, in order: the names are state-dict keys (``norm0``,
+    ``pos_embed1``, ``stage1``, ...) and the order is theirs."""
+    for name, part in parts.items():
+        setattr(owner, name, part)
 
 
 def freeze(modules: Iterable[nn.Module]) -> None:

@@ -30,15 +30,42 @@ from ..layers.cot import CoTLayer, SEConv
 from .common import (
     StagedBackbone,
     StageBlocks,
+    arch_table,
     check_arch_values,
     check_common,
     empty_batch_safe,
-    pretrained_init_cfg,
-    check_norm_cfg,
     freeze,
     parse_arch,
     parse_out_indices,
+    pretrained_init_cfg,
+    register_parts,
+    stage_drop_paths,
 )
+
+
+def _shortcut(
+    in_channels: int, out: int, stride: int, avg_down: bool, norm_cfg: dict
+) -> nn.Sequential | None:
+    """The projection shortcut of a bottleneck whose shape changes: average
+    pool then 1x1 conv (``avg_down``, ResNet-D), or a strided 1x1 conv; each
+    with BN. None (identity) when the shape stays."""
+    if stride == 1 and in_channels == out:
+        return None
+    if not avg_down:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, out, 1, stride, bias=False),
+            build_norm_layer(norm_cfg, out)[1],
+        )
+    pool = (
+        nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+        if stride > 1
+        else nn.Identity()
+    )
+    return nn.Sequential(
+        pool,
+        nn.Conv2d(in_channels, out, 1, bias=False),
+        build_norm_layer(norm_cfg, out)[1],
+    )
 
 
 class CoTBottleneck(nn.Module):
@@ -72,26 +99,7 @@ class CoTBottleneck(nn.Module):
             self.conv2 = CoTLayer(width, 3, cardinality, norm_cfg)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = build_norm_layer(norm_cfg, out)[1]
-        self.downsample = None
-        if stride != 1 or in_channels != out:
-            if avg_down:
-                pool = (
-                    nn.AvgPool2d(
-                        stride, stride, ceil_mode=True, count_include_pad=False
-                    )
-                    if stride > 1
-                    else nn.Identity()
-                )
-                self.downsample = nn.Sequential(
-                    pool,
-                    nn.Conv2d(in_channels, out, 1, bias=False),
-                    build_norm_layer(norm_cfg, out)[1],
-                )
-            else:
-                self.downsample = nn.Sequential(
-                    nn.Conv2d(in_channels, out, 1, stride, bias=False),
-                    build_norm_layer(norm_cfg, out)[1],
-                )
+        self.downsample = _shortcut(in_channels, out, stride, avg_down, norm_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +109,11 @@ class CoTBottleneck(nn.Module):
         y = self.bn3(self.conv3(self.conv2(y)))
         shortcut = x if self.downsample is None else self.downsample(x)
         return torch.relu(self.drop_path(y) + shortcut)
+
+
+# The layers by name, for forward to look up: TorchDynamo 2.1 breaks its
+# graph on getattr with an f-string, not on a constant.
+_LAYERS = ('layer1', 'layer2', 'layer3', 'layer4')
 
 
 @MODELS.register_module()
@@ -133,35 +146,6 @@ class CoTNet(StagedBackbone):
     """
 
     CONVERTER = 'peer2mm.py cotnet'
-    arch_zoo = {
-        'cotnet50': {
-            'depths': [3, 4, 6, 3],
-            'cardinality': 1,
-            'base_width': 64,
-            'stem': 'resnet',
-            'stem_width': 64,
-            'avg_down': False,
-            'se_blocks': [[], [], [], []],
-        },
-        'cotnext50': {
-            'depths': [3, 4, 6, 3],
-            'cardinality': 2,
-            'base_width': 48,
-            'stem': 'resnet',
-            'stem_width': 64,
-            'avg_down': False,
-            'se_blocks': [[], [], [], []],
-        },
-        'se-cotnetd50': {
-            'depths': [3, 4, 6, 3],
-            'cardinality': 1,
-            'base_width': 64,
-            'stem': 'deep',
-            'stem_width': 32,
-            'avg_down': True,
-            'se_blocks': [[0, 1, 2], [0, 1, 2, 3], [1, 3, 5], []],
-        },
-    }
     ARCH_KEYS = (
         'depths',
         'cardinality',
@@ -171,9 +155,18 @@ class CoTNet(StagedBackbone):
         'avg_down',
         'se_blocks',
     )
+    # fmt: off
+    arch_zoo = arch_table(ARCH_KEYS, {
+        # names           depths        card. width stem      stem_w avg_down se_blocks
+        ('cotnet50',):     ([3, 4, 6, 3], 1,    64,   'resnet', 64,    False,   [[], [], [], []]),  # noqa: E501
+        ('cotnext50',):    ([3, 4, 6, 3], 2,    48,   'resnet', 64,    False,   [[], [], [], []]),  # noqa: E501
+        ('se-cotnetd50',): ([3, 4, 6, 3], 1,    64,   'deep',   32,    True,    [[0, 1, 2], [0, 1, 2, 3], [1, 3, 5], []]),  # noqa: E501
+    })
+    # fmt: on
 
     def __init__(
         self,
+        *,
         arch: str | dict = 'cotnet50',
         in_channels: int = 3,
         drop_path_rate: float = 0.0,
@@ -187,7 +180,27 @@ class CoTNet(StagedBackbone):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(init_cfg=pretrained_init_cfg('CoTNet', pretrained, init_cfg))
-        s = self.arch_settings = parse_arch(
+        self.arch_settings = self._check_args(
+            arch,
+            in_channels=in_channels,
+            drop_path_rate=drop_path_rate,
+            frozen_stages=frozen_stages,
+            norm_cfg=norm_cfg,
+        )
+        self.dims = [256 * 2**i for i in range(4)]
+        self.out_indices = parse_out_indices(out_indices, 4)
+        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
+
+        self.conv1, self.maxpool, self.bn1 = self._build_stem(in_channels, norm_cfg)
+        register_parts(self, self._build_stages(drop_path_rate, norm_cfg, with_cp))
+        self._init_default_weights(zero_init_residual)
+        self._freeze_stages()
+
+    def _check_args(self, arch: str | dict, **args) -> dict:
+        """Every argument checked at construction by name, each error naming
+        the argument, its value and what is accepted. Returns the arch
+        settings."""
+        s = parse_arch(
             'CoTNet',
             self.arch_zoo,
             self.ARCH_KEYS,
@@ -200,62 +213,67 @@ class CoTNet(StagedBackbone):
             ints=('cardinality', 'base_width', 'stem_width'),
             int_lists=('depths',),
         )
-        check_common('CoTNet', in_channels, drop_path_rate, frozen_stages)
-        check_norm_cfg('CoTNet', norm_cfg)
+        check_common('CoTNet', **args)
         if s['stem'] not in ('resnet', 'deep'):
             raise ValueError(f"stem must be 'resnet' or 'deep', got {s['stem']!r}")
-        self.out_indices = parse_out_indices(out_indices, 4)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.dims = [256 * 2**i for i in range(4)]
+        return s
 
-        stem_out = 64
-        self._build_stem(in_channels, stem_out, norm_cfg)
-        dpr = torch.linspace(0, drop_path_rate, sum(s['depths'])).tolist()
-        in_ch, n = stem_out, 0
-        for i, depth in enumerate(s['depths']):
-            stride = 1 if (i == 0 and s['stem'] == 'resnet') else 2
-            blocks = []
-            for j in range(depth):
-                blocks.append(
-                    CoTBottleneck(
-                        in_ch,
-                        64 * 2**i,
-                        stride if j == 0 else 1,
-                        s['cardinality'],
-                        s['base_width'],
-                        se_conv=j in s['se_blocks'][i],
-                        avg_down=s['avg_down'],
-                        drop_path=dpr[n],
-                        norm_cfg=norm_cfg,
-                    )
-                )
-                in_ch, n = self.dims[i], n + 1
-            self.add_module(f'layer{i + 1}', StageBlocks(*blocks, with_cp=with_cp))
-
-        self._init_default_weights(zero_init_residual)
-        self._freeze_stages()
-
-    def _build_stem(self, in_channels: int, stem_out: int, norm_cfg: dict) -> None:
+    # -------------------------------------------------------------- layout
+    def _build_stem(
+        self, in_channels: int, norm_cfg: dict
+    ) -> tuple[nn.Module, nn.Module | None, nn.Module]:
         """``conv1`` (7x7 ResNet stem with ``maxpool``, or the deep stem of
-        three 3x3 convs) and ``bn1``, to ``stem_out`` channels at stride 2."""
-        s = self.arch_settings
+        three 3x3 convs and no pool) and ``bn1``, to 64 channels at stride
+        2."""
+        s, out = self.arch_settings, 64
         if s['stem'] == 'resnet':
-            self.conv1 = nn.Conv2d(in_channels, stem_out, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            conv1 = nn.Conv2d(in_channels, out, 7, 2, 3, bias=False)
+            maxpool = nn.MaxPool2d(3, 2, 1)
         else:
             w = s['stem_width']
-            self.conv1 = nn.Sequential(
+            conv1 = nn.Sequential(
                 nn.Conv2d(in_channels, w, 3, 2, 1, bias=False),
                 build_norm_layer(norm_cfg, w)[1],
                 nn.ReLU(inplace=True),
                 nn.Conv2d(w, w, 3, 1, 1, bias=False),
                 build_norm_layer(norm_cfg, w)[1],
                 nn.ReLU(inplace=True),
-                nn.Conv2d(w, stem_out, 3, 1, 1, bias=False),
+                nn.Conv2d(w, out, 3, 1, 1, bias=False),
             )
-            self.maxpool = None
-        self.bn1 = build_norm_layer(norm_cfg, stem_out)[1]
+            maxpool = None
+        return conv1, maxpool, build_norm_layer(norm_cfg, out)[1]
+
+    def _build_stages(
+        self, drop_path_rate: float, norm_cfg: dict, with_cp: bool
+    ) -> dict[str, StageBlocks]:
+        """``layer1`` .. ``layer4``: bottlenecks, the first of each layer
+        strided (but layer1 after the ResNet stem's max-pool)."""
+        s = self.arch_settings
+        drop_paths = stage_drop_paths(drop_path_rate, s['depths'])
+        block_cfg = dict(
+            cardinality=s['cardinality'],
+            base_width=s['base_width'],
+            avg_down=s['avg_down'],
+            norm_cfg=norm_cfg,
+        )
+        layers, in_channels = {}, 64
+        for i, name in enumerate(_LAYERS):
+            stride = 1 if (i == 0 and s['stem'] == 'resnet') else 2
+            blocks = []
+            for j, p in enumerate(drop_paths[i]):
+                blocks.append(
+                    CoTBottleneck(
+                        in_channels,
+                        64 * 2**i,
+                        stride if j == 0 else 1,
+                        se_conv=j in s['se_blocks'][i],
+                        drop_path=p,
+                        **block_cfg,
+                    )
+                )
+                in_channels = self.dims[i]
+            layers[name] = StageBlocks(*blocks, with_cp=with_cp)
+        return layers
 
     def _init_default_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
@@ -282,8 +300,7 @@ class CoTNet(StagedBackbone):
         if self.frozen_stages < 0:
             return
         frozen = [self.conv1, self.bn1] + [
-            getattr(self, f'layer{i + 1}')
-            for i in range(min(self.frozen_stages, 3) + 1)
+            getattr(self, name) for name in _LAYERS[: self.frozen_stages + 1]
         ]
         freeze(frozen)
 
@@ -293,8 +310,8 @@ class CoTNet(StagedBackbone):
         if self.maxpool is not None:
             x = self.maxpool(x)
         outs = []
-        for i in range(max(self.out_indices) + 1):
-            x = getattr(self, f'layer{i + 1}')(x)
+        for i, name in enumerate(_LAYERS[: max(self.out_indices) + 1]):
+            x = getattr(self, name)(x)
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)

@@ -31,17 +31,21 @@ from ..layers.attention import GlobalQueryWindowMSA, WindowMSA
 from ..layers.mlp import Mlp
 from ..layers.shapes import same_size
 from .common import (
+    NORM_NAMES,
     StagedBackbone,
+    arch_table,
     check_arch_values,
     check_common,
-    empty_batch_safe,
-    pretrained_init_cfg,
     check_ints,
+    empty_batch_safe,
     freeze,
     init_linear_and_norms,
     maybe_checkpoint,
     parse_arch,
     parse_out_indices,
+    pretrained_init_cfg,
+    register_parts,
+    stage_drop_paths,
 )
 
 
@@ -149,6 +153,28 @@ class GlobalQueryGen(nn.Module):
         return q.transpose(1, 2)
 
 
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch, ``x * gamma``, with ``gamma``
+    the parameter ``name`` of the block that owns this module: GC ViT's
+    blocks hold their layer-scale weights themselves (``gamma1``,
+    ``gamma2``: the NVlabs checkpoint keys), so this module has no state of
+    its own. It reads the block's parameter at every call, so it follows
+    whatever replaced it (``load_state_dict(assign=True)``, FSDP's views).
+    """
+
+    def __init__(self, owner: nn.Module, name: str) -> None:
+        super().__init__()
+        self.name = name
+        # a plain reference, not a child module: the owner contains this one
+        self.__dict__['owner'] = owner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * getattr(self.owner, self.name)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
 class GCViTBlock(nn.Module):
     """Pre-norm block with window attention (local, or with the level's
     global query) and an MLP, each with optional layer scale.
@@ -174,55 +200,50 @@ class GCViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.gamma1 = self.gamma2 = None
+        self.ls1, self.ls2 = nn.Identity(), nn.Identity()
         if layer_scale is not None:
             self.gamma1 = nn.Parameter(torch.full((embed_dims,), layer_scale))
             self.gamma2 = nn.Parameter(torch.full((embed_dims,), layer_scale))
-        else:
-            self.gamma1 = self.gamma2 = None
+            self.ls1, self.ls2 = LayerScale(self, 'gamma1'), LayerScale(self, 'gamma2')
 
-    def _scale(self, x: torch.Tensor, gamma: torch.Tensor | None):
-        return x if gamma is None else x * gamma
-
-    def forward(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        y = self.attn(self.norm1(x), query if self.global_query else None)
-        x = x + self.drop_path(self._scale(y, self.gamma1))
-        y = self.mlp(self.norm2(x))
-        return x + self.drop_path(self._scale(y, self.gamma2))
+    def forward(self, x: torch.Tensor, query: torch.Tensor | None) -> torch.Tensor:
+        query = query if self.global_query else None
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), query)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 class GCViTLevel(nn.Module):
     """Blocks of one resolution, their global-query generator and the
-    ReduceSize into the next level (keys ``levels.i.*``)."""
+    ReduceSize into the next level (keys ``levels.i.*``).
+
+    Args:
+        embed_dims (int): Channels of the level.
+        drop_paths (Sequence[float]): Stochastic depth of each block; one
+            block each.
+        block_cfg (dict): ``num_heads``, ``window_size``, ``mlp_ratio`` and
+            ``layer_scale`` of :class:`GCViTBlock`.
+        num_pools (int): Max-pool halvings of the global-query generator.
+        downsample (bool): End with a ReduceSize to 2x the channels.
+        with_cp (bool): Activation checkpointing per block.
+    """
 
     def __init__(
         self,
         embed_dims: int,
-        depth: int,
-        num_heads: int,
-        window_size: int,
-        mlp_ratio: float,
-        num_pools: int,
         drop_paths: Sequence[float],
-        layer_scale: float | None,
+        block_cfg: dict,
+        num_pools: int,
         downsample: bool,
         with_cp: bool,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            GCViTBlock(
-                embed_dims,
-                num_heads,
-                window_size,
-                mlp_ratio,
-                global_query=j % 2 == 1,
-                drop_path=drop_paths[j],
-                layer_scale=layer_scale,
-            )
-            for j in range(depth)
+            GCViTBlock(embed_dims, global_query=j % 2 == 1, drop_path=p, **block_cfg)
+            for j, p in enumerate(drop_paths)
         )
-        self.q_global_gen = GlobalQueryGen(
-            embed_dims, num_heads, window_size, num_pools
-        )
+        heads, window = block_cfg['num_heads'], block_cfg['window_size']
+        self.q_global_gen = GlobalQueryGen(embed_dims, heads, window, num_pools)
         self.downsample = ReduceSize(embed_dims) if downsample else None
         self.with_cp = with_cp
 
@@ -267,62 +288,21 @@ class GCViT(StagedBackbone):
     """
 
     CONVERTER = 'peer2mm.py gcvit'
-    arch_zoo = {
-        **dict.fromkeys(
-            ['xxt', 'xxtiny'],
-            {
-                'embed_dims': 64,
-                'depths': [2, 2, 6, 2],
-                'num_heads': [2, 4, 8, 16],
-                'mlp_ratio': 3,
-                'layer_scale': None,
-            },
-        ),
-        **dict.fromkeys(
-            ['xt', 'xtiny'],
-            {
-                'embed_dims': 64,
-                'depths': [3, 4, 6, 5],
-                'num_heads': [2, 4, 8, 16],
-                'mlp_ratio': 3,
-                'layer_scale': None,
-            },
-        ),
-        **dict.fromkeys(
-            ['t', 'tiny'],
-            {
-                'embed_dims': 64,
-                'depths': [3, 4, 19, 5],
-                'num_heads': [2, 4, 8, 16],
-                'mlp_ratio': 3,
-                'layer_scale': None,
-            },
-        ),
-        **dict.fromkeys(
-            ['s', 'small'],
-            {
-                'embed_dims': 96,
-                'depths': [3, 4, 19, 5],
-                'num_heads': [3, 6, 12, 24],
-                'mlp_ratio': 2,
-                'layer_scale': 1e-5,
-            },
-        ),
-        **dict.fromkeys(
-            ['b', 'base'],
-            {
-                'embed_dims': 128,
-                'depths': [3, 4, 19, 5],
-                'num_heads': [4, 8, 16, 32],
-                'mlp_ratio': 2,
-                'layer_scale': 1e-5,
-            },
-        ),
-    }
     ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'mlp_ratio', 'layer_scale')
+    # fmt: off
+    arch_zoo = arch_table(ARCH_KEYS, {
+        # names              embed_dims  depths          num_heads        mlp  scale
+        ('xxt', 'xxtiny'):   (64,        [2, 2,  6, 2],  [2, 4,  8, 16],  3,   None),
+        ('xt', 'xtiny'):     (64,        [3, 4,  6, 5],  [2, 4,  8, 16],  3,   None),
+        ('t', 'tiny'):       (64,        [3, 4, 19, 5],  [2, 4,  8, 16],  3,   None),
+        ('s', 'small'):      (96,        [3, 4, 19, 5],  [3, 6, 12, 24],  2,   1e-5),
+        ('b', 'base'):       (128,       [3, 4, 19, 5],  [4, 8, 16, 32],  2,   1e-5),
+    })
+    # fmt: on
 
     def __init__(
         self,
+        *,
         arch: str | dict = 'tiny',
         in_channels: int = 3,
         window_size: Sequence[int] = (7, 7, 14, 7),
@@ -335,51 +315,87 @@ class GCViT(StagedBackbone):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(init_cfg=pretrained_init_cfg('GCViT', pretrained, init_cfg))
-        self.arch_settings = parse_arch(
+        self.arch_settings, window_size, global_query_pools = self._check_args(
+            arch,
+            in_channels=in_channels,
+            window_size=window_size,
+            global_query_pools=global_query_pools,
+            drop_path_rate=drop_path_rate,
+            frozen_stages=frozen_stages,
+        )
+        C = self.arch_settings['embed_dims']
+        self.dims = [C * 2**i for i in range(4)]
+        self.out_indices = parse_out_indices(out_indices, 4)
+        self.frozen_stages = frozen_stages
+
+        self.patch_embed = PatchEmbed(in_channels, C)
+        self.levels = self._build_stages(
+            window_size, global_query_pools, drop_path_rate, with_cp
+        )
+        register_parts(self, self._build_out_norms())
+        self._init_default_weights()
+        self._freeze_stages()
+
+    def _check_args(self, arch: str | dict, **args) -> tuple[dict, tuple, tuple]:
+        """Every argument checked at construction by name, each error naming
+        the argument, its value and what is accepted. Returns the arch
+        settings, ``window_size`` and ``global_query_pools`` as tuples."""
+        settings = parse_arch(
             'GCViT',
             self.arch_zoo,
             self.ARCH_KEYS,
             arch,
             lengths=dict(depths=4, num_heads=4),
         )
-        s = self.arch_settings
         check_arch_values(
-            'GCViT', s, ints=('embed_dims',), int_lists=('depths', 'num_heads')
+            'GCViT', settings, ints=('embed_dims',), int_lists=('depths', 'num_heads')
         )
-        check_common('GCViT', in_channels, drop_path_rate, frozen_stages)
-        window_size = check_ints('GCViT', 'window_size', window_size, 4, 1)
-        global_query_pools = check_ints(
-            'GCViT', 'global_query_pools', global_query_pools, 4, 0
+        check_common(
+            'GCViT',
+            in_channels=args['in_channels'],
+            drop_path_rate=args['drop_path_rate'],
+            frozen_stages=args['frozen_stages'],
         )
-        C, depths = s['embed_dims'], s['depths']
-        self.dims = [C * 2**i for i in range(4)]
-        self.out_indices = parse_out_indices(out_indices, 4)
-        self.frozen_stages = frozen_stages
+        window_size = check_ints('GCViT', 'window_size', args['window_size'], 4, 1)
+        pools = args['global_query_pools']
+        pools = check_ints('GCViT', 'global_query_pools', pools, 4, 0)
+        return settings, window_size, pools
 
-        self.patch_embed = PatchEmbed(in_channels, C)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.levels = nn.ModuleList()
+    def _build_stages(
+        self,
+        window_size: tuple,
+        global_query_pools: tuple,
+        drop_path_rate: float,
+        with_cp: bool,
+    ) -> nn.ModuleList:
+        """The four levels, each ending with the ReduceSize into the next
+        (but the last)."""
+        s = self.arch_settings
+        drop_paths = stage_drop_paths(drop_path_rate, s['depths'])
+        levels = nn.ModuleList()
         for i in range(4):
-            start = sum(depths[:i])
-            self.levels.append(
+            block_cfg = dict(
+                num_heads=s['num_heads'][i],
+                window_size=window_size[i],
+                mlp_ratio=s['mlp_ratio'],
+                layer_scale=s['layer_scale'],
+            )
+            levels.append(
                 GCViTLevel(
                     self.dims[i],
-                    depths[i],
-                    s['num_heads'][i],
-                    window_size[i],
-                    s['mlp_ratio'],
-                    global_query_pools[i],
-                    dpr[start : start + depths[i]],
-                    s['layer_scale'],
+                    drop_paths[i],
+                    block_cfg,
+                    num_pools=global_query_pools[i],
                     downsample=i < 3,
                     with_cp=with_cp,
                 )
             )
-        for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i]))
+        return levels
 
-        self._init_default_weights()
-        self._freeze_stages()
+    def _build_out_norms(self) -> dict[str, nn.Module]:
+        """``norm{i}`` of every output (``norm3``: the reference's final
+        norm)."""
+        return {NORM_NAMES[i]: nn.LayerNorm(self.dims[i]) for i in self.out_indices}
 
     def _init_default_weights(self) -> None:
         # The reference: ViT-style Linear and LayerNorm init, convs at
@@ -420,7 +436,7 @@ class GCViT(StagedBackbone):
         for i, level in enumerate(self.levels):
             x = level(x)
             if i in self.out_indices:
-                y = getattr(self, f'norm{i}')(x)
+                y = getattr(self, NORM_NAMES[i])(x)
                 outs.append(y.permute(0, 3, 1, 2).contiguous())
             if i == max(self.out_indices):
                 break

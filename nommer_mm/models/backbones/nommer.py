@@ -21,7 +21,6 @@ last.
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from typing import Iterator, Sequence
 
@@ -35,24 +34,28 @@ from mmengine.registry import MODELS
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from ..layers.mlp import Mlp
-from ..layers.shapes import needs_padding
+from ..layers.shapes import pad_to_multiple
 from .common import (
+    NORM_NAMES,
     StagedBackbone,
     StageBlocks,
+    arch_table,
     check_arch_values,
     check_common,
-    empty_batch_safe,
-    pretrained_init_cfg,
     check_int,
     check_ints,
     check_norm_cfg,
     check_size,
+    empty_batch_safe,
     freeze,
     init_linear_and_norms,
     interpolate_pos_embed,
     parse_arch,
     parse_out_indices,
+    pretrained_init_cfg,
+    register_parts,
     resize_pos_embed_on_load,
+    stage_drop_paths,
 )
 
 
@@ -77,6 +80,15 @@ class SNomMerBlock(_PreNormBlock):
     """Synergistic block of stages 0-1: the mixer nominates, per position,
     one of the conv / window / compressed-global contexts.
 
+    Args:
+        embed_dims (int): Channels ``C``.
+        num_heads (int): Heads of the mixer's attention.
+        mlp_hidden (int): Hidden width of the MLP.
+        drop_path (float): Stochastic depth of the block.
+        mixer_cfg (dict): Keyword arguments of :class:`NomMerMixer` beyond
+            the channels and heads (``window_size``, ``dct_block``,
+            ``reduction``, ``contexts``, ...); its defaults where left out.
+
     Shapes: (B, H, W, C) -> (B, H, W, C)
     """
 
@@ -86,26 +98,10 @@ class SNomMerBlock(_PreNormBlock):
         num_heads: int,
         mlp_hidden: int,
         drop_path: float = 0.0,
-        window_size: int = 7,
-        dct_block: int = 8,
-        reduction: int = 4,
-        contexts: tuple = CONTEXT_NAMES,
-        global_type: str = 'dct',
-        fusion: str = 'nominator',
-        norm_cfg: dict = dict(type='BN'),
+        mixer_cfg: dict | None = None,
     ) -> None:
         super().__init__(embed_dims, mlp_hidden, drop_path)
-        self.mixer = NomMerMixer(
-            embed_dims,
-            num_heads,
-            window_size=window_size,
-            dct_block=dct_block,
-            reduction=reduction,
-            contexts=contexts,
-            global_type=global_type,
-            fusion=fusion,
-            norm_cfg=norm_cfg,
-        )
+        self.mixer = NomMerMixer(embed_dims, num_heads, **(mixer_cfg or {}))
 
     @property
     def token_mixer(self) -> nn.Module:
@@ -139,9 +135,7 @@ class ConvStem(nn.Module):
         self.norm = build_norm_layer(norm_cfg, embed_dims)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        if needs_padding(H % 4, W % 4):
-            x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
+        x, _ = pad_to_multiple(x, 4, channels_last=False)
         return F.relu(self.norm(self.conv(x)), inplace=True).permute(0, 2, 3, 1)
 
 
@@ -226,40 +220,20 @@ class NomMer(StagedBackbone):
     """
 
     CONVERTER = 'nommer2mm.py'
-    arch_zoo = {
-        **dict.fromkeys(
-            ['t', 'tiny'],
-            {
-                'embed_dims': 96,
-                'depths': [2, 2, 8, 2],
-                'num_heads': [2, 2, 4, 8],
-                'bottleneck_ratios': [2, 2],
-            },
-        ),
-        **dict.fromkeys(
-            ['s', 'small'],
-            {
-                'embed_dims': 96,
-                'depths': [6, 6, 16, 4],
-                'num_heads': [2, 2, 4, 8],
-                'bottleneck_ratios': [4, 4],
-            },
-        ),
-        **dict.fromkeys(
-            ['b', 'base'],
-            {
-                'embed_dims': 128,
-                'depths': [6, 6, 16, 4],
-                'num_heads': [2, 2, 4, 8],
-                'bottleneck_ratios': [4, 4],
-            },
-        ),
-    }
     ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'bottleneck_ratios')
+    # fmt: off
+    arch_zoo = arch_table(ARCH_KEYS, {
+        # names          embed_dims  depths          num_heads      bottleneck_ratios
+        ('t', 'tiny'):   (96,        [2, 2,  8, 2],  [2, 2, 4, 8],  [2, 2]),
+        ('s', 'small'):  (96,        [6, 6, 16, 4],  [2, 2, 4, 8],  [4, 4]),
+        ('b', 'base'):   (128,       [6, 6, 16, 4],  [2, 2, 4, 8],  [4, 4]),
+    })
+    # fmt: on
     OUT_TYPES = ('featmap', 'cls_token', 'avg_featmap')
 
     def __init__(
         self,
+        *,
         arch: str | dict = 'tiny',
         in_channels: int = 3,
         img_size: int | Sequence[int] = 224,
@@ -279,57 +253,39 @@ class NomMer(StagedBackbone):
         pretrained: str | None = None,
     ) -> None:
         super().__init__(init_cfg=pretrained_init_cfg('NomMer', pretrained, init_cfg))
-        checked = self._check_args(
+        self.arch_settings, dct_blocks, img_size = self._check_args(
             arch,
-            in_channels,
-            img_size,
-            window_size,
-            dct_blocks,
-            drop_path_rate,
-            frozen_stages,
-            out_type,
-            norm_cfg,
+            in_channels=in_channels,
+            img_size=img_size,
+            window_size=window_size,
+            dct_blocks=dct_blocks,
+            drop_path_rate=drop_path_rate,
+            frozen_stages=frozen_stages,
+            out_type=out_type,
+            norm_cfg=norm_cfg,
         )
-        self.arch_settings, dct_blocks, img_size = checked
-        C = self.arch_settings['embed_dims']
+        C = self.embed_dims = self.arch_settings['embed_dims']
+        self.dims = [C, 2 * C, 4 * C, 8 * C]
         # One S-NomMer stage per bottleneck ratio (the paper: two), the rest
         # G-NomMer; the position embedding enters the first G stage.
         self.num_local_stages = len(self.arch_settings['bottleneck_ratios'])
-        self.embed_dims = C
-        self.dims = [C, 2 * C, 4 * C, 8 * C]
         self.out_indices = parse_out_indices(out_indices, 4)
-        self.out_type = out_type
-        self.frozen_stages = frozen_stages
+        self.out_type, self.frozen_stages = out_type, frozen_stages
         self.norm_eval = norm_eval
-        pos_stride = 4 * 2**self.num_local_stages
-        self.pos_grid = (img_size[0] // pos_stride, img_size[1] // pos_stride)
 
         self.stem = ConvStem(in_channels, C, norm_cfg)
-        self.stages = self._build_stages(
-            with_cp,
-            drop_path_rate,
+        mixer_cfg = dict(
             window_size=window_size,
-            dct_blocks=dct_blocks,
             contexts=tuple(contexts),
             global_type=global_type,
             fusion=fusion,
             norm_cfg=norm_cfg,
         )
-        self.merges = nn.ModuleList(
-            TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3)
+        self.stages, self.merges = self._build_stages(
+            mixer_cfg, dct_blocks, drop_path_rate, with_cp
         )
-
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, *self.pos_grid, self.dims[self.num_local_stages])
-        )
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dims[3]))
-
-        for i in self.out_indices:
-            if i < 3 or out_type == 'featmap':
-                self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i]))
-        if out_type != 'featmap':
-            self.final_norm = nn.LayerNorm(self.dims[3])
-
+        self.pos_embed, self.cls_token = self._build_embeddings(img_size)
+        register_parts(self, self._build_out_norms())
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
         self._init_default_weights()
         self._freeze_stages()
@@ -353,32 +309,27 @@ class NomMer(StagedBackbone):
             )
         return settings
 
-    @classmethod
-    def _check_args(
-        cls,
-        arch: str | dict,
-        in_channels: int,
-        img_size: int | Sequence[int],
-        window_size: int,
-        dct_blocks: Sequence[int],
-        drop_path_rate: float,
-        frozen_stages: int,
-        out_type: str,
-        norm_cfg: dict,
-    ) -> tuple[dict, tuple, tuple]:
-        """Every argument checked at construction, each error naming the
-        argument, its value and what is accepted. Returns the arch settings,
-        ``dct_blocks`` and ``img_size`` as tuples."""
-        settings = cls.parse_arch(arch)
+    def _check_args(self, arch: str | dict, **args) -> tuple[dict, tuple, tuple]:
+        """Every argument checked at construction by name, each error naming
+        the argument, its value and what is accepted (the mixer's options:
+        :class:`NomMerMixer`). Returns the arch settings, ``dct_blocks`` and
+        ``img_size`` as tuples."""
+        settings = self.parse_arch(arch)
         check_arch_values(
             'NomMer',
             settings,
             ints=('embed_dims',),
             int_lists=('depths', 'num_heads', 'bottleneck_ratios'),
         )
-        check_common('NomMer', in_channels, drop_path_rate, frozen_stages)
-        check_int('NomMer', 'window_size', window_size, 1)
+        check_common(
+            'NomMer',
+            in_channels=args['in_channels'],
+            drop_path_rate=args['drop_path_rate'],
+            frozen_stages=args['frozen_stages'],
+        )
+        check_int('NomMer', 'window_size', args['window_size'], 1)
         num_local = len(settings['bottleneck_ratios'])
+        dct_blocks = args['dct_blocks']
         if not isinstance(dct_blocks, (list, tuple)) or len(dct_blocks) != num_local:
             raise ValueError(
                 f'NomMer: dct_blocks={dct_blocks!r}; expected one DCT block '
@@ -386,52 +337,68 @@ class NomMer(StagedBackbone):
                 f'bottleneck_ratios={settings["bottleneck_ratios"]} says'
             )
         dct_blocks = check_ints('NomMer', 'dct_blocks', dct_blocks, num_local, 1)
-        img_size = check_size('NomMer', 'img_size', img_size)
+        img_size = check_size('NomMer', 'img_size', args['img_size'])
         pos_stride = 4 * 2**num_local
         if min(img_size) < pos_stride:
             raise ValueError(
                 f'NomMer: img_size={img_size}; the position embedding is laid '
                 f'out at stride {pos_stride}, so each side must be >= {pos_stride}'
             )
-        check_norm_cfg('NomMer', norm_cfg)
-        if out_type not in cls.OUT_TYPES:
+        check_norm_cfg('NomMer', args['norm_cfg'])
+        if args['out_type'] not in self.OUT_TYPES:
             raise ValueError(
-                f'NomMer: out_type={out_type!r}; expected one of {cls.OUT_TYPES}'
+                f'NomMer: out_type={args["out_type"]!r}; expected one of '
+                f'{self.OUT_TYPES}'
             )
         return settings, dct_blocks, img_size
 
+    # -------------------------------------------------------------- layout
     def _build_stages(
-        self,
-        with_cp: bool,
-        drop_path_rate: float,
-        dct_blocks: tuple,
-        **s_block_args,
-    ) -> nn.ModuleList:
-        """S-NomMer stages, then G-NomMer stages, drop path rising linearly
-        over all blocks from 0."""
-        depths = self.arch_settings['depths']
-        heads = self.arch_settings['num_heads']
-        ratios = self.arch_settings['bottleneck_ratios']
-        drop_paths = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
+        self, mixer_cfg: dict, dct_blocks: tuple, drop_path_rate: float, with_cp: bool
+    ) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """S-NomMer stages (``mixer_cfg`` with the stage's DCT block and
+        bottleneck ratio), then G-NomMer stages; and the merges between
+        them."""
+        s = self.arch_settings
+        drop_paths = stage_drop_paths(drop_path_rate, s['depths'])
         stages = nn.ModuleList()
-        for i in range(4):
-            if i < self.num_local_stages:
-                make_block = functools.partial(
-                    SNomMerBlock,
-                    dct_block=dct_blocks[i],
-                    reduction=ratios[i],
-                    **s_block_args,
-                )
-            else:
-                make_block = GNomMerBlock
+        for i, (dims, heads) in enumerate(zip(self.dims, s['num_heads'])):
             # The MLP is 2x wide, 1x in the last stage (the reference's).
-            hidden = self.dims[i] if i == 3 else 2 * self.dims[i]
-            blocks = [
-                make_block(self.dims[i], heads[i], hidden, drop_path=next(drop_paths))
-                for _ in range(depths[i])
-            ]
+            hidden = dims if i == 3 else 2 * dims
+            if i < self.num_local_stages:
+                ratio = s['bottleneck_ratios'][i]
+                cfg = dict(mixer_cfg, dct_block=dct_blocks[i], reduction=ratio)
+                blocks = [
+                    SNomMerBlock(dims, heads, hidden, p, cfg) for p in drop_paths[i]
+                ]
+            else:
+                blocks = [GNomMerBlock(dims, heads, hidden, p) for p in drop_paths[i]]
             stages.append(NomMerStage(blocks, with_cp))
-        return stages
+        merges = nn.ModuleList(
+            TokenMerge(self.dims[i], self.dims[i + 1]) for i in range(3)
+        )
+        return stages, merges
+
+    def _build_embeddings(self, img_size: tuple) -> tuple[nn.Parameter, nn.Parameter]:
+        """The position embedding, laid out for ``img_size`` at the first G
+        stage's stride, and the class token of the last stage."""
+        pos_stride = 4 * 2**self.num_local_stages
+        self.pos_grid = (img_size[0] // pos_stride, img_size[1] // pos_stride)
+        pos_embed = torch.zeros(1, *self.pos_grid, self.dims[self.num_local_stages])
+        cls_token = torch.zeros(1, 1, self.dims[3])
+        return nn.Parameter(pos_embed), nn.Parameter(cls_token)
+
+    def _build_out_norms(self) -> dict[str, nn.Module]:
+        """``norm{i}`` of every feature-map output; ``final_norm`` of the
+        class token or the pooled tokens."""
+        norms = {
+            NORM_NAMES[i]: nn.LayerNorm(self.dims[i])
+            for i in self.out_indices
+            if i < 3 or self.out_type == 'featmap'
+        }
+        if self.out_type != 'featmap':
+            norms['final_norm'] = nn.LayerNorm(self.dims[3])
+        return norms
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:
@@ -489,7 +456,7 @@ class NomMer(StagedBackbone):
     # ------------------------------------------------------------- forward
     def _normed_map(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> normed (B, C, H, W)."""
-        return getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous()
+        return getattr(self, NORM_NAMES[i])(x).permute(0, 3, 1, 2).contiguous()
 
     @empty_batch_safe
     def forward(self, x: torch.Tensor) -> tuple:

@@ -34,23 +34,27 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .common import (
+    NORM_NAMES,
     StagedBackbone,
     StageBlocks,
+    arch_table,
     check_arch_values,
     check_common,
-    empty_batch_safe,
-    pretrained_init_cfg,
     check_int,
     check_norm_cfg,
     check_size,
+    empty_batch_safe,
     freeze,
     interpolate_pos_embed,
     parse_arch,
     parse_out_indices,
+    pretrained_init_cfg,
+    register_parts,
     resize_pos_embed_on_load,
+    stage_drop_paths,
 )
 from ...torch_compat import cpu_autocast_enabled
-from ..layers import ceil_div, needs_padding
+from ..layers import ceil_div, pad_to_multiple
 
 
 class ConvMlp(nn.Module):
@@ -139,10 +143,7 @@ class PatchEmbed(nn.Module):
         self.norm = build_norm_layer(norm_cfg, out_channels)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        p = self.patch
-        if needs_padding(H % p, W % p):
-            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
+        x, _ = pad_to_multiple(x, self.patch, channels_last=False)
         if x.device.type == 'cpu' and cpu_autocast_enabled():
             # oneDNN's bf16 kernel for this strided convolution was seen
             # 120% off fp32 on some CPUs (see tests/models/test_arguments.py); it
@@ -150,6 +151,14 @@ class PatchEmbed(nn.Module):
             with torch.autocast('cpu', enabled=False):
                 return self.norm(self.proj(x.float()))
         return self.norm(self.proj(x))
+
+
+# The parts of stages 1-3 (patch embedding, position embedding, blocks,
+# output norm) by name, for forward to look up: TorchDynamo 2.1 breaks its
+# graph on getattr with an f-string, not on a constant.
+_STAGES = tuple(
+    (f'patch_embed{i}', f'pos_embed{i}', f'stage{i}', NORM_NAMES[i]) for i in (1, 2, 3)
+)
 
 
 @MODELS.register_module()
@@ -187,30 +196,18 @@ class Visformer(StagedBackbone):
     """
 
     CONVERTER = 'peer2mm.py visformer'
-    arch_zoo = {
-        **dict.fromkeys(
-            ['t', 'tiny'],
-            {
-                'stem_channels': 16,
-                'embed_dims': 192,
-                'depths': [7, 4, 4],
-                'num_heads': 3,
-            },
-        ),
-        **dict.fromkeys(
-            ['s', 'small'],
-            {
-                'stem_channels': 32,
-                'embed_dims': 384,
-                'depths': [7, 4, 4],
-                'num_heads': 6,
-            },
-        ),
-    }
     ARCH_KEYS = ('stem_channels', 'embed_dims', 'depths', 'num_heads')
+    # fmt: off
+    arch_zoo = arch_table(ARCH_KEYS, {
+        # names          stem_channels  embed_dims  depths     num_heads
+        ('t', 'tiny'):   (16,           192,        [7, 4, 4], 3),
+        ('s', 'small'):  (32,           384,        [7, 4, 4], 6),
+    })
+    # fmt: on
 
     def __init__(
         self,
+        *,
         arch: str | dict = 'small',
         in_channels: int = 3,
         img_size: int | Sequence[int] = 224,
@@ -228,45 +225,79 @@ class Visformer(StagedBackbone):
         super().__init__(
             init_cfg=pretrained_init_cfg('Visformer', pretrained, init_cfg)
         )
-        s = self.arch_settings = self._check_args(
+        self.arch_settings, img_size = self._check_args(
             arch,
-            in_channels,
-            img_size,
-            mlp_ratio,
-            spatial_groups,
-            drop_path_rate,
-            frozen_stages,
-            norm_cfg,
+            in_channels=in_channels,
+            img_size=img_size,
+            mlp_ratio=mlp_ratio,
+            spatial_groups=spatial_groups,
+            drop_path_rate=drop_path_rate,
+            frozen_stages=frozen_stages,
+            norm_cfg=norm_cfg,
         )
-        img_size = check_size('Visformer', 'img_size', img_size)
-        C = s['embed_dims']
-        stage_dims = [C // 2, C, 2 * C]
-        self.dims = [C // 2] + stage_dims
+        C = self.arch_settings['embed_dims']
+        self.dims = [C // 2, C // 2, C, 2 * C]  # stage 1 also gives output 0
         self.out_indices = parse_out_indices(out_indices, 4)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
+        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
 
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, s['stem_channels'], 7, 2, 3, bias=False),
-            build_norm_layer(norm_cfg, s['stem_channels'])[1],
-            nn.ReLU(inplace=True),
-        )
-        self._build_stages(
+        self.stem = self._build_stem(in_channels, norm_cfg)
+        stages = self._build_stages(
             img_size, mlp_ratio, spatial_groups, drop_path_rate, norm_cfg, with_cp
         )
-        for i in self.out_indices:
-            if i == 0:
-                self.upsample0 = nn.Sequential(
-                    nn.ConvTranspose2d(C // 2, C // 2, 2, stride=2),
-                    build_norm_layer(norm_cfg, C // 2)[1],
-                    nn.GELU(),
-                )
-            else:
-                self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.dims[i])[1])
-
+        register_parts(self, stages)  # patch_embed{i}, pos_embed{i}, stage{i}
+        register_parts(self, self._build_out_norms(norm_cfg))
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
         self._init_default_weights()
         self._freeze_stages()
+
+    def _check_args(self, arch: str | dict, **args) -> tuple[dict, tuple]:
+        """Every argument checked at construction by name, each error naming
+        the argument, its value and what is accepted. Returns the arch
+        settings and ``img_size`` as an (H, W) tuple."""
+        s = parse_arch(
+            'Visformer', self.arch_zoo, self.ARCH_KEYS, arch, lengths=dict(depths=3)
+        )
+        check_arch_values(
+            'Visformer',
+            s,
+            ints=('stem_channels', 'embed_dims', 'num_heads'),
+            int_lists=('depths',),
+        )
+        check_common(
+            'Visformer',
+            in_channels=args['in_channels'],
+            drop_path_rate=args['drop_path_rate'],
+            frozen_stages=args['frozen_stages'],
+        )
+        img_size = check_size('Visformer', 'img_size', args['img_size'])
+        if min(img_size) < 32:
+            raise ValueError(
+                f'Visformer: img_size={img_size}; the position '
+                'embeddings go down to stride 32, so each side '
+                'must be >= 32'
+            )
+        check_int('Visformer', 'spatial_groups', args['spatial_groups'], 1)
+        mlp_ratio = args['mlp_ratio']
+        if (
+            isinstance(mlp_ratio, bool)
+            or not isinstance(mlp_ratio, (int, float))
+            or mlp_ratio <= 0
+        ):
+            raise ValueError(
+                f'Visformer: mlp_ratio={mlp_ratio!r}; expected a positive number'
+            )
+        check_norm_cfg('Visformer', args['norm_cfg'])
+        return s, img_size
+
+    # -------------------------------------------------------------- layout
+    def _build_stem(self, in_channels: int, norm_cfg: dict) -> nn.Sequential:
+        """conv 7x7 stride 2 -> BN -> ReLU."""
+        channels = self.arch_settings['stem_channels']
+        return nn.Sequential(
+            nn.Conv2d(in_channels, channels, 7, 2, 3, bias=False),
+            build_norm_layer(norm_cfg, channels)[1],
+            nn.ReLU(inplace=True),
+        )
 
     def _build_stages(
         self,
@@ -276,92 +307,47 @@ class Visformer(StagedBackbone):
         drop_path_rate: float,
         norm_cfg: dict,
         with_cp: bool,
-    ) -> None:
-        """``patch_embed{i}``, ``pos_embed{i}`` and ``stage{i}`` for i = 1..3;
-        stage 1 is convolutional, stages 2-3 attend."""
+    ) -> dict[str, nn.Module | nn.Parameter]:
+        """``patch_embed{i}``, ``pos_embed{i}`` and ``stage{i}`` for i = 1..3,
+        in this order; stage 1 is convolutional, stages 2-3 attend."""
         s = self.arch_settings
-        depths, heads = s['depths'], s['num_heads']
-        stage_dims = self.dims[1:]
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        in_dims = [s['stem_channels']] + stage_dims[:2]
-        for i in range(3):
-            stride = 8 * 2**i
-            self.add_module(
-                f'patch_embed{i + 1}',
-                PatchEmbed(in_dims[i], stage_dims[i], 4 if i == 0 else 2, norm_cfg),
+        drop_paths = stage_drop_paths(drop_path_rate, s['depths'])
+        in_dims = [s['stem_channels']] + self.dims[1:3]
+        parts = {}
+        for i, (embed, pos, stage, _) in enumerate(_STAGES):
+            dims, stride, conv_stage = self.dims[i + 1], 8 * 2**i, i == 0
+            patch = 4 if conv_stage else 2
+            parts[embed] = PatchEmbed(in_dims[i], dims, patch, norm_cfg)
+            grid = (img_size[0] // stride, img_size[1] // stride)
+            parts[pos] = nn.Parameter(torch.zeros(1, dims, *grid))
+            # stage 1 is attention-free, with a grouped 3x3 in its MLP
+            block_cfg = dict(
+                num_heads=s['num_heads'],
+                mlp_hidden=2 * dims if conv_stage else int(dims * mlp_ratio),
+                attention=not conv_stage,
+                spatial_groups=spatial_groups if conv_stage else 0,
+                norm_cfg=norm_cfg,
             )
-            self.register_parameter(
-                f'pos_embed{i + 1}',
-                nn.Parameter(
-                    torch.zeros(
-                        1, stage_dims[i], img_size[0] // stride, img_size[1] // stride
-                    )
-                ),
-            )
-            conv_stage = i == 0  # stage 1 is attention-free
-            self.add_module(
-                f'stage{i + 1}',
-                StageBlocks(
-                    *[
-                        VisformerBlock(
-                            stage_dims[i],
-                            heads,
-                            2 * stage_dims[i]
-                            if conv_stage
-                            else int(stage_dims[i] * mlp_ratio),
-                            attention=not conv_stage,
-                            spatial_groups=spatial_groups if conv_stage else 0,
-                            drop_path=dpr[sum(depths[:i]) + j],
-                            norm_cfg=norm_cfg,
-                        )
-                        for j in range(depths[i])
-                    ],
-                    with_cp=with_cp,
-                ),
-            )
+            blocks = [
+                VisformerBlock(dims, drop_path=p, **block_cfg) for p in drop_paths[i]
+            ]
+            parts[stage] = StageBlocks(*blocks, with_cp=with_cp)
+        return parts
 
-    @classmethod
-    def _check_args(
-        cls,
-        arch: str | dict,
-        in_channels: int,
-        img_size: int | Sequence[int],
-        mlp_ratio: float,
-        spatial_groups: int,
-        drop_path_rate: float,
-        frozen_stages: int,
-        norm_cfg: dict,
-    ) -> dict:
-        """Every argument checked at construction, each error naming the
-        argument, its value and what is accepted. Returns the arch settings."""
-        s = parse_arch(
-            'Visformer', cls.arch_zoo, cls.ARCH_KEYS, arch, lengths=dict(depths=3)
-        )
-        check_arch_values(
-            'Visformer',
-            s,
-            ints=('stem_channels', 'embed_dims', 'num_heads'),
-            int_lists=('depths',),
-        )
-        check_common('Visformer', in_channels, drop_path_rate, frozen_stages)
-        img_size = check_size('Visformer', 'img_size', img_size)
-        if min(img_size) < 32:
-            raise ValueError(
-                f'Visformer: img_size={img_size}; the position '
-                'embeddings go down to stride 32, so each side '
-                'must be >= 32'
-            )
-        check_int('Visformer', 'spatial_groups', spatial_groups, 1)
-        if (
-            isinstance(mlp_ratio, bool)
-            or not isinstance(mlp_ratio, (int, float))
-            or mlp_ratio <= 0
-        ):
-            raise ValueError(
-                f'Visformer: mlp_ratio={mlp_ratio!r}; expected a positive number'
-            )
-        check_norm_cfg('Visformer', norm_cfg)
-        return s
+    def _build_out_norms(self, norm_cfg: dict) -> dict[str, nn.Module]:
+        """``upsample0`` for output 0 (stage 1 upsampled), ``norm{i}`` for
+        outputs 1..3 (``norm3``: the reference's final norm)."""
+        C, outs = self.dims[0], {}
+        for i in self.out_indices:
+            if i == 0:
+                outs['upsample0'] = nn.Sequential(
+                    nn.ConvTranspose2d(C, C, 2, stride=2),
+                    build_norm_layer(norm_cfg, C)[1],
+                    nn.GELU(),
+                )
+            else:
+                outs[NORM_NAMES[i]] = build_norm_layer(norm_cfg, self.dims[i])[1]
+        return outs
 
     # -------------------------------------------------------------- weights
     def _init_default_weights(self) -> None:
@@ -417,15 +403,15 @@ class Visformer(StagedBackbone):
         last = max(max(self.out_indices), 1)  # output 0 comes from stage 1
         h4, w4 = ceil_div(x.shape[-2], 4), ceil_div(x.shape[-1], 4)
         x = self.stem(x)
-        for i in range(1, 4):
-            x = getattr(self, f'patch_embed{i}')(x)
-            x = x + interpolate_pos_embed(getattr(self, f'pos_embed{i}'), x.shape[-2:])
-            x = getattr(self, f'stage{i}')(x)
+        for i, (embed, pos, stage, norm) in enumerate(_STAGES, 1):
+            x = getattr(self, embed)(x)
+            x = x + interpolate_pos_embed(getattr(self, pos), x.shape[-2:])
+            x = getattr(self, stage)(x)
             if i == 1 and 0 in self.out_indices:
                 # crop: 2 * ceil(H/8) exceeds ceil(H/4) for some H
                 outs.append(self.upsample0(x)[..., :h4, :w4])
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                outs.append(getattr(self, norm)(x))
             if i == last:
                 break
         return tuple(outs)

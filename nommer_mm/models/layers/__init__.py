@@ -6,7 +6,13 @@ from .attention import (
     window_partition,
     window_reverse,
 )
-from .shapes import ceil_div, needs_padding, same_size
+from .shapes import (
+    ceil_div,
+    crop_padding,
+    needs_padding,
+    pad_to_multiple,
+    same_size,
+)
 from .context import (
     CompressedGlobalContext,
     ContextNominator,
@@ -26,7 +32,9 @@ __all__ = [
     'MultiheadSelfAttention',
     'WindowMSA',
     'ceil_div',
+    'crop_padding',
     'needs_padding',
+    'pad_to_multiple',
     'same_size',
     'relative_position_index',
     'window_partition',

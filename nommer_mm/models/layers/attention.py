@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 
-from .shapes import ceil_div, needs_padding
+from .shapes import ceil_div, crop_padding, pad_to_multiple
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -160,11 +160,8 @@ class WindowMSA(nn.Module):
     ) -> torch.Tensor:
         B, H, W, C = x.shape
         w = self.window_size
-        pad_h, pad_w = (-H) % w, (-W) % w
-        padded = needs_padding(pad_h, pad_w)
-        if padded:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        Hp, Wp = H + pad_h, W + pad_w
+        x, padded = pad_to_multiple(x, w)
+        Hp, Wp = x.shape[1:3]
 
         windows = window_partition(x, w)  # (B*nW, w*w, C)
         n = windows.shape[1]
@@ -174,10 +171,7 @@ class WindowMSA(nn.Module):
             mask = mask + self._padding_mask(H, W, q).repeat(B, 1, 1, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = self.proj(out.transpose(1, 2).reshape(-1, n, C))
-        out = window_reverse(out, w, Hp, Wp)
-        if padded:
-            out = out[:, :H, :W].contiguous()
-        return out
+        return crop_padding(window_reverse(out, w, Hp, Wp), H, W, padded)
 
     def _heads(self, windows: torch.Tensor) -> tuple:
         """The ``num_projections`` projections of (B*nW, n, C) windows, each

@@ -17,7 +17,7 @@ from mmcv.cnn import build_norm_layer
 
 from .attention import MultiheadSelfAttention, WindowMSA
 from .dct import BlockDCT
-from .shapes import needs_padding
+from .shapes import crop_padding, pad_to_multiple
 
 
 class ConvContext(nn.Module):
@@ -74,11 +74,7 @@ class _BlockGlobalContext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        N = self.block_size
-        pad_h, pad_w = (-H) % N, (-W) % N
-        padded = needs_padding(pad_h, pad_w)
-        if padded:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        x, padded = pad_to_multiple(x, self.block_size)
         tokens = self.summarize(x)
         _, h, w, _ = tokens.shape
         # BatchNorm wants channels first; the attention wants a sequence.
@@ -86,10 +82,7 @@ class _BlockGlobalContext(nn.Module):
         tokens = self.norm(tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         tokens = tokens.reshape(B, h * w, C)
         tokens = self.attn(tokens).view(B, h, w, C)
-        out = self.spread(tokens)
-        if padded:
-            out = out[:, :H, :W].contiguous()
-        return out
+        return crop_padding(self.spread(tokens), H, W, padded)
 
 
 def _grouped_1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -31,3 +32,26 @@ def same_size(size: Sequence[int], wanted: Sequence[int]) -> bool:
     """Whether ``size`` equals ``wanted``, so that a resize can be skipped;
     never in a trace."""
     return not torch.jit.is_tracing() and tuple(size) == tuple(wanted)
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, channels_last: bool = True
+) -> tuple[torch.Tensor, bool]:
+    """``x`` zero-padded at the bottom and right so that its height and width
+    are multiples of ``multiple`` (whole windows, DCT blocks, patches), and
+    whether it was padded (always in a trace, see :func:`needs_padding`).
+    ``x`` is (B, H, W, C), or (B, C, H, W) without ``channels_last``; the
+    caller crops what it computed back with :func:`crop_padding`."""
+    H, W = x.shape[1:3] if channels_last else x.shape[-2:]
+    pad_h, pad_w = (-H) % multiple, (-W) % multiple
+    padded = needs_padding(pad_h, pad_w)
+    if padded:
+        pads = (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h)
+        x = F.pad(x, pads)
+    return x, padded
+
+
+def crop_padding(x: torch.Tensor, H: int, W: int, padded: bool) -> torch.Tensor:
+    """The (B, H, W, C) top-left of a channels-last map that
+    :func:`pad_to_multiple` padded, contiguous; ``x`` itself if not padded."""
+    return x[:, :H, :W].contiguous() if padded else x

@@ -34,6 +34,7 @@ Nothing here is registered with torch at import.
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
 import math
 import os
@@ -167,6 +168,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
     goes through ``find_class``."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # protocol 2 (torch.save's) writes Python 2 names: __builtin__ ...
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         allowed = _restricted_globals()
         key = f'{module}.{name}' if type(module) is str and type(name) is str else None
         if key not in allowed:
@@ -182,7 +188,19 @@ def _restricted_globals() -> dict[str, Any]:
         (str(v), v) for v in vars(torch).values() if isinstance(v, torch.dtype)
     )
     allowed.update((path, fn) for fn, path in _stand_ins())
+    # pickle protocol 2 (torch.save's) writes bytes as
+    # _codecs.encode(text, 'latin1'): that call, and no other codec
+    allowed['_codecs.encode'] = _latin1_bytes
     return allowed
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    if type(text) is not str or encoding not in ('latin1', 'latin-1'):
+        raise UnsafeCheckpointError(
+            f'_codecs.encode(..., {encoding!r}) is not allowed in a checkpoint; '
+            "only pickle's encoding of bytes (latin1) is"
+        )
+    return text.encode('latin1')
 
 
 class _RestrictedPickle:

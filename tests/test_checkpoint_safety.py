@@ -115,7 +115,7 @@ def _bare_load(path):
     )
 
 
-def test_our_checkpoints_load_with_a_bare_torch_load(ours):
+def test_our_checkpoints_load_with_a_bare_torch_load(ours, unpickler):
     assert _bare_load(ours).returncode == 0
     from mmengine.logging import HistoryBuffer
 
@@ -125,7 +125,7 @@ def test_our_checkpoints_load_with_a_bare_torch_load(ours):
     assert ckpt['message_hub']['runtime_info']['best_score'] == 1.0
 
 
-def test_stock_checkpoints_read_as_plain_data(stock):
+def test_stock_checkpoints_read_as_plain_data(stock, unpickler):
     plain = _bare_load(stock)
     assert plain.returncode != 0 and 'weights_only' in plain.stderr
     # in this process too: importing nommer_mm allowed nothing
@@ -401,7 +401,7 @@ def test_import_registers_nothing_with_torch():
     assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc
 
 
-def test_records_reject_odd_shapes_of_state(tmp_path):
+def test_records_reject_odd_shapes_of_state(tmp_path, unpickler):
     """Numbers only: a byte count that does not fit the shape is refused."""
     try:
         from numpy._core.multiarray import _reconstruct

@@ -13,6 +13,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from small_archs import SMALL
 
+# FakeTensors on 'cuda' without a driver, and the device-type autocast
+# setters, come with torch 2.4
+pytestmark = pytest.mark.skipif(
+    not hasattr(torch, 'get_autocast_dtype'),
+    reason=f'torch {torch.__version__}: no fake CUDA tensors without a driver',
+)
+
 
 def fake_cuda(module: torch.nn.Module, mode: FakeTensorMode) -> None:
     """Replace every parameter and buffer of ``module`` by a fake CUDA copy."""

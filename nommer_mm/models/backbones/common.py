@@ -19,7 +19,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...torch_compat import is_compiling
+from ...torch_compat import at_least_float32, is_compiling
 from ..layers.shapes import same_size
 
 
@@ -417,7 +417,7 @@ def interpolate_pos_embed(
         return pos
     # at least fp32 (half-precision bicubic is not on every device), and
     # float64 stays float64
-    dtype = torch.promote_types(grid.dtype, torch.float32)
+    dtype = at_least_float32(grid.dtype)
     out = F.interpolate(
         grid.to(dtype), size=tuple(size), mode='bicubic', align_corners=False
     ).to(pos.dtype)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 
+from ...torch_compat import at_least_float32, promote_floats
 from .attention import MultiheadSelfAttention, WindowMSA
 from .dct import BlockDCT
 from .shapes import crop_padding, pad_to_multiple
@@ -157,7 +158,7 @@ def nominator_logits(
     """(B, H, W, C) sum of candidates -> (B, H, W, P) logits, in fp32 (or
     fp64) even under autocast: the Gumbel sample is sensitive to
     half-precision rounding."""
-    dtype = torch.promote_types(summed.dtype, torch.float32)
+    dtype = at_least_float32(summed.dtype)
     with torch.autocast(summed.device.type, enabled=False):
         return F.linear(summed.to(dtype), weight.to(dtype), bias.to(dtype))
 
@@ -194,9 +195,9 @@ class ContextNominator(nn.Module):
             # one-hot sample, the backward the soft sample's gradient
             soft = gumbel_softmax(logits, self.tau)
             index = soft.argmax(-1)
-            hard = F.one_hot(index, len(feats)).to(soft.dtype)
+            hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
             # in the candidates' dtype: fp32 logits do not promote the output
-            dtype = functools.reduce(torch.promote_types, [f.dtype for f in feats])
+            dtype = promote_floats([f.dtype for f in feats])
             weights = (hard - soft.detach() + soft).to(dtype)
             out = _sum([weights[..., p, None] * f for p, f in enumerate(feats)])
         else:

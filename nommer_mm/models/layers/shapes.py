@@ -25,7 +25,7 @@ def ceil_div(a: int, b: int) -> int:
 def needs_padding(*amounts: int) -> bool:
     """Whether to pad (and crop afterwards) by ``amounts``: when any is
     non-zero, and always in a trace."""
-    return torch.jit.is_tracing() or any(amounts)
+    return torch.jit.is_tracing() or sum(amounts) > 0  # amounts are >= 0
 
 
 def same_size(size: Sequence[int], wanted: Sequence[int]) -> bool:

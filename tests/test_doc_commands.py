@@ -39,6 +39,10 @@ NOT_TOOLS = {
     'pip install -e .': 'the installer test (tests/tools/test_install.py)',
     "python3 -m pytest -m 'not slow'": 'CI',
     'bash tools/run_tests.sh': 'CI (.ci/run)',
+    'pip install -r requirements-oldest.txt': 'CI (.ci/run, its oldest part)',
+    "pip install -e '.[upstream]'": 'the extras test (tests/tools/test_install.py)',
+    # OpenMMLab's wheel index: CI builds the same mmcv for the same torch
+    "pip install openmim '&&' mim install mmcv==2.1.0": 'CI (.ci/run, its oldest part)',
 }
 
 

@@ -118,3 +118,35 @@ def test_the_other_stack_is_removed_first(monkeypatch, stack_pins):
     assert ran == [
         ('uninstall', '-y', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain')
     ]
+
+
+def test_constraints_keep_numpy_1_where_it_is(stack_pins, monkeypatch):
+    """torch before 2.3 is built against numpy 1: a resolver must not swap it."""
+    versions = {'numpy': '1.26.4'}
+    real = pins.version_of
+    monkeypatch.setattr(pins, 'version_of', lambda d: versions.get(d) or real(d))
+    assert 'numpy<2' in pins.hold_constraints().read_text().split()
+    versions['numpy'] = '2.4.6'
+    assert not any(
+        line.startswith('numpy') for line in pins.hold_constraints().read_text().split()
+    )
+
+
+def test_the_upstream_extra_installs_the_pins():
+    """``pip install -e ".[upstream]"`` (the docs' path after a prebuilt
+    mmcv) asks for requirements.txt's versions and admits its mmcv."""
+    import ast
+
+    from packaging.requirements import Requirement
+
+    tree = ast.parse((ROOT / 'setup.py').read_text())
+    upstream = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and getattr(node.targets[0], 'id', '') == 'UPSTREAM'
+    )
+    extra = {Requirement(r).name: Requirement(r).specifier for r in upstream}
+    for dist, version in _requirements('requirements.txt').items():
+        if dist not in ('torch', 'torchvision'):
+            assert version in extra[dist], (dist, version, extra[dist])

@@ -63,7 +63,8 @@ def test_a_foreign_distribution_on_the_path_is_found(tmp_path, monkeypatch):
     other = ONEDL if stack.STACK == UPSTREAM else UPSTREAM
     dist = stack.DISTRIBUTIONS['mmdet'][other]
     _fake_distribution(tmp_path, dist, '9.9.9')
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # (not syspath_prepend: its pkg_resources refresh rescans every package)
+    monkeypatch.setattr(sys, 'path', [str(tmp_path), *sys.path])
     with pytest.raises(StackMismatchError, match=f'{dist} 9.9.9'):
         detect_stack()
 

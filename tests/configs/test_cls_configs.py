@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from cls_helpers import run_tool, tiered
-from nommer_mm.launch import load_config
+from cls_helpers import cached_config as load_config  # read once per process
 
 ROOT = Path(__file__).resolve().parents[2]
 

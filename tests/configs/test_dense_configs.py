@@ -1,19 +1,25 @@
 """Every detection and segmentation config builds; the recipes and the
 parameter counts of Tables 2 and 3 hold."""
 
+import functools
 from pathlib import Path
 
 import pytest
 
-# the tools' reader: mmseg:: bases resolve on either OpenMMLab stack
-from nommer_mm.launch import load_config
+# the tools' reader (mmseg:: bases resolve on either OpenMMLab stack), each
+# config read once per test process
+from cls_helpers import cached_config as load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DET = sorted((ROOT / 'configs/det').rglob('*.py'))
 SEG = sorted((ROOT / 'configs/seg').rglob('*.py'))
 
 
-def build(path: Path):
+@functools.lru_cache(maxsize=None)
+def build(path: Path) -> tuple[str, str, int]:
+    """Build the config's model (random backbone weights) and training
+    pipeline, once per test process: the backbone's class name and module,
+    and the model's trainable parameters."""
     import nommer_mm  # noqa: F401
     from mmengine.registry import init_default_scope
 
@@ -27,17 +33,20 @@ def build(path: Path):
     model = MODELS.build(cfg.model)
     for t in cfg.train_dataloader.dataset.pipeline:
         TRANSFORMS.build(t)
-    return cfg, model
+    backbone = type(model.backbone)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return backbone.__name__, backbone.__module__, params
 
 
 @pytest.mark.parametrize('path', DET + SEG, ids=lambda p: p.name)
 def test_config_builds(path):
-    cfg, model = build(path)
+    name, module, _ = build(path)
+    cfg = load_config(str(path))
     # the backbone named in the config, found through the task's registry
-    assert type(model.backbone).__name__ == cfg.model.backbone.type
-    assert type(model.backbone).__module__.startswith('nommer_mm.')
-    init = load_config(str(path)).model.backbone.init_cfg
+    assert name == cfg.model.backbone.type
+    assert module.startswith('nommer_mm.')
     # initialised from a converted ImageNet classifier
+    init = cfg.model.backbone.init_cfg
     assert init.type == 'Pretrained' and init.prefix == 'backbone.'
 
 
@@ -56,8 +65,7 @@ PAPER_PARAMS = {
 @pytest.mark.parametrize('name', list(PAPER_PARAMS))
 def test_params_match_tables_2_and_3(name):
     folder = 'det' if name.startswith('cascade') else 'seg'
-    _, model = build(ROOT / 'configs' / folder / name)
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    *_, n = build(ROOT / 'configs' / folder / name)
     assert abs(n - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.03, n
 
 

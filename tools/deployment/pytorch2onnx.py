@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import os
 import sys
 import tempfile
@@ -147,8 +148,13 @@ def export(
         output_names=names,
         dynamic_axes=axes,
         opset_version=opset,
-        dynamo=False,
+        # the TorchScript exporter, which takes dynamic_axes: newer torch
+        # defaults to the dynamo one, older torch has no other
+        **({'dynamo': False} if 'dynamo' in _EXPORT_OPTIONS else {}),
     )
+
+
+_EXPORT_OPTIONS = inspect.signature(torch.onnx.export).parameters
 
 
 def output_names(module: nn.Module, x: torch.Tensor, prefix: list) -> list:

@@ -34,7 +34,7 @@ from mmengine.registry import MODELS
 from ..layers.attention import MultiheadSelfAttention
 from ..layers.context import CONTEXT_NAMES, NomMerMixer
 from ..layers.mlp import Mlp
-from ..layers.shapes import pad_to_multiple
+from ..layers.shapes import needs_padding, pad_to_multiple
 from .common import (
     NORM_NAMES,
     StagedBackbone,
@@ -150,8 +150,13 @@ class TokenMerge(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x.permute(0, 3, 1, 2))
-        # ceil_mode keeps the last row/column of odd maps (no-op when even).
-        x = F.max_pool2d(x, 2, ceil_mode=True)
+        # max-pool with ceil_mode, which keeps the last row/column of odd
+        # maps, written as a -inf pad: ONNX export of ceil_mode needs sizes
+        # that a trace of these padded layers does not keep (torch 2.1)
+        H, W = x.shape[-2:]
+        if needs_padding(H % 2, W % 2):
+            x = F.pad(x, (0, W % 2, 0, H % 2), value=float('-inf'))
+        x = F.max_pool2d(x, 2)
         return self.norm(x.permute(0, 2, 3, 1))
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
+import functools
 import math
 import os
 import os.path as osp
@@ -43,7 +44,9 @@ import pickle
 import pickletools
 import re
 import struct
+import threading
 import warnings
+import zipfile
 from collections import OrderedDict
 from typing import IO, Any, Callable, Iterator
 
@@ -160,12 +163,18 @@ def _stand_ins() -> list[tuple[Callable, str]]:
 _TORCH_TAKES_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """For torch < 2.5, whose weights-only unpickler takes no extra names:
-    the globals a file may name are torch's own weights-only set, torch's
-    dtypes and the stand-ins above, looked up by exact name; anything else
-    is refused before it is called. Every opcode that reaches a callable
-    goes through ``find_class``."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """For torch < 2.5, whose weights-only unpickler takes no extra names.
+    Python's own unpickler (its opcode table, so that each risky opcode is
+    ours to restrict), limited as torch's weights-only one is:
+
+    * globals: torch's weights-only set, torch's dtypes and the stand-ins
+      above, by exact name;
+    * BUILD: only on tensors, ordered dicts and the stand-ins' records,
+      never on a class or a function (whose attributes torch reads later);
+    * persistent ids: storages only; copyreg extension codes: none."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         # protocol 2 (torch.save's) writes Python 2 names: __builtin__ ...
@@ -179,7 +188,43 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafeCheckpointError(f'unsupported global {module}.{name}')
         return allowed[key]
 
+    def _build(self) -> None:
+        target = self.stack[-2] if len(self.stack) > 1 else None  # under its state
+        if isinstance(target, type) or not isinstance(target, _BUILDABLE):
+            raise UnsafeCheckpointError(
+                f'BUILD of {type(target).__name__} is not allowed in a checkpoint'
+            )
+        pickle._Unpickler.load_build(self)
 
+    def _persistent_id(self) -> None:
+        pid = self.stack[-1]
+        kind = pid[0] if type(pid) is tuple and pid else None
+        if (kind.decode('ascii', 'replace') if type(kind) is bytes else kind) != (
+            'storage'
+        ):
+            raise UnsafeCheckpointError(
+                'a persistent id other than a storage is not allowed in a checkpoint'
+            )
+        pickle._Unpickler.load_binpersid(self)
+
+    def _extension(self) -> None:
+        raise UnsafeCheckpointError(
+            'copyreg extension codes and text persistent ids are not allowed '
+            'in a checkpoint'
+        )
+
+    dispatch[pickle.BUILD[0]] = _build
+    dispatch[pickle.BINPERSID[0]] = _persistent_id
+    for _code in (pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.PERSID):
+        dispatch[_code[0]] = _extension
+    del _code
+
+
+# what BUILD may set the state of
+_BUILDABLE = (torch.Tensor, OrderedDict, _Record, _DtypeRecord)
+
+
+@functools.lru_cache(maxsize=1)
 def _restricted_globals() -> dict[str, Any]:
     from torch._weights_only_unpickler import _get_allowed_globals
 
@@ -355,8 +400,9 @@ def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
     if parsed is None:
         return None
     pickle_len, storages = parsed
-    head = [('data.pkl', pickle_len), *_head_records(f, size, prefix, pickle_len)]
-    known = all(known for _, known in storages.values())
+    small, seen = _head_records(f, size, prefix, pickle_len)
+    head = [('data.pkl', pickle_len), *small]
+    known = seen and all(known for _, known in storages.values())
     # torch writes the tensor records in the order the pickle names them;
     # torch 2.1 in the order of their keys as strings
     for keys in (list(storages), sorted(storages)):
@@ -388,11 +434,12 @@ def _laid_out_size(
 
 def _head_records(
     f: IO[bytes], size: int, prefix: str, pickle_len: int
-) -> list[tuple[str, int]]:
+) -> tuple[list[tuple[str, int]], bool]:
     """The small records between data.pkl and the tensor data that this
-    file has (torch 2.1, for one, writes only ``byteorder`` of them). One that
-    the file ends before is taken to be there."""
-    found = []
+    file has (torch 2.1, for one, writes only ``byteorder`` of them), and
+    whether the file shows them all. One that the file ends before is taken
+    to be there, so the size is then a lower bound."""
+    found, seen = [], True
     cursor = _padded_header(0, len(prefix) + 8) + pickle_len + _DESCRIPTOR
     for name, nbytes in _HEAD_RECORDS:
         full_name = (prefix + name).encode()
@@ -401,9 +448,11 @@ def _head_records(
             local = f.read(_ZIP_HEADER + len(full_name))
             if local[_ZIP_HEADER:] != full_name:
                 continue
+        else:
+            seen = False
         found.append((name, nbytes))
         cursor += _padded_header(cursor, len(full_name)) + nbytes + _DESCRIPTOR
-    return found
+    return found, seen
 
 
 def _legacy_full_size(f: IO[bytes]) -> tuple[int, bool] | None:
@@ -654,6 +703,13 @@ def load_checkpoint_file(filename, map_location=None, **kwargs) -> Any:
     if isinstance(filename, (str, os.PathLike)):
         if check_checkpoint_file(filename) == 'legacy':
             kwargs.pop('mmap', None)
+    if _is_torchscript(filename):
+        # torch < 2.6 hands these to torch.jit.load, whatever weights_only
+        # says, and a scripted __setstate__ runs
+        raise UnsafeCheckpointError(
+            f'{filename}: refused to load: a TorchScript archive, which runs '
+            'code when loaded, not a checkpoint'
+        )
     try:
         if _TORCH_TAKES_SAFE_GLOBALS:
             with torch.serialization.safe_globals(_stand_ins()):
@@ -678,6 +734,23 @@ def load_checkpoint_file(filename, map_location=None, **kwargs) -> Any:
                 f'back ({_REDOWNLOAD})'
             ) from None
         raise
+
+
+def _is_torchscript(file) -> bool:
+    """Whether ``file`` (a path or a seekable file) is a zip holding
+    TorchScript's ``constants.pkl``."""
+    try:
+        if not isinstance(file, (str, os.PathLike)):
+            at = file.tell()
+        try:
+            with zipfile.ZipFile(file) as archive:
+                names = archive.namelist()
+        finally:
+            if not isinstance(file, (str, os.PathLike)):
+                file.seek(at)
+    except (zipfile.BadZipFile, OSError, AttributeError, ValueError):
+        return False  # not a zip: torch.load tells what it is
+    return any(n == 'constants.pkl' or n.endswith('/constants.pkl') for n in names)
 
 
 def _is_read_failure(err: RuntimeError) -> bool:
@@ -708,20 +781,25 @@ def _guarded(loader: Callable) -> Callable:
     for the duration of that one call: on torch < 2.6 its default is to
     unpickle anything."""
 
+    @functools.wraps(loader)  # mmengine logs the loader's name
     def load(filename, map_location=None, *args, **kwargs):
-        torch_load = torch.load
+        with _GUARD:  # one guarded call at a time: each restores its own
+            torch_load = torch.load
 
-        def safe_load(f, map_location=None, *_, **__):
-            with _original_torch_load(torch_load):
-                return load_checkpoint_file(f, map_location=map_location)
+            def safe_load(f, map_location=None, *_, **__):
+                with _original_torch_load(torch_load):
+                    return load_checkpoint_file(f, map_location=map_location)
 
-        torch.load = safe_load
-        try:
-            return loader(filename, map_location, *args, **kwargs)
-        finally:
-            torch.load = torch_load
+            torch.load = safe_load
+            try:
+                return loader(filename, map_location, *args, **kwargs)
+            finally:
+                torch.load = torch_load
 
     return load
+
+
+_GUARD = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -742,10 +820,12 @@ def mmengine_loads_through_plugin() -> Iterator[None]:
     import mmengine.runner.checkpoint as mmengine_checkpoint
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    schemes = CheckpointLoader._schemes
-    previous = dict(schemes)
-    schemes.update({p: _guarded(fn) for p, fn in schemes.items()})
-    schemes[''] = _load_from_local
+    previous = CheckpointLoader._schemes
+    # a new table (mmengine replaces it on registering a scheme, too),
+    # put back as it was on leaving
+    CheckpointLoader._schemes = OrderedDict(
+        (p, _load_from_local if p == '' else _guarded(fn)) for p, fn in previous.items()
+    )
     # OneDL's mmengine loads the other schemes (open-mmlab://, s3://, ...)
     # through _safe_torch_load, which retries with weights_only=False
     retrying = getattr(mmengine_checkpoint, '_safe_torch_load', None)
@@ -756,8 +836,7 @@ def mmengine_loads_through_plugin() -> Iterator[None]:
     finally:
         if retrying is not None:
             mmengine_checkpoint._safe_torch_load = retrying
-        schemes.clear()
-        schemes.update(previous)
+        CheckpointLoader._schemes = previous
 
 
 # ---------------------------------------------------------------- writing

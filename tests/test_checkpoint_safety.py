@@ -579,3 +579,39 @@ def test_pretrained_that_leaves_weights_out_stops(tmp_path):
         and '!' * 72 in said
     )
     assert '1 missing:\n  stages.2.blocks.0.mlp.fc1.weight' in said
+
+
+def test_the_restricted_unpickler_builds_only_data():
+    """The unpickler of torch < 2.5 (tested on every torch): BUILD on a
+    function or a class (whose attributes torch reads later, e.g.
+    ``dump_patches``), a persistent id other than a storage and copyreg
+    extension codes are refused."""
+    from nommer_mm.checkpoint_safety import _reconstruct, _RestrictedPickle
+
+    build_on_function = (
+        b'\x80\x02cnumpy.core.multiarray\n_reconstruct\n'
+        b'N}X\x0c\x00\x00\x00dump_patches\x88s\x86b.'
+    )
+    build_on_class = b'\x80\x02ctorch\nTensor\nN}X\x01\x00\x00\x00x\x88s\x86b.'
+    module_id = b'\x80\x02X\x06\x00\x00\x00module\x85Q.'
+    extension = b'\x80\x02\x82\x01.'
+    for raw, words in [
+        (build_on_function, 'BUILD of function'),
+        (build_on_class, 'BUILD of _TensorMeta'),  # torch.Tensor's metaclass
+        (module_id, 'other than a storage'),
+        (extension, 'extension codes'),
+    ]:
+        with pytest.raises(UnsafeCheckpointError, match=words):
+            _RestrictedPickle.load(io.BytesIO(raw))
+    assert not hasattr(_reconstruct, 'dump_patches')
+    assert not hasattr(torch.Tensor, 'x')
+
+
+def test_torchscript_archives_are_refused(tmp_path, unpickler):
+    """torch < 2.6 hands a zip with constants.pkl to torch.jit.load, which
+    runs scripted code, whatever weights_only says."""
+    path = tmp_path / 'scripted.pth'
+    torch.jit.save(torch.jit.script(nn.Linear(1, 1)), str(path))
+    for source in (path, io.BytesIO(path.read_bytes())):
+        with pytest.raises(UnsafeCheckpointError, match='TorchScript archive'):
+            load_checkpoint_file(source)

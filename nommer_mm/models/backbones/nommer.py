@@ -467,7 +467,11 @@ class NomMer(StagedBackbone):
     def forward(self, x: torch.Tensor) -> tuple:
         outs = []
         x = self.stem(x)  # (B, H, W, C)
-        for i, stage in enumerate(self.stages[: max(self.out_indices) + 1]):
+        # the stages up to the last output, not a slice: TorchDynamo 2.1 cannot
+        # compile a sliced ModuleList
+        for i, stage in enumerate(self.stages):
+            if i > max(self.out_indices):
+                break
             if i > 0:
                 x = self.merges[i - 1](x)
             if i < self.num_local_stages:  # S-NomMer: on the 2-D map

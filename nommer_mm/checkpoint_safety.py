@@ -281,7 +281,7 @@ _DESCRIPTOR = 16
 _ZIP_HEADER, _ZIP_CENTRAL, _ZIP_EOCD = 30, 46, 22
 _ZIP64_END = 56 + 20  # the zip64 end record and its locator, always written
 _HEAD_RECORDS = (('.format_version', 1), ('.storage_alignment', 2), ('byteorder', 6))
-_TAIL_RECORDS = [('version', 2), ('.data/serialization_id', 40)]
+_TAIL_RECORDS = (('version', 2), ('.data/serialization_id', 40))
 # The first pickle of a legacy (non-zip) torch.save file is this number.
 _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, 'little')
 _REDOWNLOAD = 'an interrupted download or save; fetch or write it again'
@@ -407,7 +407,8 @@ def _zip_full_size(f: IO[bytes], size: int) -> tuple[int, bool] | None:
     # torch 2.1 in the order of their keys as strings
     for keys in (list(storages), sorted(storages)):
         data = [(f'data/{key}', storages[key][0]) for key in keys]
-        total, laid_out = _laid_out_size(f, size, prefix, head + data + _TAIL_RECORDS)
+        records = [*head, *data, *_TAIL_RECORDS]
+        total, laid_out = _laid_out_size(f, size, prefix, records)
         if laid_out:
             break
     return total, known and laid_out and total < 0xFFFFFFFF
@@ -423,13 +424,20 @@ def _laid_out_size(
     cursor = central = 0
     for name, nbytes in records:
         full_name = (prefix + name).encode()
-        if cursor + _ZIP_HEADER + len(full_name) <= size:
-            f.seek(cursor)
-            local = f.read(_ZIP_HEADER + len(full_name))
-            fits &= local.startswith(_ZIP_LOCAL) and local[_ZIP_HEADER:] == full_name
+        fits &= _local_header_names(f, size, cursor, full_name) is not False
         cursor += _padded_header(cursor, len(full_name)) + nbytes + _DESCRIPTOR
         central += _ZIP_CENTRAL + len(full_name)
     return cursor + central + _ZIP64_END + _ZIP_EOCD, fits
+
+
+def _local_header_names(f: IO[bytes], size: int, at: int, name: bytes) -> bool | None:
+    """Whether the zip local header at offset ``at`` is the one of record
+    ``name``; None when the file ends before it."""
+    if at + _ZIP_HEADER + len(name) > size:
+        return None
+    f.seek(at)
+    local = f.read(_ZIP_HEADER + len(name))
+    return local.startswith(_ZIP_LOCAL) and local[_ZIP_HEADER:] == name
 
 
 def _head_records(
@@ -443,13 +451,10 @@ def _head_records(
     cursor = _padded_header(0, len(prefix) + 8) + pickle_len + _DESCRIPTOR
     for name, nbytes in _HEAD_RECORDS:
         full_name = (prefix + name).encode()
-        if cursor + _ZIP_HEADER + len(full_name) <= size:
-            f.seek(cursor)
-            local = f.read(_ZIP_HEADER + len(full_name))
-            if local[_ZIP_HEADER:] != full_name:
-                continue
-        else:
-            seen = False
+        here = _local_header_names(f, size, cursor, full_name)
+        if here is False:
+            continue
+        seen &= here is True
         found.append((name, nbytes))
         cursor += _padded_header(cursor, len(full_name)) + nbytes + _DESCRIPTOR
     return found, seen
@@ -711,13 +716,15 @@ def load_checkpoint_file(filename, map_location=None, **kwargs) -> Any:
             'code when loaded, not a checkpoint'
         )
     try:
+        # torch.serialization.load is torch.load, under the name that
+        # _guarded leaves alone
         if _TORCH_TAKES_SAFE_GLOBALS:
             with torch.serialization.safe_globals(_stand_ins()):
-                obj = torch.load(
+                obj = torch.serialization.load(
                     filename, map_location=map_location, weights_only=True, **kwargs
                 )
         else:
-            obj = torch.load(
+            obj = torch.serialization.load(
                 filename,
                 map_location=map_location,
                 weights_only=False,
@@ -784,13 +791,7 @@ def _guarded(loader: Callable) -> Callable:
     @functools.wraps(loader)  # mmengine logs the loader's name
     def load(filename, map_location=None, *args, **kwargs):
         with _GUARD:  # one guarded call at a time: each restores its own
-            torch_load = torch.load
-
-            def safe_load(f, map_location=None, *_, **__):
-                with _original_torch_load(torch_load):
-                    return load_checkpoint_file(f, map_location=map_location)
-
-            torch.load = safe_load
+            torch_load, torch.load = torch.load, _safe_torch_load
             try:
                 return loader(filename, map_location, *args, **kwargs)
             finally:
@@ -802,14 +803,9 @@ def _guarded(loader: Callable) -> Callable:
 _GUARD = threading.RLock()
 
 
-@contextlib.contextmanager
-def _original_torch_load(torch_load: Callable) -> Iterator[None]:
-    """``torch.load`` as torch defines it, inside a guarded call."""
-    guarded, torch.load = torch.load, torch_load
-    try:
-        yield
-    finally:
-        torch.load = guarded
+def _safe_torch_load(f, map_location=None, *_, **__):
+    """``torch.load`` inside a guarded call (its other options dropped)."""
+    return load_checkpoint_file(f, map_location=map_location)
 
 
 @contextlib.contextmanager

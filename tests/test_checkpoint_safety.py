@@ -17,6 +17,7 @@ import torch.nn as nn
 from cls_helpers import load_tool
 
 import nommer_mm  # noqa: F401  (must not change how torch loads files)
+from nommer_mm.torch_compat import TORCH_VERSION
 from nommer_mm.checkpoint_safety import (
     UnsafeCheckpointError,
     load_checkpoint_file,
@@ -153,9 +154,7 @@ def test_stock_checkpoints_read_as_plain_data(stock, unpickler):
 
 
 # torch.load's own default is weights_only=True from torch 2.6 on
-_TORCH_SAFE_BY_DEFAULT = tuple(
-    int(v) for v in torch.__version__.split('+')[0].split('.')[:2]
-) >= (2, 6)
+_TORCH_SAFE_BY_DEFAULT = TORCH_VERSION >= (2, 6)
 
 
 @pytest.fixture(params=['torch weights-only', 'restricted pickle'])

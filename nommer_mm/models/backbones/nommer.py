@@ -44,7 +44,6 @@ from .common import (
     check_common,
     check_int,
     check_ints,
-    check_norm_cfg,
     check_size,
     empty_batch_safe,
     freeze,
@@ -331,6 +330,7 @@ class NomMer(StagedBackbone):
             in_channels=args['in_channels'],
             drop_path_rate=args['drop_path_rate'],
             frozen_stages=args['frozen_stages'],
+            norm_cfg=args['norm_cfg'],
         )
         check_int('NomMer', 'window_size', args['window_size'], 1)
         num_local = len(settings['bottleneck_ratios'])
@@ -349,7 +349,6 @@ class NomMer(StagedBackbone):
                 f'NomMer: img_size={img_size}; the position embedding is laid '
                 f'out at stride {pos_stride}, so each side must be >= {pos_stride}'
             )
-        check_norm_cfg('NomMer', args['norm_cfg'])
         if args['out_type'] not in self.OUT_TYPES:
             raise ValueError(
                 f'NomMer: out_type={args["out_type"]!r}; expected one of '

@@ -41,7 +41,6 @@ from .common import (
     check_arch_values,
     check_common,
     check_int,
-    check_norm_cfg,
     check_size,
     empty_batch_safe,
     freeze,
@@ -268,6 +267,7 @@ class Visformer(StagedBackbone):
             in_channels=args['in_channels'],
             drop_path_rate=args['drop_path_rate'],
             frozen_stages=args['frozen_stages'],
+            norm_cfg=args['norm_cfg'],
         )
         img_size = check_size('Visformer', 'img_size', args['img_size'])
         if min(img_size) < 32:
@@ -286,7 +286,6 @@ class Visformer(StagedBackbone):
             raise ValueError(
                 f'Visformer: mlp_ratio={mlp_ratio!r}; expected a positive number'
             )
-        check_norm_cfg('Visformer', args['norm_cfg'])
         return s, img_size
 
     # -------------------------------------------------------------- layout
